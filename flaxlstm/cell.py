@@ -1,0 +1,110 @@
+r"""The LSTM cell: its parameters, their initialisers, and one pure time step.
+
+For one time step with input projection :math:`x_t W + b` (computed for all steps at once,
+outside the time loop) and previous state :math:`(c_{t-1}, h_{t-1})`:
+
+.. math::
+
+    z_t &= x_t W + h_{t-1} U + b                       && z_t \in \mathbb{R}^{B \times 4H} \\
+    i_t, f_t, g_t, o_t &= \mathrm{split}(z_t, 4)        && \text{gate order i, f, g, o} \\
+    c_t &= \sigma(f_t) \odot c_{t-1} + \sigma(i_t) \odot \tanh(g_t) \\
+    h_t &= \sigma(o_t) \odot \tanh(c_t)
+
+:math:`W` is ``kernel`` [F, 4H], :math:`U` is ``recurrent_kernel`` [H, 4H] and :math:`b` is
+``bias`` [4H]. The gate order and layout are Keras's and PyTorch's, so their trained weights
+load unchanged (PyTorch's ``weight_ih_l0`` is ``kernel.T``; its two biases add up to ``bias``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Activation = Callable[[jax.Array], jax.Array]
+Initializer = Callable[..., jax.Array]
+
+
+class LSTMState(NamedTuple):
+    """The recurrent state: cell ``c`` [B, H] and hidden ``h`` [B, H]."""
+
+    c: jax.Array
+    h: jax.Array
+
+
+class Gates(NamedTuple):
+    """The activated gates of one step, each [B, H]: input, forget, candidate, output."""
+
+    i: jax.Array
+    f: jax.Array
+    g: jax.Array
+    o: jax.Array
+
+
+class Trace(NamedTuple):
+    """Every step's activated gates and states, each [B, T, H] (zero at padded steps)."""
+
+    i: jax.Array
+    f: jax.Array
+    g: jax.Array
+    o: jax.Array
+    c: jax.Array
+    h: jax.Array
+
+
+# Keras's LSTM defaults: glorot-uniform kernel, orthogonal recurrent kernel, unit forget bias.
+glorot_uniform: Initializer = jax.nn.initializers.glorot_uniform()
+orthogonal: Initializer = jax.nn.initializers.orthogonal()
+
+
+def unit_forget_bias(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """Zero bias [4H] with 1.0 on the forget gate (Keras's ``unit_forget_bias=True``)."""
+    del key
+    (four_h,) = shape
+    hidden = four_h // 4
+    return jnp.zeros(shape, dtype).at[hidden : 2 * hidden].set(1.0)
+
+
+def activate(
+    z: jax.Array,
+    gate_activation: Activation = jax.nn.sigmoid,
+    activation: Activation = jnp.tanh,
+) -> Gates:
+    """Split the pre-activations ``z`` [B, 4H] into the four activated gates.
+
+    With the default activations all four gates are computed as one tanh over [B, 4H]
+    (σ(x) = ½·tanh(x/2) + ½): XLA on the CPU runs one wide element-wise loop about twice as
+    fast as four narrow ones (../shared/PERF-NOTES.md, docs/PERFORMANCE.md).
+    """
+    if gate_activation is jax.nn.sigmoid and activation is jnp.tanh:
+        # s = ½ on the sigmoid gates and 1 on g: s·tanh(s·z) + (1 − s) is σ(z) or tanh(z).
+        hidden = z.shape[-1] // 4
+        s = jnp.repeat(jnp.array([0.5, 0.5, 1.0, 0.5], z.dtype), hidden)
+        return Gates(*jnp.split(s * jnp.tanh(s * z) + (1 - s), 4, axis=-1))
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    return Gates(gate_activation(i), gate_activation(f), activation(g), gate_activation(o))
+
+
+def lstm_step(
+    recurrent_kernel: jax.Array,
+    state: LSTMState,
+    xw_t: jax.Array,
+    gate_activation: Activation = jax.nn.sigmoid,
+    activation: Activation = jnp.tanh,
+) -> tuple[LSTMState, Gates]:
+    """One LSTM step.
+
+    Args:
+      recurrent_kernel: U [H, 4H].
+      state: (c, h), each [B, H].
+      xw_t: this step's input projection x_t·W + b [B, 4H].
+    Returns:
+      the new state (c', h') and the activated gates (i, f, g, o), each [B, H].
+    """
+    z = xw_t + state.h @ recurrent_kernel
+    gates = activate(z, gate_activation, activation)
+    c = gates.f * state.c + gates.i * gates.g
+    h = gates.o * activation(c)
+    return LSTMState(c, h), gates
