@@ -1,7 +1,14 @@
 """flaxlstm: a hand-written LSTM in JAX and Flax NNX, scanned with ``jax.lax.scan``."""
 
 from flaxlstm.cell import Gates, LSTMState, Trace, activate, lstm_step, unit_forget_bias
-from flaxlstm.layers import LSTM, Bidirectional, Embedding, PerStep, check_token_ids
+from flaxlstm.layers import (
+    LSTM,
+    Bidirectional,
+    Embedding,
+    PerStep,
+    check_token_ids,
+    load_torch_weights,
+)
 from flaxlstm.recurrent import lstm_scan, make_mask
 
 __all__ = [
@@ -14,6 +21,7 @@ __all__ = [
     "Trace",
     "activate",
     "check_token_ids",
+    "load_torch_weights",
     "lstm_scan",
     "lstm_step",
     "make_mask",

@@ -250,3 +250,26 @@ def check_token_ids(ids, vocab_size: int) -> None:
             f"token ids must lie in [0, {vocab_size}), got values from {values.min()}"
             f" to {values.max()}"
         )
+
+
+def load_torch_weights(layer: LSTM, weight_ih, weight_hh, bias_ih=None, bias_hh=None) -> LSTM:
+    """Copy one direction of a PyTorch ``nn.LSTM`` into ``layer`` (arrays or tensors).
+
+    PyTorch stores ``weight_ih`` [4H, F] and ``weight_hh`` [4H, H] in the same gate order
+    (i, f, g, o), so ``kernel = weight_ihᵀ``, ``recurrent_kernel = weight_hhᵀ``, and its two
+    biases add up to ``bias``. Keras's weights need no conversion at all:
+    ``layer.kernel[...], layer.recurrent_kernel[...], layer.bias[...] = keras_layer.get_weights()``.
+    """
+    as_array = lambda t: jnp.asarray(t.detach().numpy() if hasattr(t, "detach") else t)  # noqa: E731
+    kernel, recurrent = as_array(weight_ih).T, as_array(weight_hh).T
+    expected = (layer.kernel.shape, layer.recurrent_kernel.shape)
+    if (kernel.shape, recurrent.shape) != expected:
+        raise ValueError(
+            f"PyTorch weights of shapes {kernel.T.shape} and {recurrent.T.shape} do not fit an LSTM"
+            f" with {layer.in_features} inputs and {layer.hidden_features} units"
+        )
+    bias = sum(as_array(b) for b in (bias_ih, bias_hh) if b is not None)
+    layer.kernel[...] = kernel.astype(layer.kernel.dtype)
+    layer.recurrent_kernel[...] = recurrent.astype(layer.recurrent_kernel.dtype)
+    layer.bias[...] = jnp.broadcast_to(bias, layer.bias.shape).astype(layer.bias.dtype)
+    return layer
