@@ -1,0 +1,410 @@
+"""IMDB reviews, from text to padded token ids: read (TFDS) → tokenise → vocabulary → encode →
+cache → pad → batch.
+
+The ids follow ``keras.datasets.imdb``: 0 pads, 1 starts every review, 2 stands for a word
+outside the vocabulary, and the words take 3, 4, ... by falling frequency in the *train* split.
+A vocabulary of size N (Keras's ``num_words``) uses the ids [0, N), so it holds N − 3 words.
+(Keras also leaves 3 unused and starts its words at 4; here the most frequent word is 3.)
+
+Shapes: N reviews, T = ``maxlen`` padded steps, B reviews in a batch, W ≤ T steps in a bucket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import tempfile
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain
+from pathlib import Path
+from typing import IO, Literal, NamedTuple
+
+import numpy as np
+
+PAD, START, OOV = 0, 1, 2
+FIRST_WORD = 3  # the id of the most frequent word; ids below it are reserved
+SPLITS = ("train", "test")
+
+# ----------------------------------------------------------------------------- reading (TFDS)
+
+_PREPARED = "imdb_reviews/plain_text/*/dataset_info.json"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The TFDS data directory: ``data_dir``, else ``$TFDS_DATA_DIR``, else TFDS's own default
+    ``~/tensorflow_datasets``, made absolute."""
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    return Path(data_dir).expanduser().resolve()
+
+
+def read_split(
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool = False,
+    limit: int | None = None,
+) -> tuple[list[bytes], np.ndarray]:
+    """The reviews of one split, all or the first ``limit``: their texts (UTF-8 bytes) and
+    labels [N] int32 (1 = positive).
+
+    Reads a directory prepared by ``tfds.builder("imdb_reviews").download_and_prepare()`` in the
+    array_record format, without TensorFlow. With ``download`` and no prepared copy, TFDS
+    downloads and prepares one, which needs TensorFlow (``pip install "flaxlstm[prepare]"``).
+    """
+    import tensorflow_datasets as tfds  # slow to import; only readers of the text need it
+
+    directory = resolve_data_dir(data_dir)
+    if not any(directory.glob(_PREPARED)):
+        if not download:
+            raise FileNotFoundError(
+                f"no prepared imdb_reviews in {directory}: pass data_dir or set TFDS_DATA_DIR to"
+                " a TFDS data directory that holds it, or download it (download=True)"
+            )
+        if importlib.util.find_spec("tensorflow") is None:
+            raise ImportError(
+                f"downloading IMDB into {directory} needs TensorFlow:"
+                ' pip install "flaxlstm[prepare]"'
+            )
+    try:
+        source = tfds.data_source(
+            "imdb_reviews", split=split, data_dir=str(directory), download=download
+        )
+    except (ValueError, NotImplementedError, OSError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        message = f"cannot read imdb_reviews {split!r} from {directory}: {first_line}"
+        raise ValueError(message) from None
+    # One bulk read: about 20x faster than indexing the records one by one.
+    count = len(source) if limit is None else min(limit, len(source))
+    records = source.__getitems__(range(count))
+    texts = [record["text"] for record in records]
+    labels = np.fromiter((record["label"] for record in records), np.int32, len(records))
+    return texts, labels
+
+
+# ----------------------------------------------------------------------------- tokenising
+
+TOKENIZER_VERSION = 1  # part of every cache key: bump it whenever ``tokenize`` changes
+
+# A word is a run of letters/digits, keeping inner apostrophes ("don't", "walken's"); every
+# other non-space character (punctuation, symbols) is a token of its own.
+_TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
+
+
+def tokenize(text: str | bytes) -> list[str]:
+    """Lower-case tokens of one review, ``<br />`` line breaks removed and punctuation split
+    off: ``b"Great!<br />Don't"`` → ``["great", "!", "don't"]``."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return _TOKEN.findall(text.lower().replace("<br />", " "))
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+
+class _WordIds(dict):
+    """word → id, with the out-of-vocabulary id for unknown words (lookups stay in C)."""
+
+    def __missing__(self, word: str) -> int:
+        return OOV
+
+
+class Vocabulary:
+    """The ``len(words) + 3`` token ids: PAD 0, START 1, OOV 2, then ``words[i]`` is id i + 3.
+
+    ``size`` is the embedding's row count: every id it produces is < size.
+    """
+
+    def __init__(self, words: Sequence[str]):
+        self.words = tuple(words)
+        self.ids = _WordIds((word, FIRST_WORD + i) for i, word in enumerate(self.words))
+        if len(self.ids) != len(self.words):
+            raise ValueError("vocabulary words must be distinct")
+
+    @property
+    def size(self) -> int:
+        return FIRST_WORD + len(self.words)
+
+    @classmethod
+    def fit(cls, tokenized: Iterable[Sequence[str]], size: int) -> Vocabulary:
+        """The ``size − 3`` most frequent tokens of ``tokenized`` (ties broken alphabetically,
+        so the vocabulary does not depend on the order of the reviews)."""
+        if size < FIRST_WORD:
+            raise ValueError(f"vocabulary size must be at least {FIRST_WORD}, got {size}")
+        counts = Counter(chain.from_iterable(tokenized))
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        return cls([word for word, _ in ranked[: size - FIRST_WORD]])
+
+    def encode_tokens(self, tokenized: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Each review's ids [1 + its length] int32, starting with START."""
+        lengths = np.fromiter(map(len, tokenized), np.int64, len(tokenized))
+        flat = np.fromiter(
+            map(self.ids.__getitem__, chain.from_iterable(tokenized)), np.int32, lengths.sum()
+        )
+        # START before each review's first token, in one pass over the flat ids.
+        starts = np.cumsum(lengths) - lengths
+        flat = np.insert(flat, starts, START)
+        return np.split(flat, np.cumsum(lengths + 1)[:-1]) if len(tokenized) else []
+
+    def encode(self, texts: Sequence[str | bytes]) -> list[np.ndarray]:
+        """``tokenize`` then ``encode_tokens``: each review's ids [1 + its token count] int32."""
+        return self.encode_tokens([tokenize(text) for text in texts])
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The words of ``ids`` joined by spaces, without padding (for reading, not parsing)."""
+        names = {START: "<start>", OOV: "<oov>"}
+        return " ".join(
+            names.get(i) or self.words[i - FIRST_WORD] for i in map(int, ids) if i != PAD
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the vocabulary as JSON, atomically (readers never see half a file)."""
+        data = {"tokenizer_version": TOKENIZER_VERSION, "words": list(self.words)}
+        atomic_write(path, lambda f: f.write(json.dumps(data).encode("utf-8")))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Vocabulary:
+        data = json.loads(Path(path).read_text("utf-8"))
+        if data.get("tokenizer_version") != TOKENIZER_VERSION:
+            raise ValueError(
+                f"{path} was built by tokenizer version {data.get('tokenizer_version')}, this is"
+                f" version {TOKENIZER_VERSION}: rebuild the vocabulary"
+            )
+        return cls(data["words"])
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------- encoding + cache
+
+
+class Encoded(NamedTuple):
+    """One split, encoded and not yet padded: N id arrays of any length, labels [N] int32."""
+
+    sequences: list[np.ndarray]
+    labels: np.ndarray
+
+
+def default_cache_dir() -> Path:
+    """``$FLAXLSTM_CACHE_DIR``, else ``$XDG_CACHE_HOME/flaxlstm``, else ``~/.cache/flaxlstm``."""
+    if os.environ.get("FLAXLSTM_CACHE_DIR"):
+        return Path(os.environ["FLAXLSTM_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "flaxlstm"
+
+
+def cache_path(vocab_size: int, data_dir: Path, cache_dir: Path) -> Path:
+    """The cache file of one vocabulary size, data directory and tokenizer version."""
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+    return cache_dir / f"imdb-tok{TOKENIZER_VERSION}-vocab{vocab_size}-{digest}.npz"
+
+
+def encode_imdb(
+    vocab_size: int,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = False,
+) -> tuple[Vocabulary, dict[str, Encoded]]:
+    """The vocabulary fit on the train split and both labelled splits encoded with it.
+
+    Read from the cache when a sound cache file exists (under a second); otherwise built (10 to
+    20 seconds on two cores) and cached. A cache file that cannot be read is rebuilt.
+    """
+    data_dir = resolve_data_dir(data_dir)
+    cache_dir = Path(cache_dir or default_cache_dir()).expanduser().resolve()
+    if cache_dir.is_relative_to(data_dir):
+        raise ValueError(f"the cache directory {cache_dir} must lie outside the data {data_dir}")
+    path = cache_path(vocab_size, data_dir, cache_dir)
+    cached = _read_cache(path)
+    if cached is not None:
+        return cached
+    texts, labels = {}, {}
+    for split in SPLITS:
+        texts[split], labels[split] = read_split(split, data_dir, download=download)
+    tokenized = {split: [tokenize(text) for text in texts[split]] for split in SPLITS}
+    vocabulary = Vocabulary.fit(tokenized["train"], vocab_size)
+    splits = {
+        split: Encoded(vocabulary.encode_tokens(tokenized[split]), labels[split])
+        for split in SPLITS
+    }
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _write_cache(path, vocabulary, splits)
+    return vocabulary, splits
+
+
+def _write_cache(path: Path, vocabulary: Vocabulary, splits: dict[str, Encoded]) -> None:
+    # Ragged sequences are stored flat with their end offsets: no pickles in the file.
+    arrays = {"words": np.array(vocabulary.words, dtype=str)}
+    for split, (sequences, labels) in splits.items():
+        arrays[f"{split}_flat"] = np.concatenate(sequences) if sequences else np.zeros(0, np.int32)
+        arrays[f"{split}_ends"] = np.cumsum([len(s) for s in sequences], dtype=np.int64)
+        arrays[f"{split}_labels"] = labels
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _read_cache(path: Path) -> tuple[Vocabulary, dict[str, Encoded]] | None:
+    """The cached encoding, or None when the file is missing or damaged (then it is rebuilt)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            # Reading every member in full makes zipfile check its CRC: damage raises here.
+            arrays = {key: f[key] for key in f.files}
+        vocabulary = Vocabulary(arrays["words"].tolist())
+        splits = {}
+        for split in SPLITS:
+            flat, ends = arrays[f"{split}_flat"], arrays[f"{split}_ends"]
+            labels = arrays[f"{split}_labels"]
+            if len(ends) != len(labels) or (len(ends) and ends[-1] != len(flat)):
+                return None
+            splits[split] = Encoded(np.split(flat, ends[:-1]) if len(ends) else [], labels)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    return vocabulary, splits
+
+
+# ----------------------------------------------------------------------------- padding
+
+Side = Literal["pre", "post"]
+
+
+def pad_sequences(
+    sequences: Sequence[Sequence[int]],
+    maxlen: int | None = None,
+    padding: Side = "pre",
+    truncating: Side = "pre",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keras's ``pad_sequences``: ids [N, maxlen] int32 padded with 0, and lengths [N] int32,
+    the real tokens left in each row after truncation.
+
+    ``maxlen`` defaults to the longest sequence. ``truncating="pre"`` drops the start of a long
+    sequence (keeps its end), ``"post"`` its end. ``padding="pre"`` puts the zeros first (then
+    pass ``padding_mask(ids)`` to the models), ``"post"`` last (then ``lengths`` will do).
+    """
+    for name, side in (("padding", padding), ("truncating", truncating)):
+        if side not in ("pre", "post"):
+            raise ValueError(f'{name} must be "pre" or "post", got {side!r}')
+    if maxlen is None:
+        maxlen = max(map(len, sequences), default=0)
+    if maxlen < 0:
+        raise ValueError(f"maxlen must be non-negative, got {maxlen}")
+    ids = np.full((len(sequences), maxlen), PAD, np.int32)
+    lengths = np.zeros(len(sequences), np.int32)
+    for row, sequence in enumerate(sequences):
+        n = min(len(sequence), maxlen)
+        kept = sequence[len(sequence) - n :] if truncating == "pre" else sequence[:n]
+        lengths[row] = n
+        if padding == "pre":
+            ids[row, maxlen - n :] = kept
+        else:
+            ids[row, :n] = kept
+    return ids, lengths
+
+
+def padding_mask(ids: np.ndarray) -> np.ndarray:
+    """[N, T] booleans, True at real tokens: every id but PAD (works on jax arrays too)."""
+    return ids != PAD
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+class Split(NamedTuple):
+    """One labelled split: ids [N, maxlen] int32, lengths [N] int32, labels [N] int32."""
+
+    ids: np.ndarray
+    lengths: np.ndarray
+    labels: np.ndarray
+
+
+class Imdb(NamedTuple):
+    train: Split
+    test: Split
+    vocabulary: Vocabulary
+
+
+def load_imdb(
+    vocab_size: int = 5000,
+    maxlen: int = 500,
+    *,
+    padding: Side = "post",
+    truncating: Side = "pre",
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = False,
+) -> Imdb:
+    """IMDB's train and test splits (25,000 reviews each), encoded with the train split's
+    ``vocab_size`` ids and padded to ``maxlen``, as Keras's ``imdb.load_data(num_words)`` then
+    ``pad_sequences(maxlen)``.
+
+    Padding goes after the tokens by default so that ``lengths`` describe them and batches can
+    be cut to buckets; the models mask padding either way, so its side does not change results
+    of the LSTM models. Truncation keeps each review's end, as in the seeds.
+    """
+    vocabulary, splits = encode_imdb(
+        vocab_size, data_dir=data_dir, cache_dir=cache_dir, download=download
+    )
+    padded = {
+        split: Split(*pad_sequences(encoded.sequences, maxlen, padding, truncating), encoded.labels)
+        for split, encoded in splits.items()
+    }
+    return Imdb(padded["train"], padded["test"], vocabulary)
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def bucket_batches(
+    data: Split, batch_size: int, *, bucket_width: int = 50, seed: int | None = None
+) -> Iterator[Split]:
+    """Every example exactly once, in batches cut to few widths, to compile few shapes.
+
+    ``data`` must be post-padded (real tokens first). Each example goes to the bucket of width
+    W = the smallest multiple of ``bucket_width`` that holds its tokens (at most T); a batch is
+    ``Split(ids [B, W], lengths [B], labels [B])`` with its rows still post-padded, so
+    ``lengths`` describe them. Every batch holds ``batch_size`` examples but the last one: the
+    buckets' leftovers are pooled, sorted by length and batched at the width of their longest.
+    So at most ``ceil(T / bucket_width) + 1`` distinct shapes come out. With ``seed``, the
+    examples within buckets and the batches' order are shuffled.
+    """
+    ids, lengths, labels = data
+    if batch_size < 1 or bucket_width < 1:
+        raise ValueError(
+            f"batch_size and bucket_width must be positive: {batch_size}, {bucket_width}"
+        )
+    if not np.array_equal(padding_mask(ids), np.arange(ids.shape[1]) < lengths[:, None]):
+        raise ValueError("bucket_batches needs post-padded ids whose lengths count their tokens")
+    maxlen = ids.shape[1]
+    widths = np.minimum(-(-np.maximum(lengths, 1) // bucket_width) * bucket_width, maxlen)
+    rng = np.random.default_rng(seed)
+    plans, leftovers = [], []
+    for width in np.unique(widths):
+        members = np.flatnonzero(widths == width)
+        if seed is not None:
+            members = rng.permutation(members)
+        full = len(members) // batch_size * batch_size
+        plans += np.split(members[:full], full // batch_size) if full else []
+        leftovers.append(members[full:])
+    rest = np.concatenate([np.zeros(0, np.int64), *leftovers])
+    rest = rest[np.argsort(lengths[rest], kind="stable")]
+    plans += [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
+    if seed is not None:
+        plans = [plans[i] for i in rng.permutation(len(plans))]
+    for take in plans:
+        width = widths[take].max()
+        yield Split(ids[take, :width], lengths[take], labels[take])
