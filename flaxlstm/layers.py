@@ -23,6 +23,7 @@ from flaxlstm.cell import (
     unit_forget_bias,
 )
 from flaxlstm.recurrent import concrete, lstm_scan, make_mask
+from flaxlstm.variants_scan import scan_cell
 
 
 def _check_rate(name: str, rate: float) -> None:
@@ -49,7 +50,13 @@ class LSTM(nnx.Module):
     ``layer(x, lengths=None, mask=None, initial_state=None)``; returns the last real step's h
     [B, H], or every step's h [B, T, H] with ``return_sequences``; with ``return_state`` also
     the final ``LSTMState(c, h)``.
+
+    Cell variants (``flaxlstm.variants``) subclass it: they set ``gates`` (the number of gate
+    blocks), may widen or narrow h (``state_features``), and supply ``cell_step``; the time
+    loop, masking, dropout, reverse and traces stay this class's.
     """
+
+    gates = 4  # gate blocks in kernel, recurrent_kernel and bias: i, f, g, o
 
     def __init__(
         self,
@@ -70,6 +77,10 @@ class LSTM(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
+        # The constructor's arguments, so that reversed_copy builds the same layer again.
+        self.init_args = nnx.static(
+            {k: v for k, v in locals().items() if k not in ("self", "rngs")}
+        )
         _check_size("in_features", in_features)
         _check_size("hidden_features", hidden_features)
         _check_size("unroll", unroll)
@@ -86,14 +97,27 @@ class LSTM(nnx.Module):
         self.gate_activation = gate_activation
         self.activation = activation
         self.deterministic = False
-        four_h = 4 * hidden_features
-        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, four_h), param_dtype))
+        width = self.gates * hidden_features
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, width), param_dtype))
         self.recurrent_kernel = nnx.Param(
-            recurrent_kernel_init(rngs.params(), (hidden_features, four_h), param_dtype)
+            recurrent_kernel_init(rngs.params(), (self.state_features, width), param_dtype)
         )
-        self.bias = nnx.Param(bias_init(rngs.params(), (four_h,), param_dtype))
+        self.bias = nnx.Param(bias_init(rngs.params(), (width,), param_dtype))
         uses_dropout = dropout > 0 or recurrent_dropout > 0
         self.rngs = rngs["dropout"].fork() if uses_dropout else nnx.data(None)
+
+    @property
+    def state_features(self) -> int:
+        """The width of h (and of the layer's outputs): H, or P for a projected LSTM."""
+        return self.hidden_features
+
+    # A variant returns ``step(state, xw_t) -> (new_state, Trace of this step)``; None means
+    # the standard cell, which runs on ``lstm_scan``'s fast path.
+    cell_step = None
+
+    def project(self, x: jax.Array, dtype) -> jax.Array:
+        """The input projection of every step at once: x·W + b, [B, T, F] → [B, T, gates·H]."""
+        return x @ self.kernel[...].astype(dtype) + self.bias[...].astype(dtype)
 
     def check_inputs(self, x: jax.Array) -> None:
         """Raise a one-line error unless ``x`` is floating [B, T, in_features]."""
@@ -137,10 +161,26 @@ class LSTM(nnx.Module):
                 shape = (batch, 1, self.in_features)
                 x = x * _variational_mask(self.rngs(), self.dropout, shape, dtype)
             if self.recurrent_dropout > 0:
-                shape = (batch, self.hidden_features)
+                shape = (batch, self.state_features)
                 rec_mask = _variational_mask(self.rngs(), self.recurrent_dropout, shape, dtype)
         if initial_state is not None:
             initial_state = LSTMState(*(jnp.asarray(s, dtype) for s in initial_state))
+        if self.cell_step is not None:
+            if initial_state is None:
+                initial_state = LSTMState(
+                    jnp.zeros((batch, self.hidden_features), dtype),
+                    jnp.zeros((batch, self.state_features), dtype),
+                )
+            return scan_cell(
+                self.cell_step(dtype),
+                self.project(x, dtype),
+                steps,
+                initial_state,
+                reverse=self.reverse,
+                unroll=self.unroll,
+                recurrent_dropout_mask=rec_mask,
+                return_trace=return_trace,
+            )
         return lstm_scan(
             self.kernel[...].astype(dtype),
             self.recurrent_kernel[...].astype(dtype),
@@ -157,21 +197,8 @@ class LSTM(nnx.Module):
         )
 
     def reversed_copy(self, rngs: nnx.Rngs) -> LSTM:
-        """A new layer with this one's settings, fresh parameters, and the other direction."""
-        return LSTM(
-            self.in_features,
-            self.hidden_features,
-            return_sequences=self.return_sequences,
-            return_state=self.return_state,
-            dropout=self.dropout,
-            recurrent_dropout=self.recurrent_dropout,
-            reverse=not self.reverse,
-            unroll=self.unroll,
-            gate_activation=self.gate_activation,
-            activation=self.activation,
-            param_dtype=self.kernel.dtype,
-            rngs=rngs,
-        )
+        """A new layer of this class and settings, fresh parameters, the other direction."""
+        return type(self)(**dict(self.init_args, reverse=not self.reverse), rngs=rngs)
 
 
 Merge = Literal["concat", "sum", "mul", "ave"]
@@ -201,7 +228,7 @@ class Bidirectional(nnx.Module):
 
     @property
     def out_features(self) -> int:
-        hidden = self.forward.hidden_features
+        hidden = self.forward.state_features
         return 2 * hidden if self.merge == "concat" else hidden
 
     def __call__(self, x, lengths=None, mask=None):

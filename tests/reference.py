@@ -13,34 +13,78 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def lstm_reference(W, U, b, x, mask=None, reverse=False, c0=None, h0=None):
-    """W [F, 4H], U [H, 4H], b [4H], x [B, T, F], mask [B, T] (True = real step).
+def layer_norm(v, scale, shift=0.0, eps=1e-6):
+    return (v - v.mean()) / np.sqrt(v.var() + eps) * scale + shift
 
-    Returns outputs [B, T, H] (zero at padded steps), final c [B, H], final h [B, H] and the
-    per-step gates dict (i, f, g, o, c, h), each [B, T, H].
+
+def lstm_reference(
+    W,
+    U,
+    b,
+    x,
+    mask=None,
+    reverse=False,
+    c0=None,
+    h0=None,
+    *,
+    peephole=None,
+    coupled=False,
+    norms=None,
+    projection=None,
+):
+    """W [F, 4H], U [P, 4H], b [4H], x [B, T, F], mask [B, T] (True = real step).
+
+    Variants: ``peephole`` [3, H] (p_i, p_f, p_o); ``coupled`` (three blocks i, g, o and
+    f = 1 − i); ``norms`` (γ_x [4H], γ_h [4H], γ_c [H], β_c [H]) for the layer-normalised LSTM;
+    ``projection`` [H, P] for LSTMP.
+
+    Returns outputs [B, T, P] (zero at padded steps), final c [B, H], final h [B, P] and the
+    per-step gates dict (i, f, g, o, c, h), each [B, T, H] (h: [B, T, P]).
     """
     B, T, _ = x.shape
-    H = U.shape[0]
+    H = W.shape[1] // (3 if coupled else 4)
+    P = H if projection is None else projection.shape[1]
     if mask is None:
         mask = np.ones((B, T), bool)
-    out = np.zeros((B, T, H), x.dtype)
-    trace = {k: np.zeros((B, T, H), x.dtype) for k in "ifgoch"}
+    out = np.zeros((B, T, P), x.dtype)
+    trace = {k: np.zeros((B, T, P if k == "h" else H), x.dtype) for k in "ifgoch"}
     c_final = np.zeros((B, H), x.dtype)
-    h_final = np.zeros((B, H), x.dtype)
+    h_final = np.zeros((B, P), x.dtype)
     for n in range(B):
         c = np.zeros(H, x.dtype) if c0 is None else c0[n].copy()
-        h = np.zeros(H, x.dtype) if h0 is None else h0[n].copy()
+        h = np.zeros(P, x.dtype) if h0 is None else h0[n].copy()
         order = range(T - 1, -1, -1) if reverse else range(T)
         for t in order:
             if not mask[n, t]:
                 continue
-            z = x[n, t] @ W + h @ U + b
-            i = sigmoid(z[0:H])
-            f = sigmoid(z[H : 2 * H])
-            g = np.tanh(z[2 * H : 3 * H])
-            o = sigmoid(z[3 * H : 4 * H])
-            c = f * c + i * g
-            h = o * np.tanh(c)
+            if norms is None:
+                z = x[n, t] @ W + h @ U + b
+            else:
+                z = layer_norm(x[n, t] @ W, norms[0]) + layer_norm(h @ U, norms[1]) + b
+            if coupled:
+                i = sigmoid(z[0:H])
+                f = 1 - i
+                g = np.tanh(z[H : 2 * H])
+                o = sigmoid(z[2 * H : 3 * H])
+                c = f * c + i * g
+            elif peephole is not None:
+                i = sigmoid(z[0:H] + peephole[0] * c)
+                f = sigmoid(z[H : 2 * H] + peephole[1] * c)
+                g = np.tanh(z[2 * H : 3 * H])
+                c = f * c + i * g
+                o = sigmoid(z[3 * H : 4 * H] + peephole[2] * c)
+            else:
+                i = sigmoid(z[0:H])
+                f = sigmoid(z[H : 2 * H])
+                g = np.tanh(z[2 * H : 3 * H])
+                o = sigmoid(z[3 * H : 4 * H])
+                c = f * c + i * g
+            if norms is not None:
+                h = o * np.tanh(layer_norm(c, norms[2], norms[3]))
+            else:
+                h = o * np.tanh(c)
+            if projection is not None:
+                h = h @ projection
             out[n, t] = h
             for k, v in zip("ifgoch", (i, f, g, o, c, h), strict=True):
                 trace[k][n, t] = v
