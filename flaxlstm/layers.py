@@ -77,10 +77,9 @@ class LSTM(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        # The constructor's arguments, so that reversed_copy builds the same layer again.
-        self.init_args = nnx.static(
-            {k: v for k, v in locals().items() if k not in ("self", "rngs")}
-        )
+        # The constructor's arguments, so that reversed_copy builds the same layer again
+        # (a tuple: jit hashes a module's static attributes).
+        self.init_args = tuple((k, v) for k, v in locals().items() if k not in ("self", "rngs"))
         _check_size("in_features", in_features)
         _check_size("hidden_features", hidden_features)
         _check_size("unroll", unroll)

@@ -142,7 +142,7 @@ class ProjectedLSTM(LSTM):
             raise ValueError(f"proj_size must lie in [1, {hidden_features}), got {proj_size!r}")
         self.proj_size = proj_size
         super().__init__(in_features, hidden_features, rngs=rngs, **kwargs)
-        self.init_args = nnx.static(dict(self.init_args, proj_size=proj_size))
+        self.init_args += (("proj_size", proj_size),)
         shape = (hidden_features, proj_size)
         self.projection = nnx.Param(
             nnx.initializers.glorot_uniform()(rngs.params(), shape, self.kernel.dtype)

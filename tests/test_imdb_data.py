@@ -16,9 +16,7 @@ from flaxlstm.data.imdb import (
     OOV,
     PAD,
     START,
-    Split,
     Vocabulary,
-    bucket_batches,
     pad_sequences,
     padding_mask,
     tokenize,
@@ -137,44 +135,6 @@ def test_padding_mask_marks_real_tokens():
 
 
 # ----------------------------------------------------------------------------- batching
-
-
-def _post_padded(lengths, maxlen: int) -> Split:
-    rng = np.random.default_rng(0)
-    sequences = [np.concatenate([[START], rng.integers(3, 50, n - 1)]) for n in lengths]
-    ids, kept = pad_sequences(sequences, maxlen, padding="post")
-    return Split(ids, kept, np.arange(len(lengths), dtype=np.int32))  # labels: example index
-
-
-def test_bucket_batches_cover_every_example_once_with_few_shapes():
-    lengths = np.random.default_rng(1).integers(1, 700, 1000)
-    data = _post_padded(lengths, maxlen=500)
-    batches = list(bucket_batches(data, 32, bucket_width=50, seed=3))
-    seen = np.concatenate([batch.labels for batch in batches])
-    assert sorted(seen.tolist()) == list(range(1000))
-    shapes = {batch.ids.shape for batch in batches}
-    assert len(shapes) <= 500 // 50 + 1
-    assert sum(len(batch.labels) < 32 for batch in batches) <= 1
-    for batch in batches:
-        width = batch.ids.shape[1]
-        assert width % 50 == 0 and batch.lengths.max() <= width
-        assert width - 50 < batch.lengths.max() or width == 50  # no wider than needed
-        assert (padding_mask(batch.ids) == (np.arange(width) < batch.lengths[:, None])).all()
-        assert (batch.ids == data.ids[batch.labels, :width]).all()
-
-
-def test_bucket_batches_shuffle_with_a_seed():
-    data = _post_padded(np.random.default_rng(2).integers(1, 120, 200), maxlen=100)
-    order = lambda seed: [b.labels.tolist() for b in bucket_batches(data, 16, seed=seed)]  # noqa: E731
-    assert order(0) == order(0)
-    assert order(0) != order(1)
-    assert order(None) == order(None)
-
-
-def test_bucket_batches_refuse_pre_padded_ids():
-    ids, lengths = pad_sequences([[1, 5], [1, 6, 7]], maxlen=4, padding="pre")
-    with pytest.raises(ValueError, match="post-padded"):
-        next(bucket_batches(Split(ids, lengths, np.zeros(2, np.int32)), 2))
 
 
 # ----------------------------------------------------------------------------- reading

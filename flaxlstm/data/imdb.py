@@ -6,7 +6,7 @@ outside the vocabulary, and the words take 3, 4, ... by falling frequency in the
 A vocabulary of size N (Keras's ``num_words``) uses the ids [0, N), so it holds N − 3 words.
 (Keras also leaves 3 unused and starts its words at 4; here the most frequent word is 3.)
 
-Shapes: N reviews, T = ``maxlen`` padded steps, B reviews in a batch, W ≤ T steps in a bucket.
+Shapes: N reviews, T = ``maxlen`` padded steps. Length-bucketed batches: ``flaxlstm.train.batches``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import re
 import tempfile
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import IO, Literal, NamedTuple
@@ -364,47 +364,3 @@ def load_imdb(
         for split, encoded in splits.items()
     }
     return Imdb(padded["train"], padded["test"], vocabulary)
-
-
-# ----------------------------------------------------------------------------- batching
-
-
-def bucket_batches(
-    data: Split, batch_size: int, *, bucket_width: int = 50, seed: int | None = None
-) -> Iterator[Split]:
-    """Every example exactly once, in batches cut to few widths, to compile few shapes.
-
-    ``data`` must be post-padded (real tokens first). Each example goes to the bucket of width
-    W = the smallest multiple of ``bucket_width`` that holds its tokens (at most T); a batch is
-    ``Split(ids [B, W], lengths [B], labels [B])`` with its rows still post-padded, so
-    ``lengths`` describe them. Every batch holds ``batch_size`` examples but the last one: the
-    buckets' leftovers are pooled, sorted by length and batched at the width of their longest.
-    So at most ``ceil(T / bucket_width) + 1`` distinct shapes come out. With ``seed``, the
-    examples within buckets and the batches' order are shuffled.
-    """
-    ids, lengths, labels = data
-    if batch_size < 1 or bucket_width < 1:
-        raise ValueError(
-            f"batch_size and bucket_width must be positive: {batch_size}, {bucket_width}"
-        )
-    if not np.array_equal(padding_mask(ids), np.arange(ids.shape[1]) < lengths[:, None]):
-        raise ValueError("bucket_batches needs post-padded ids whose lengths count their tokens")
-    maxlen = ids.shape[1]
-    widths = np.minimum(-(-np.maximum(lengths, 1) // bucket_width) * bucket_width, maxlen)
-    rng = np.random.default_rng(seed)
-    plans, leftovers = [], []
-    for width in np.unique(widths):
-        members = np.flatnonzero(widths == width)
-        if seed is not None:
-            members = rng.permutation(members)
-        full = len(members) // batch_size * batch_size
-        plans += np.split(members[:full], full // batch_size) if full else []
-        leftovers.append(members[full:])
-    rest = np.concatenate([np.zeros(0, np.int64), *leftovers])
-    rest = rest[np.argsort(lengths[rest], kind="stable")]
-    plans += [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
-    if seed is not None:
-        plans = [plans[i] for i in rng.permutation(len(plans))]
-    for take in plans:
-        width = widths[take].max()
-        yield Split(ids[take, :width], lengths[take], labels[take])

@@ -1,0 +1,1 @@
+"""Data sets: IMDB reviews (``imdb``) and synthetic sequence tasks (``synthetic``)."""

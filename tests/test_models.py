@@ -1,0 +1,140 @@
+"""The IMDB models of flaxlstm.models: the seeds' parameter counts, shapes, masking, summary."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from flaxlstm.data.imdb import pad_sequences, padding_mask
+from flaxlstm.models import MODELS, SETTINGS, MaxPool1D, count_params, summary
+
+# The totals of the seeds' Keras model summaries (seed 002's: 256,000 + 131,584 + 129).
+KERAS_PARAMS = {
+    "simple": 213_301,
+    "dropout": 213_301,
+    "lstm-dropout": 213_301,
+    "bilstm": 266_601,
+    "cnn-lstm": 216_405,
+    "seed002": 387_713,
+}
+
+
+SMALL = dict(embedding_dim=8, hidden=8)  # the forward tests' layers: quick to compile
+
+
+@pytest.fixture(scope="module")
+def models():
+    """Every IMDB model with small layers, in eval mode (dropout off), built once."""
+    built = {name: factory(**SMALL, rngs=nnx.Rngs(0)) for name, factory in MODELS.items()}
+    for model in built.values():
+        model.eval()
+    return built
+
+
+@nnx.jit
+def forward(model, ids, lengths=None, mask=None):
+    # Compiled once per model and shapes; eager calls would trace the scan on every call.
+    return model(ids, lengths, mask)
+
+
+def reviews(maxlen: int = 12, padding: str = "post"):
+    """Four reviews of 3 to 12 ids (even and odd lengths), padded to ``maxlen``."""
+    rng = np.random.default_rng(0)
+    sequences = [np.concatenate([[1], rng.integers(3, 2000, n - 1)]) for n in (3, 8, 12, 7)]
+    return pad_sequences(sequences, maxlen, padding=padding)
+
+
+def test_registry_and_settings_follow_the_seeds():
+    assert set(MODELS) == set(SETTINGS) == set(KERAS_PARAMS)
+    assert SETTINGS["simple"] == (5000, 500, 32, 64, 3)  # vocab, maxlen, embedding, batch, epochs
+    assert SETTINGS["seed002"] == (2000, 80, 128, 32, 15)
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAMS))
+def test_parameter_counts_equal_the_keras_summaries(name):
+    model = nnx.eval_shape(lambda: MODELS[name](rngs=nnx.Rngs(0)))  # shapes only, no values
+    assert count_params(model) == KERAS_PARAMS[name]
+    assert f"Total params: {KERAS_PARAMS[name]:,}" in summary(name)
+
+
+def test_summary_lists_layers_and_shapes():
+    text = summary("cnn-lstm")
+    assert "embed (Embedding)           (None, 500, 32)           160,000" in text
+    assert "conv (Conv)                 (None, 500, 32)           3,104" in text
+    assert "pool (MaxPool1D)            (None, 250, 32)           0" in text
+    assert "lstm (LSTM)                 (None, 100)               53,200" in text
+    assert "(None, 200)" in summary("bilstm")
+    assert "(None, 80, 128)" in summary("seed002")
+    model = nnx.eval_shape(lambda: MODELS["simple"](vocab_size=100, rngs=nnx.Rngs(0)))
+    assert "(None, 7, 32)" in summary(model, maxlen=7)
+    with pytest.raises(ValueError, match="maxlen"):
+        summary(model)
+    with pytest.raises(ValueError, match="unknown model"):
+        summary("transformer")
+
+
+def test_factories_take_overrides():
+    model = nnx.eval_shape(lambda: MODELS["simple"](vocab_size=100, rngs=nnx.Rngs(0)))
+    assert count_params(model) == KERAS_PARAMS["simple"] - (5000 - 100) * 32
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAMS))
+def test_forward_gives_one_logit_per_review(models, name):
+    ids, lengths = reviews()
+    logits = forward(models[name], jnp.asarray(ids), jnp.asarray(lengths))
+    assert logits.shape == (4,) and logits.dtype == jnp.float32
+    assert np.isfinite(np.asarray(logits)).all()
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAMS))
+def test_padding_never_reaches_the_logits(models, name):
+    model = models[name]
+    ids, lengths = reviews()
+    expected = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(lengths)))
+    # With neither lengths nor mask, id 0 marks the padding.
+    np.testing.assert_allclose(forward(model, jnp.asarray(ids)), expected, atol=1e-6)
+    # Whatever ids stand in the padded steps, lengths (or a mask) keep them out.
+    noisy = jnp.asarray(np.where(padding_mask(ids), ids, 7))
+    np.testing.assert_allclose(forward(model, noisy, jnp.asarray(lengths)), expected, atol=1e-6)
+    mask = jnp.asarray(padding_mask(ids))
+    np.testing.assert_allclose(forward(model, noisy, mask=mask), expected, atol=1e-6)
+    # Pre-padding gives the same logits, except where the convolution's pooling windows shift:
+    # there only an even number of pads leaves them in place.
+    pre, _ = reviews(padding="pre")
+    pre_logits = np.asarray(forward(model, jnp.asarray(pre)))
+    same = np.ones(4, bool) if name != "cnn-lstm" else (12 - lengths) % 2 == 0
+    assert same.any() and (name != "cnn-lstm" or not same.all())
+    np.testing.assert_allclose(pre_logits[same], expected[same], atol=1e-6)
+
+
+def test_cnn_lstm_convolution_sees_padding_as_zeros(models):
+    """A review alone (no padding at all) and post-padded in a longer batch: same logit."""
+    model = models["cnn-lstm"]
+    ids, lengths = reviews()
+    expected = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(lengths)))
+    # Odd reviews are left out: unpadded, one loses its last step to the pool (as in Keras).
+    for row in np.flatnonzero(lengths % 2 == 0):
+        alone = forward(model, jnp.asarray(ids[row : row + 1, : lengths[row]]))
+        np.testing.assert_allclose(alone, expected[row : row + 1], atol=1e-6)
+
+
+def test_max_pool_ignores_padded_steps_and_halves_lengths():
+    x = jnp.asarray([[1.0, -5.0, 3.0, 100.0, 100.0, 100.0, 9.0]])[..., None]  # [1, 7, 1]
+    for n, pooled_length in ((0, 0), (1, 1), (3, 2), (4, 2), (6, 3), (7, 3)):
+        mask = jnp.arange(7)[None, :] < n
+        y, pooled = MaxPool1D(2)(x, mask)
+        assert y.shape == (1, 3, 1) and int(pooled.sum()) == pooled_length
+        real = np.asarray(x[0, :n, 0])
+        expected = [real[i : i + 2].max() for i in range(0, 2 * pooled_length, 2)]
+        np.testing.assert_array_equal(y[0, :pooled_length, 0], expected)
+        assert (y[0, pooled_length:] == 0).all()
+
+
+def test_dropout_is_active_until_eval():
+    model = MODELS["dropout"](**SMALL, rngs=nnx.Rngs(0))
+    ids = jnp.asarray(reviews()[0])
+    assert not np.allclose(forward(model, ids), forward(model, ids))
+    model.eval()
+    np.testing.assert_array_equal(forward(model, ids), forward(model, ids))
