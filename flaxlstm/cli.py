@@ -144,6 +144,7 @@ def build_parser() -> Parser:
     add("--seed", type=int, default=0, help="of the initialisation, dropout and order")
     add("--data-dir", help="TFDS data directory (default: $TFDS_DATA_DIR)")
     add("--cache-dir", help="where encoded reviews are cached (default: ~/.cache/flaxlstm)")
+    add("--limit", type=positive_int, help="use the first N reviews of each split (a quick try)")
     add("--out", help="run directory (default: runs/imdb-MODEL)")
     add("--quiet", action="store_true", help="print nothing")
     imdb.set_defaults(run=train_imdb)
@@ -254,7 +255,11 @@ def train_imdb(args: argparse.Namespace) -> None:
         raise ValueError(f"--bucket-width must be 0 or positive, got {args.bucket_width}")
     out = output_directory(args.out or f"runs/imdb-{args.model}")
     data = imdb_data.load_imdb(
-        config["vocab_size"], config["maxlen"], data_dir=args.data_dir, cache_dir=args.cache_dir
+        config["vocab_size"],
+        config["maxlen"],
+        data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
+        limit=args.limit,
     )
     model = _imdb_model(config)
     start = time.perf_counter()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import DATA_DIR, needs_data
 
 from flaxlstm.data import imdb
 from flaxlstm.data.imdb import (
@@ -22,20 +23,6 @@ from flaxlstm.data.imdb import (
     tokenize,
 )
 
-
-def shared_data_dir() -> Path | None:
-    """A TFDS data directory holding imdb_reviews: $TFDS_DATA_DIR, else ../shared/tfds."""
-    repo = Path(__file__).resolve().parents[1]
-    for candidate in (os.environ.get("TFDS_DATA_DIR"), repo.parent / "shared" / "tfds"):
-        if candidate and any(Path(candidate).glob("imdb_reviews/plain_text/*/dataset_info.json")):
-            return Path(candidate)
-    return None
-
-
-DATA_DIR = shared_data_dir()
-needs_data = pytest.mark.skipif(
-    DATA_DIR is None, reason="no prepared imdb_reviews in $TFDS_DATA_DIR or ../shared/tfds"
-)
 FEW = 300  # reviews per split in the reading tests
 
 

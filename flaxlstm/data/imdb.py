@@ -207,10 +207,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "flaxlstm"
 
 
-def cache_path(vocab_size: int, data_dir: Path, cache_dir: Path) -> Path:
-    """The cache file of one vocabulary size, data directory and tokenizer version."""
+def cache_path(vocab_size: int, data_dir: Path, cache_dir: Path, limit: int | None = None) -> Path:
+    """The cache file of one vocabulary size, data directory, tokenizer version and limit."""
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
-    return cache_dir / f"imdb-tok{TOKENIZER_VERSION}-vocab{vocab_size}-{digest}.npz"
+    first = "" if limit is None else f"-first{limit}"
+    return cache_dir / f"imdb-tok{TOKENIZER_VERSION}-vocab{vocab_size}{first}-{digest}.npz"
 
 
 def encode_imdb(
@@ -219,8 +220,10 @@ def encode_imdb(
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     download: bool = False,
+    limit: int | None = None,
 ) -> tuple[Vocabulary, dict[str, Encoded]]:
-    """The vocabulary fit on the train split and both labelled splits encoded with it.
+    """The vocabulary fit on the train split and both labelled splits encoded with it (the
+    first ``limit`` reviews of each split only, when given: a quick try).
 
     Read from the cache when a sound cache file exists (under a second); otherwise built (10 to
     20 seconds on two cores) and cached. A cache file that cannot be read is rebuilt.
@@ -229,13 +232,13 @@ def encode_imdb(
     cache_dir = Path(cache_dir or default_cache_dir()).expanduser().resolve()
     if cache_dir.is_relative_to(data_dir):
         raise ValueError(f"the cache directory {cache_dir} must lie outside the data {data_dir}")
-    path = cache_path(vocab_size, data_dir, cache_dir)
+    path = cache_path(vocab_size, data_dir, cache_dir, limit)
     cached = _read_cache(path)
     if cached is not None:
         return cached
     texts, labels = {}, {}
     for split in SPLITS:
-        texts[split], labels[split] = read_split(split, data_dir, download=download)
+        texts[split], labels[split] = read_split(split, data_dir, download=download, limit=limit)
     tokenized = {split: [tokenize(text) for text in texts[split]] for split in SPLITS}
     vocabulary = Vocabulary.fit(tokenized["train"], vocab_size)
     splits = {
@@ -347,6 +350,7 @@ def load_imdb(
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     download: bool = False,
+    limit: int | None = None,
 ) -> Imdb:
     """IMDB's train and test splits (25,000 reviews each), encoded with the train split's
     ``vocab_size`` ids and padded to ``maxlen``, as Keras's ``imdb.load_data(num_words)`` then
@@ -357,7 +361,7 @@ def load_imdb(
     of the LSTM models. Truncation keeps each review's end, as in the seeds.
     """
     vocabulary, splits = encode_imdb(
-        vocab_size, data_dir=data_dir, cache_dir=cache_dir, download=download
+        vocab_size, data_dir=data_dir, cache_dir=cache_dir, download=download, limit=limit
     )
     padded = {
         split: Split(*pad_sequences(encoded.sequences, maxlen, padding, truncating), encoded.labels)

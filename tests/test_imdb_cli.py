@@ -1,0 +1,79 @@
+"""`flaxlstm train imdb`, `predict` and `summary` end to end on a small slice of IMDB."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from shared_data import DATA_DIR, needs_data
+from test_cli import run_main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    if DATA_DIR is None:
+        pytest.skip("no prepared imdb_reviews in $TFDS_DATA_DIR or ../shared/tfds")
+    out = tmp_path_factory.mktemp("imdb-run")
+    argv = [
+        "train", "imdb", "--model", "simple", "--epochs", "2", "--limit", "400",
+        "--vocab-size", "300", "--maxlen", "60", "--batch-size", "32", "--bucket-width", "20",
+        "--data-dir", str(DATA_DIR), "--cache-dir", str(out / "cache"), "--out", str(out / "run"),
+    ]  # fmt: skip
+    subprocess.run([sys.executable, "-m", "flaxlstm.cli", *argv, "--quiet"], check=True)
+    return out / "run"
+
+
+@needs_data
+def test_train_imdb_writes_everything_a_run_needs(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = json.loads((run_dir / "history.json").read_text())
+    assert metrics["test_reviews"] == 400
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_loss"] > 0
+    assert metrics["test_accuracy"] == history["val_accuracy"][-1]  # the final model's
+    assert len(history["loss"]) == 2
+    assert {"config.json", "vocabulary.json", "checkpoint"} <= {p.name for p in run_dir.iterdir()}
+
+
+@needs_data
+def test_predict_reads_arguments_a_file_and_stdin(run_dir, tmp_path, capsys):
+    reviews = ["A wonderful, moving film.", "Dull and far too long; I left early."]
+    code, out, err = run_main(["predict", "--model-dir", str(run_dir), *reviews], capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 2
+    for line, review in zip(lines, reviews, strict=True):
+        p, label, text = line.split("\t")
+        assert 0 <= float(p) <= 1 and label == ("positive" if float(p) >= 0.5 else "negative")
+        assert text == review
+    path = tmp_path / "reviews.txt"
+    path.write_text("\n".join(reviews) + "\n")
+    assert run_main(["predict", "--model-dir", str(run_dir), "--file", str(path)], capsys)[1] == out
+    piped = subprocess.run(
+        [sys.executable, "-m", "flaxlstm.cli", "predict", "--model-dir", str(run_dir)],
+        input="\n".join(reviews),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert piped.stdout == out
+
+
+@needs_data
+def test_predict_errors_are_one_line(run_dir, tmp_path, capsys):
+    for argv, message in [
+        (["predict", "--model-dir", str(tmp_path), "fine"], "no 'train imdb' run"),
+        (["predict", "--model-dir", str(run_dir), "<br /><br />"], "no words after tokenisation"),
+    ]:
+        code, _, err = run_main(argv, capsys)
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_data_dir_is_one_line(tmp_path, capsys):
+    argv = ["train", "imdb", "--limit", "10", "--data-dir", str(tmp_path / "nowhere")]
+    code, _, err = run_main(argv + ["--out", str(tmp_path / "run")], capsys)
+    assert code == 1 and "nowhere" in err and len(err.strip().splitlines()) == 1
+
+
+def test_summary_prints_the_seed_parameter_count(capsys):
+    code, out, _ = run_main(["summary", "bilstm"], capsys)
+    assert code == 0 and "266,601" in out
