@@ -56,7 +56,9 @@ def run(model: str, seed: int, runs: str) -> dict | None:
     with open(path) as f:
         metrics = json.load(f)
     with open(os.path.join(out, "history.json")) as f:
-        metrics["history"] = json.load(f)
+        history = json.load(f)
+    # The test split's accuracy after each epoch (named val_accuracy by runs before 0.1.0).
+    metrics["curve"] = history.get("test_accuracy") or history["val_accuracy"]
     return metrics
 
 
@@ -91,11 +93,12 @@ def write_results(results: dict[str, list[dict]], seeds: list[int], runs: str, p
             continue
         acc = np.array([m["test_accuracy"] for m in metrics]) * 100
         secs = np.median([m["seconds_per_epoch"] for m in metrics])
-        curves = np.array([m["history"]["val_accuracy"] for m in metrics]) * 100
+        epochs = len(metrics[0]["curve"])
+        curves = np.array([m["curve"] for m in metrics]) * 100
         best = int(np.argmax(curves.mean(0))) + 1
         source, theirs, target = SEED_RESULTS[model]
         lines.append(
-            f"| {model} | {metrics[0]['config']['epochs']} | {len(acc)}"
+            f"| {model} | {epochs} | {len(acc)}"
             f" | {acc.mean():.2f} ± {acc.std():.2f}"
             f" | {acc.min():.2f}–{acc.max():.2f} | {theirs if theirs else '—'} ({source})"
             f" | {f'≥ {target}' if target else '—'} | {secs:.0f}"
@@ -104,7 +107,7 @@ def write_results(results: dict[str, list[dict]], seeds: list[int], runs: str, p
     lines += ["", "Per-epoch test accuracy (%), mean over the runs:", ""]
     for model, metrics in results.items():
         if metrics:
-            curve = np.mean([m["history"]["val_accuracy"] for m in metrics], 0) * 100
+            curve = np.mean([m["curve"] for m in metrics], 0) * 100
             lines.append(f"- {model}: " + ", ".join(f"{a:.2f}" for a in curve))
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

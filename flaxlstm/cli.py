@@ -76,18 +76,34 @@ def add_training_options(
     batch_size: int = 32,
     learning_rate: float = 1e-3,
 ) -> None:
-    """The options every ``train`` task shares, with that task's defaults."""
+    """The options of the synthetic tasks, with that task's defaults."""
     add = parser.add_argument
     add("--epochs", type=positive_int, default=epochs, help="passes over the training data")
     add("--batch-size", type=positive_int, default=batch_size, help="sequences per step")
-    add("--learning-rate", type=positive_float, default=learning_rate, help="of Adam")
-    add("--clip-norm", type=positive_float, help="clip gradients to this global norm")
     add("--hidden", type=positive_int, default=hidden, help="LSTM units")
     add("--samples", type=positive_int, default=samples, help="training sequences")
     add("--test-samples", type=positive_int, default=test_samples, help="held-out sequences")
-    add("--validation-split", type=fraction, default=0.1, help="of the training sequences")
+    add_run_options(parser, out=out, learning_rate=learning_rate, validation_split=0.1)
+
+
+def add_run_options(
+    parser: argparse.ArgumentParser, *, out: str | None, learning_rate: float, validation_split
+) -> None:
+    """The options every ``train`` task shares: optimisation, validation, checkpoints."""
+    add = parser.add_argument
+    add("--learning-rate", type=positive_float, default=learning_rate, help="of Adam")
+    add("--clip-norm", type=positive_float, help="clip gradients to this global norm")
+    add("--validation-split", type=fraction, default=validation_split, help="held out of train")
+    add("--patience", type=positive_int, help="stop after N epochs without a lower val_loss")
+    add(
+        "--no-restore-best",
+        action="store_true",
+        help="keep the last epoch's model, not the one of lowest val_loss",
+    )
+    add("--checkpoint-every", type=positive_int, help="also checkpoint every N steps")
+    add("--resume", action="store_true", help="continue from DIR/checkpoints")
     add("--seed", type=int, default=0, help="of the data, initialisation and order")
-    add("--out", default=out, help="directory for metrics.json and history.json")
+    add("--out", default=out, help="run directory: metrics, history, checkpoints, model")
     add("--quiet", action="store_true", help="print nothing")
 
 
@@ -138,15 +154,12 @@ def build_parser() -> Parser:
     add("--batch-size", type=positive_int, help="default: the model's seed's")
     add("--maxlen", type=positive_int, help="tokens kept per review; default: the seed's")
     add("--vocab-size", type=positive_int, help="most frequent words kept; default: the seed's")
-    add("--learning-rate", type=positive_float, default=1e-3, help="of Adam")
-    add("--clip-norm", type=positive_float, help="clip gradients to this global norm")
     add("--bucket-width", type=int, default=50, help="batch by length (0: pad all to maxlen)")
-    add("--seed", type=int, default=0, help="of the initialisation, dropout and order")
     add("--data-dir", help="TFDS data directory (default: $TFDS_DATA_DIR)")
     add("--cache-dir", help="where encoded reviews are cached (default: ~/.cache/flaxlstm)")
     add("--limit", type=positive_int, help="use the first N reviews of each split (a quick try)")
-    add("--out", help="run directory (default: runs/imdb-MODEL)")
-    add("--quiet", action="store_true", help="print nothing")
+    # No validation split by default: the seeds train on all 25,000 training reviews.
+    add_run_options(imdb, out=None, learning_rate=1e-3, validation_split=0.0)
     imdb.set_defaults(run=train_imdb)
 
     predict = commands.add_parser(
@@ -160,6 +173,7 @@ def build_parser() -> Parser:
     summary = commands.add_parser("summary", help="a Keras-like table of a model's layers")
     summary.add_argument("model", choices=sorted(MODELS))
     summary.set_defaults(run=lambda args: print(models.summary(args.model)))
+    add_inspect_parser(commands)
     return parser
 
 
@@ -174,36 +188,59 @@ def output_directory(out: str) -> str:
     return out
 
 
-def fit_and_test(args, model, train_data, test_data, out: str, lengths=None) -> dict:
-    """Train ``model`` on ``train_data`` (x, y) and score it on ``test_data``; write both."""
+def fit_and_test(
+    args, model, train_data, test_data, out: str, *, report_test=False, bucket_width=None
+) -> dict:
+    """Train ``model`` on ``train_data`` (x, y[, lengths]), score the final model on
+    ``test_data`` (also after every epoch with ``report_test``), and write metrics.json,
+    history.json, the training checkpoints (DIR/checkpoints) and the model (DIR/model)."""
     start = time.perf_counter()
+    x, y, *lengths = train_data
     train.fit(
         model,
-        *train_data,
-        lengths=lengths,
+        x,
+        y,
+        lengths=lengths[0] if lengths else None,
         epochs=args.epochs,
         batch_size=args.batch_size,
         validation_split=args.validation_split,
+        report_data={"test": test_data} if report_test else None,
         seed=args.seed,
         optimizer=optax.adam(args.learning_rate),
         clip_norm=args.clip_norm,
+        bucket_width=bucket_width,
+        restore_best=not args.no_restore_best,
+        patience=args.patience,
+        checkpoint_dir=os.path.join(out, "checkpoints"),
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
         quiet=args.quiet,
         history_path=os.path.join(out, "history.json"),
     )
     seconds = time.perf_counter() - start
-    test = train.evaluate(model, *test_data, batch_size=args.batch_size)
+    x, y, *lengths = test_data
+    test = train.evaluate(
+        model,
+        x,
+        y,
+        lengths=lengths[0] if lengths else None,
+        batch_size=args.batch_size,
+        bucket_width=bucket_width,
+    )
+    Checkpointer(os.path.join(out, "model")).save(0, nnx.state(model, nnx.Param), {})
     metrics = {
         "task": args.task,
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
-        "test_sequences": len(test_data[0]),
+        "test_sequences": len(x),
         "train_seconds": round(seconds, 2),
+        "seconds_per_epoch": round(seconds / args.epochs, 2),
         "options": {k: v for k, v in vars(args).items() if k not in ("run", "command")},
     }
     train.save_json(os.path.join(out, "metrics.json"), metrics)
     if not args.quiet:
         print(f"test_loss {test['loss']:.4f} - test_accuracy {test['accuracy']:.4f}")
-        print(f"wrote {os.path.join(out, 'metrics.json')} and history.json")
+        print(f"wrote {out}/metrics.json, history.json, checkpoints/, model/")
     return metrics
 
 
@@ -230,7 +267,7 @@ def train_parity(args: argparse.Namespace) -> None:
     seen = {row.tobytes() for row in train_x}
     fresh = np.array([row.tobytes() not in seen for row in x], dtype=bool)
     model = ParityModel(100, args.embedding, args.hidden, rngs=nnx.Rngs(args.seed))
-    fit_and_test(args, model, (train_x, train_y), (x[fresh], y[fresh]), out, lengths)
+    fit_and_test(args, model, (train_x, train_y, lengths), (x[fresh], y[fresh]), out)
 
 
 def _imdb_model(config: dict) -> models.SentimentClassifier:
@@ -240,19 +277,16 @@ def _imdb_model(config: dict) -> models.SentimentClassifier:
 
 def train_imdb(args: argparse.Namespace) -> None:
     seed_settings = models.SETTINGS[args.model]
+    if args.bucket_width < 0:
+        raise ValueError(f"--bucket-width must be 0 or positive, got {args.bucket_width}")
+    args.epochs = args.epochs or seed_settings.epochs
+    args.batch_size = args.batch_size or seed_settings.batch_size
     config = {
         "model": args.model,
         "vocab_size": args.vocab_size or seed_settings.vocab_size,
         "maxlen": args.maxlen or seed_settings.maxlen,
-        "epochs": args.epochs or seed_settings.epochs,
-        "batch_size": args.batch_size or seed_settings.batch_size,
-        "learning_rate": args.learning_rate,
-        "clip_norm": args.clip_norm,
-        "bucket_width": args.bucket_width or None,
         "seed": args.seed,
     }
-    if args.bucket_width < 0:
-        raise ValueError(f"--bucket-width must be 0 or positive, got {args.bucket_width}")
     out = output_directory(args.out or f"runs/imdb-{args.model}")
     data = imdb_data.load_imdb(
         config["vocab_size"],
@@ -261,46 +295,20 @@ def train_imdb(args: argparse.Namespace) -> None:
         cache_dir=args.cache_dir,
         limit=args.limit,
     )
-    model = _imdb_model(config)
-    start = time.perf_counter()
-    history = train.fit(
-        model,
-        data.train.ids,
-        data.train.labels,
-        lengths=data.train.lengths,
-        # As seed 002's fit: the test split is scored after every epoch.
-        validation_data=(data.test.ids, data.test.labels, data.test.lengths),
-        epochs=config["epochs"],
-        batch_size=config["batch_size"],
-        seed=args.seed,
-        optimizer=optax.adam(args.learning_rate),
-        clip_norm=args.clip_norm,
-        bucket_width=config["bucket_width"],
-        quiet=args.quiet,
-        history_path=os.path.join(out, "history.json"),
-    )
-    seconds = time.perf_counter() - start
     data.vocabulary.save(os.path.join(out, "vocabulary.json"))
     train.save_json(os.path.join(out, "config.json"), config)
-    Checkpointer(os.path.join(out, "checkpoint")).save(
-        config["epochs"], nnx.state(model, nnx.Param), {"config": config}
+    model = _imdb_model(config)
+    as_xy = lambda split: (split.ids, split.labels, split.lengths)  # noqa: E731
+    # As seed 002's fit, the test split is scored after every epoch (never to choose a model).
+    fit_and_test(
+        args,
+        model,
+        as_xy(data.train),
+        as_xy(data.test),
+        out,
+        report_test=True,
+        bucket_width=args.bucket_width or None,
     )
-    metrics = {
-        "task": "imdb",
-        "model": args.model,
-        "test_accuracy": history["val_accuracy"][-1],
-        "test_loss": history["val_loss"][-1],
-        "test_reviews": len(data.test.labels),
-        "train_seconds": round(seconds, 2),
-        "seconds_per_epoch": round(seconds / config["epochs"], 2),
-        "config": config,
-    }
-    train.save_json(os.path.join(out, "metrics.json"), metrics)
-    if not args.quiet:
-        print(
-            f"test_loss {metrics['test_loss']:.4f} - test_accuracy {metrics['test_accuracy']:.4f}"
-        )
-        print(f"wrote {out}/metrics.json, history.json, config.json, vocabulary.json, checkpoint/")
 
 
 def predict_reviews(args: argparse.Namespace) -> None:
@@ -312,9 +320,9 @@ def predict_reviews(args: argparse.Namespace) -> None:
     vocabulary = imdb_data.Vocabulary.load(os.path.join(args.model_dir, "vocabulary.json"))
     model = _imdb_model(config)
     params = nnx.state(model, nnx.Param)
-    restored = Checkpointer(os.path.join(args.model_dir, "checkpoint")).restore_latest(params)
+    restored = Checkpointer(os.path.join(args.model_dir, "model")).restore_latest(params)
     if restored is None:
-        raise ValueError(f"no usable checkpoint in {args.model_dir!r}/checkpoint")
+        raise ValueError(f"no usable model in {args.model_dir!r}/model")
     nnx.update(model, restored[0])
     if args.file:
         with open(args.file, encoding="utf-8") as f:
@@ -333,6 +341,102 @@ def predict_reviews(args: argparse.Namespace) -> None:
     for review, p in zip(reviews, train.predict(model, ids, lengths=lengths), strict=True):
         label = "positive" if p >= 0.5 else "negative"
         print(f"{p:.4f}\t{label}\t{review[:70]}")
+
+
+def add_inspect_parser(commands) -> None:
+    """``flaxlstm inspect VIEW``: PNG pictures of what a model does inside (flaxlstm.inspect)."""
+    inspect = commands.add_parser("inspect", help="draw what a model does inside (PNG)")
+    views = inspect.add_subparsers(dest="view", required=True, metavar="VIEW")
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+
+    curves = views.add_parser(
+        "curves", help="loss and accuracy per epoch of a run", formatter_class=defaults
+    )
+    curves.add_argument("run_dir", help="a 'flaxlstm train' run directory (its history.json)")
+    curves.add_argument("--out", default="curves.png", help="the PNG to write")
+    curves.set_defaults(run=inspect_curves)
+
+    cumsum = views.add_parser(
+        "cumsum",
+        help="train a cumsum model (seconds), draw its cell state, predictions and gates",
+        formatter_class=defaults,
+    )
+    add = cumsum.add_argument
+    add("--samples", type=positive_int, default=4000, help="training sequences")
+    add("--epochs", type=positive_int, default=10, help="passes over them")
+    add("--hidden", type=positive_int, default=20, help="LSTM units")
+    add("--seed", type=int, default=0, help="of the data, initialisation and order")
+    add("--sequence", type=int, default=0, help="which held-out sequence to draw")
+    add("--out", default="runs/inspect-cumsum", help="directory for the PNGs")
+    cumsum.set_defaults(run=inspect_cumsum)
+
+    review_view(views, "review", "P(positive) after each word of a review", inspect_review)
+    gates = review_view(
+        views, "gates", "gates and cell state of an IMDB model over a review", inspect_gates
+    )
+    gates.add_argument("--layer", help="lstm, lstm/forward or lstm/backward (default: first)")
+
+
+def review_view(views, name: str, help_text: str, run) -> argparse.ArgumentParser:
+    """An ``inspect`` view of one review read by a ``train imdb`` run's model."""
+    parser = views.add_parser(
+        name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--model-dir", required=True, help="a 'train imdb' run directory")
+    parser.add_argument("review", help="the review's text")
+    parser.add_argument("--max-words", type=positive_int, default=60, help="words drawn")
+    parser.add_argument("--out", default=f"{name}.png", help="the PNG to write")
+    parser.set_defaults(run=run)
+    return parser
+
+
+# flaxlstm.inspect is imported where it is used: matplotlib need not slow the other commands.
+
+
+def inspect_curves(args: argparse.Namespace) -> None:
+    from flaxlstm import inspect
+
+    history = inspect.read_history(args.run_dir)
+    figure = inspect.plot_history(history, title=f"Training curves: {args.run_dir}")
+    print(f"wrote {inspect.save_figure(figure, args.out)}")
+
+
+def inspect_cumsum(args: argparse.Namespace) -> None:
+    from flaxlstm import inspect
+
+    x, y = synthetic.cumsum_sequences(1000, 10, seed=[args.seed, 1])  # train cumsum's test set
+    if not 0 <= args.sequence < len(x):
+        raise ValueError(f"--sequence must lie in [0, {len(x)}), got {args.sequence}")
+    out = output_directory(args.out)
+    model = inspect.train_cumsum_model(
+        args.samples, args.epochs, args.hidden, steps=10, seed=args.seed
+    )
+    predicted, actual = inspect.cumsum_crossings(model, x, y)
+    accuracy = train.evaluate(model, x, y)["accuracy"]
+    print(
+        f"per-step test accuracy {accuracy:.4f}; the prediction crosses 0.5 where the running"
+        f" sum crosses T/4 in {np.mean(predicted == actual):.1%} of {len(x)} held-out sequences"
+    )
+    written = inspect.write_cumsum_pictures(model, x, y, out, args.sequence)
+    print(f"wrote {' and '.join(written)}")
+
+
+def inspect_review(args: argparse.Namespace) -> None:
+    from flaxlstm import inspect
+
+    run = inspect.load_run(args.model_dir)
+    figure = inspect.plot_review(run.model, run.vocabulary, args.review, args.max_words)
+    print(f"wrote {inspect.save_figure(figure, args.out)}")
+
+
+def inspect_gates(args: argparse.Namespace) -> None:
+    from flaxlstm import inspect
+
+    run = inspect.load_run(args.model_dir)
+    figure = inspect.plot_review_gates(
+        run.model, run.vocabulary, args.review, layer=args.layer, max_words=args.max_words
+    )
+    print(f"wrote {inspect.save_figure(figure, args.out)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,8 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.layers import Embedding, check_token_ids
 from flaxlstm.recurrent import make_mask
 
@@ -124,7 +126,8 @@ def train_step(
 ) -> tuple[TrainState, jax.Array]:
     """One optimizer step on the mean loss over ``batch``'s real examples (or steps).
 
-    Returns the new state and the batch's metric sums [3] (loss, correct, weight).
+    Returns the new state and the batch's metric sums [3] (loss, correct, weight); the loss sum
+    is NaN when the step leaves the parameters non-finite.
     """
 
     def loss_fn(params):
@@ -135,6 +138,10 @@ def train_step(
     grads, (sums, rng) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # A step that leaves parameters NaN or infinite counts as a non-finite loss, so that its
+    # state is never checkpointed (fit checks the loss sums).
+    finite = jnp.isfinite(optax.tree.norm(params))
+    sums = sums.at[0].set(jnp.where(finite, sums[0], jnp.nan))
     return TrainState(state.step + 1, params, rng, opt_state), sums
 
 
@@ -283,6 +290,19 @@ def _check_batch_size(batch_size: int) -> None:
 # ----------------------------------------------------------------------------- fit and friends
 
 
+class NonFiniteLossError(ValueError):
+    """The loss became NaN or infinite; the message names the step and the batch."""
+
+
+def data_parallel(devices=None) -> tuple[NamedSharding, NamedSharding]:
+    """Shardings over a one-axis mesh ``data`` of ``devices`` (all that JAX sees by default):
+    batches split along their first axis, parameters and optimizer state replicated. The same
+    code runs on one device or many; on several hosts, call ``jax.distributed.initialize()``
+    first and every host's devices join the mesh."""
+    mesh = Mesh(np.array(devices if devices is not None else jax.devices()), ("data",))
+    return NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+
+
 def fit(
     model: nnx.Module,
     x,
@@ -293,13 +313,20 @@ def fit(
     batch_size: int = 32,
     validation_split: float = 0.0,
     validation_data: tuple | None = None,
+    report_data: dict[str, tuple] | None = None,
     shuffle: bool = True,
     seed: int = 0,
     optimizer: optax.GradientTransformation | None = None,
     clip_norm: float | None = None,
+    bucket_width: int | None = None,
+    restore_best: bool = True,
+    patience: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    devices=None,
     quiet: bool = False,
     history_path: str | os.PathLike | None = None,
-    bucket_width: int | None = None,
 ) -> History:
     """Train ``model`` in place on inputs ``x`` ([N, T] ids or [N, T, F]) and labels ``y``
     ([N] or [N, T] in {0, 1}), with optional ``lengths`` [N] of padded sequences.
@@ -308,21 +335,35 @@ def fit(
       validation_split: the fraction of examples, taken from the end before shuffling (as
         Keras), held out to validate on after every epoch.
       validation_data: ``(x, y)`` or ``(x, y, lengths)`` to validate on instead.
+      report_data: ``{name: (x, y[, lengths])}`` scored after every epoch into the history as
+        ``name_loss`` and ``name_accuracy``, for the record only (never to choose a model).
       shuffle: draw a new order of the training examples every epoch from ``seed``.
       optimizer: any optax GradientTransformation; Adam(1e-3) when None.
       clip_norm: clip the gradients to this global norm first, when given.
-      quiet: print nothing (no progress bar, no epoch lines).
-      history_path: also write the history there as JSON.
       bucket_width: batch sequences of similar ``lengths`` together and cut each batch to a
         multiple of this many steps (``batches``): the padding is not computed, with the same
         loss as on fully padded batches.
+      restore_best: when validating, end with the parameters of the epoch of lowest
+        ``val_loss`` rather than the last epoch's.
+      patience: when validating, stop after this many epochs without a lower ``val_loss``.
+      checkpoint_dir: save the whole training state there (orbax) after every epoch, and
+        every ``checkpoint_every`` steps; ``resume`` continues from the newest good one.
+        A resumed run ends exactly as an uninterrupted one with the same seed.
+      devices: the devices to split each batch over (``data_parallel``); all by default.
+      quiet: print nothing (no progress bar, no epoch lines).
+      history_path: also write the history there as JSON.
     Returns:
       the history: ``loss`` and ``accuracy`` per epoch, and ``val_loss`` and ``val_accuracy``
       when validating. Loss and accuracy are means over every example (every real step for
       per-step labels) of the epoch, measured during training as Keras does.
     """
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    for name, value in (
+        ("epochs", epochs),
+        ("patience", patience),
+        ("checkpoint_every", checkpoint_every),
+    ):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     _check_batch_size(batch_size)
     _check_bucket_width(bucket_width, lengths)
     if not 0.0 <= validation_split < 1.0:
@@ -331,6 +372,14 @@ def fit(
         raise ValueError("give validation_split or validation_data, not both")
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+    if (resume or checkpoint_every) and checkpoint_dir is None:
+        raise ValueError("resume and checkpoint_every need a checkpoint_dir")
+    batch_sharding, replicated = data_parallel(devices)
+    if batch_size % batch_sharding.mesh.size:
+        raise ValueError(
+            f"batch_size {batch_size} must be a multiple of the {batch_sharding.mesh.size}"
+            " devices it is split over"
+        )
     train = check_data(model, Batch(x, y, lengths))
     validation = None
     if validation_data is not None:
@@ -342,52 +391,126 @@ def fit(
         take = lambda a, s: None if a is None else a[s]  # noqa: E731
         validation = Batch(*(take(a, slice(n_train, None)) for a in train))
         train = Batch(*(take(a, slice(None, n_train)) for a in train))
+    evaluations = {"val": validation} if validation is not None else {}
+    for name, data in (report_data or {}).items():
+        evaluations[name] = check_data(model, Batch(*data))
 
     tx = optimizer or default_optimizer()
     if clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
-    graphdef, state = create_train_state(model, tx)
+    graphdef, params, rng = _split_model(model, training=True)
     eval_graphdef = _split_model(model, training=False)[0]
-    shuffler = np.random.default_rng(seed)
-    n = len(train.inputs)
-    steps = -(-n // batch_size)
-    history: History = {}
-    try:
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            order = shuffler.permutation(n) if shuffle else np.arange(n)
-            sums = []
-            bar = tqdm(
-                batches(train, batch_size, order, bucket_width=bucket_width, rng=shuffler),
-                total=steps,
-                desc=f"Epoch {epoch}/{epochs}",
-                leave=False,
-                disable=quiet,
-                unit="batch",
-            )
-            for i, batch in enumerate(bar):
-                state, batch_sums = train_step(state, batch, graphdef=graphdef, tx=tx)
-                sums.append(batch_sums)
-                if not quiet and (i % 20 == 19 or i == steps - 1):
-                    running = np.sum(jax.device_get(sums), axis=0, dtype=np.float64)
-                    bar.set_postfix(loss=f"{running[0] / running[2]:.4f}", refresh=False)
-            total = np.sum(jax.device_get(sums), axis=0, dtype=np.float64)
-            metrics = {"loss": total[0] / total[2], "accuracy": total[1] / total[2]}
-            if validation is not None:
-                val = _run_eval(
-                    eval_graphdef, state.params, state.rng, validation, batch_size, bucket_width
+    # Copies, so that donating the state's buffers leaves the model's arrays alone.
+    params, rng = jax.tree.map(jnp.copy, (params, rng))
+    state = TrainState(jnp.zeros((), jnp.int32), params, rng, tx.init(params))
+    # Where the run stands: what a checkpoint needs besides the arrays to go on exactly.
+    settings = [n_examples := len(train.inputs), batch_size, seed, shuffle, bucket_width]
+    progress = {
+        "epoch": 1, "batch": 0, "sums": [], "history": {}, "best": None, "waited": 0,
+        "stopped": False, "settings": settings,
+    }  # fmt: skip
+    best_params = jax.tree.map(jnp.copy, params)  # its own buffers: the steps donate state's
+    checkpoints = None if checkpoint_dir is None else Checkpointer(checkpoint_dir)
+    if resume:
+        restored = checkpoints.restore_latest({"train": state, "best": best_params})
+        if restored is not None:
+            trees, meta = restored
+            if meta["settings"] != settings:
+                raise ValueError(
+                    f"the checkpoints in {checkpoint_dir} are of a run with other data or settings"
+                    f" (examples, batch_size, seed, shuffle, bucket_width: {meta['settings']},"
+                    f" now {settings})"
                 )
-                metrics |= {f"val_{name}": value for name, value in val.items()}
-            for name, value in metrics.items():
-                history.setdefault(name, []).append(float(value))
+            progress = {key: meta[key] for key in progress}
+            state, best_params = trees["train"], trees["best"]
+    state = jax.device_put(state, replicated)
+
+    def save(done: dict) -> None:
+        if checkpoints is not None:
+            trees = {"train": state, "best": best_params}
+            checkpoints.save(int(state.step), trees, done)
+
+    n = n_examples
+    steps = -(-n // batch_size)
+    history: History = progress["history"]
+    for epoch in range(progress["epoch"], epochs + 1 if not progress["stopped"] else 0):
+        start = time.perf_counter()
+        # One generator per epoch, so a resumed epoch draws the same order.
+        shuffler = np.random.default_rng([seed, epoch])
+        order = shuffler.permutation(n) if shuffle else np.arange(n)
+        sums = [np.asarray(s, np.float32) for s in progress["sums"]]
+        first = progress["batch"]
+        bar = tqdm(
+            batches(train, batch_size, order, bucket_width=bucket_width, rng=shuffler),
+            total=steps,
+            initial=first,
+            desc=f"Epoch {epoch}/{epochs}",
+            leave=False,
+            disable=quiet,
+            unit="batch",
+        )
+        for i, batch in enumerate(bar):
+            if i < first:
+                continue
+            batch = jax.device_put(batch, batch_sharding)
+            state, batch_sums = train_step(state, batch, graphdef=graphdef, tx=tx)
+            sums.append(batch_sums)
+            last = i == steps - 1
+            if (
+                i % 20 == 19
+                or last
+                or (checkpoint_every and int(state.step) % checkpoint_every == 0)
+            ):
+                sums = [np.asarray(s) for s in jax.device_get(sums)]
+                _check_finite(sums, epoch, int(state.step))
+                running = np.sum(sums, axis=0, dtype=np.float64)
+                bar.set_postfix(loss=f"{running[0] / running[2]:.4f}")
+                if checkpoint_every and int(state.step) % checkpoint_every == 0 and not last:
+                    done = dict(progress, epoch=epoch, batch=i + 1, sums=[s.tolist() for s in sums])
+                    save(done)
+        total = np.sum(sums, axis=0, dtype=np.float64)
+        metrics = {"loss": total[0] / total[2], "accuracy": total[1] / total[2]}
+        for name, data in evaluations.items():
+            scores = _run_eval(
+                eval_graphdef, state.params, state.rng, data, batch_size, bucket_width
+            )
+            metrics |= {f"{name}_{key}": value for key, value in scores.items()}
+        for name, value in metrics.items():
+            history.setdefault(name, []).append(float(value))
+        if validation is not None:
+            if progress["best"] is None or metrics["val_loss"] < progress["best"]:
+                progress["best"], progress["waited"] = float(metrics["val_loss"]), 0
+                best_params = jax.tree.map(jnp.copy, state.params)
+            else:
+                progress["waited"] += 1
+            progress["stopped"] = patience is not None and progress["waited"] >= patience
+        progress = dict(progress, epoch=epoch + 1, batch=0, sums=[], history=history)
+        save(progress)
+        if not quiet:
+            line = " - ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+            print(f"Epoch {epoch}/{epochs} - {line} - {time.perf_counter() - start:.1f}s")
+        if progress["stopped"]:
             if not quiet:
-                line = " - ".join(f"{name} {value:.4f}" for name, value in metrics.items())
-                print(f"Epoch {epoch}/{epochs} - {line} - {time.perf_counter() - start:.1f}s")
-    finally:
-        nnx.update(model, state.params, state.rng)
+                print(f"Early stopping: val_loss has not improved for {patience} epochs")
+            break
+    keep_best = validation is not None and restore_best
+    final = jax.device_get((best_params if keep_best else state.params, state.rng))
+    nnx.update(model, *jax.tree.map(jnp.asarray, final))
     if history_path is not None:
         save_json(history_path, history)
     return history
+
+
+def _check_finite(sums: list[np.ndarray], epoch: int, last_step: int) -> None:
+    """Raise NonFiniteLossError naming the first step whose loss is NaN or infinite.
+    ``sums`` are the epoch's metric sums so far, batch by batch; the last is step ``last_step``."""
+    bad = np.flatnonzero(~np.isfinite([s[0] for s in sums]))
+    if bad.size:
+        k = int(bad[0])
+        raise NonFiniteLossError(
+            f"the loss is not finite at step {last_step - (len(sums) - 1 - k)} (epoch {epoch},"
+            f" batch {k + 1}); training stopped, the last good checkpoint is kept"
+        )
 
 
 def evaluate(
