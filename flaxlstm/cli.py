@@ -25,6 +25,7 @@ from flaxlstm import models, train
 from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
+from flaxlstm.files import save_json
 from flaxlstm.models import MODELS, CumsumModel, ParityModel
 
 
@@ -237,7 +238,7 @@ def fit_and_test(
         "seconds_per_epoch": round(seconds / args.epochs, 2),
         "options": {k: v for k, v in vars(args).items() if k not in ("run", "command")},
     }
-    train.save_json(os.path.join(out, "metrics.json"), metrics)
+    save_json(os.path.join(out, "metrics.json"), metrics)
     if not args.quiet:
         print(f"test_loss {test['loss']:.4f} - test_accuracy {test['accuracy']:.4f}")
         print(f"wrote {out}/metrics.json, history.json, checkpoints/, model/")
@@ -296,7 +297,7 @@ def train_imdb(args: argparse.Namespace) -> None:
         limit=args.limit,
     )
     data.vocabulary.save(os.path.join(out, "vocabulary.json"))
-    train.save_json(os.path.join(out, "config.json"), config)
+    save_json(os.path.join(out, "config.json"), config)
     model = _imdb_model(config)
     as_xy = lambda split: (split.ids, split.labels, split.lengths)  # noqa: E731
     # As seed 002's fit, the test split is scored after every epoch (never to choose a model).

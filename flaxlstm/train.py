@@ -19,9 +19,7 @@ same seed and trained with the same ``seed`` gives bit-identical results on the 
 from __future__ import annotations
 
 import functools
-import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -35,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from flaxlstm.checkpoint import Checkpointer
+from flaxlstm.files import save_json
 from flaxlstm.layers import Embedding, check_token_ids
 from flaxlstm.recurrent import make_mask
 
@@ -540,17 +539,3 @@ def predict(model: nnx.Module, x, *, lengths=None, batch_size: int = 32) -> np.n
     graphdef, params, rng = _split_model(model, training=False)
     out = [_probabilities(params, rng, b, graphdef=graphdef) for b in batches(data, batch_size)]
     return np.concatenate(jax.device_get(out))[: len(data.inputs)]
-
-
-def save_json(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as JSON atomically: to a temporary file beside ``path``, then rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -16,15 +16,16 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import IO, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
+
+from flaxlstm.files import atomic_write
 
 PAD, START, OOV = 0, 1, 2
 FIRST_WORD = 3  # the id of the most frequent word; ids below it are reserved
@@ -175,19 +176,6 @@ class Vocabulary:
                 f" version {TOKENIZER_VERSION}: rebuild the vocabulary"
             )
         return cls(data["words"])
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------- encoding + cache
