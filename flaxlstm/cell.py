@@ -67,6 +67,15 @@ def unit_forget_bias(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) 
     return jnp.zeros(shape, dtype).at[hidden : 2 * hidden].set(1.0)
 
 
+def gate_scale(hidden: int, dtype) -> jax.Array:
+    """s [4H]: ½ on the sigmoid gates i, f, o and 1 on the candidate g.
+
+    With it one tanh activates all four gates: s·tanh(s·z) + (1 − s) is σ(z) = ½·tanh(z/2) + ½
+    on i, f, o and tanh(z) on g.
+    """
+    return jnp.repeat(jnp.array([0.5, 0.5, 1.0, 0.5], dtype), hidden)
+
+
 def activate(
     z: jax.Array,
     gate_activation: Activation = jax.nn.sigmoid,
@@ -75,16 +84,24 @@ def activate(
     """Split the pre-activations ``z`` [B, 4H] into the four activated gates.
 
     With the default activations all four gates are computed as one tanh over [B, 4H]
-    (σ(x) = ½·tanh(x/2) + ½): XLA on the CPU runs one wide element-wise loop about twice as
-    fast as four narrow ones (../shared/PERF-NOTES.md, docs/PERFORMANCE.md).
+    (``gate_scale``): XLA on the CPU runs one wide element-wise loop about twice as fast as
+    four narrow ones (../shared/PERF-NOTES.md, docs/PERFORMANCE.md).
     """
-    if gate_activation is jax.nn.sigmoid and activation is jnp.tanh:
-        # s = ½ on the sigmoid gates and 1 on g: s·tanh(s·z) + (1 − s) is σ(z) or tanh(z).
-        hidden = z.shape[-1] // 4
-        s = jnp.repeat(jnp.array([0.5, 0.5, 1.0, 0.5], z.dtype), hidden)
-        return Gates(*jnp.split(s * jnp.tanh(s * z) + (1 - s), 4, axis=-1))
+    if is_default(gate_activation, activation):
+        return Gates(*jnp.split(activate_fused(z), 4, axis=-1))
     i, f, g, o = jnp.split(z, 4, axis=-1)
     return Gates(gate_activation(i), gate_activation(f), activation(g), gate_activation(o))
+
+
+def is_default(gate_activation: Activation, activation: Activation) -> bool:
+    """Whether the activations are σ and tanh, for which the fused code paths exist."""
+    return gate_activation is jax.nn.sigmoid and activation is jnp.tanh
+
+
+def activate_fused(z: jax.Array) -> jax.Array:
+    """The activated gates a = [σ(i), σ(f), tanh(g), σ(o)] [B, 4H] of z [B, 4H], one tanh."""
+    s = gate_scale(z.shape[-1] // 4, z.dtype)
+    return s * jnp.tanh(s * z) + (1 - s)
 
 
 def lstm_step(
@@ -108,3 +125,38 @@ def lstm_step(
     c = gates.f * state.c + gates.i * gates.g
     h = gates.o * activation(c)
     return LSTMState(c, h), gates
+
+
+def lstm_step_backward(
+    a: jax.Array, c_prev: jax.Array, dh: jax.Array, dc: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    r"""The backward of one step with the default activations, from its saved gates.
+
+    Args:
+      a: the activated gates [σ(i), σ(f), tanh(g), σ(o)] [B, 4H] (``activate_fused``).
+      c_prev: the cell state the step started from [B, H].
+      dh, dc: the loss's gradients with respect to the step's new h and c [B, H].
+    Returns:
+      dz, the gradient with respect to the pre-activations z [B, 4H], and the part of the
+      gradient with respect to c_prev that flows through the cell [B, H]. (The parts through h,
+      dz·Uᵀ, and through z's other inputs are the caller's matrix products.)
+
+    .. math::
+
+        c &= f \odot c_{prev} + i \odot g, \qquad h = o \odot \tanh(c) \\
+        \bar c &= dc + dh \odot o \odot (1 - \tanh^2 c) \\
+        \bar a &= [\bar c \odot g,\ \bar c \odot c_{prev},\ \bar c \odot i,\ dh \odot \tanh c] \\
+        dz &= \bar a \odot (1 - a) \odot (a + 2s - 1) \\
+        dc_{prev} &= \bar c \odot f
+
+    The last-but-one line is σ' = σ(1 − σ) on the sigmoid gates (s = ½) and
+    tanh' = (1 − tanh)(1 + tanh) on g (s = 1), in one expression over [B, 4H].
+    """
+    i, f, g, o = jnp.split(a, 4, axis=-1)
+    tanh_c = jnp.tanh(f * c_prev + i * g)  # c recomputed: the forward saves only c_prev
+    dc = dc + dh * o * (1 - tanh_c * tanh_c)
+    # One concatenation into [B, 4H], then one wide loop: faster on the CPU than the same
+    # work on a [B, 2, 2, H] view with selects (measured, docs/PERFORMANCE.md).
+    da = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tanh_c], axis=-1)
+    s = gate_scale(a.shape[-1] // 4, a.dtype)
+    return da * (1 - a) * (a + 2 * s - 1), dc * f
