@@ -27,7 +27,7 @@ def run_dir(tmp_path_factory):
 def test_train_imdb_writes_everything_a_run_needs(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = json.loads((run_dir / "history.json").read_text())
-    assert metrics["test_reviews"] == 400
+    assert metrics["test_sequences"] == 400
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_loss"] > 0
     # No validation split: the final model is the last epoch's, scored after it as well.
     assert metrics["test_accuracy"] == history["test_accuracy"][-1]
