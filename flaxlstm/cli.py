@@ -11,7 +11,6 @@ bad data or an unwritable DIR with one line and exit status 1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from flaxlstm import bench as flaxlstm_bench
 from flaxlstm import models, train
 from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.data import imdb as imdb_data
@@ -171,6 +171,12 @@ def build_parser() -> Parser:
     predict.add_argument("--file", help="read reviews from this file, one per line")
     predict.set_defaults(run=predict_reviews)
 
+    bench = commands.add_parser(
+        "bench", help="time the training step against PyTorch, Keras and Flax (flaxlstm.bench)"
+    )
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="see python -m flaxlstm.bench -h")
+    bench.set_defaults(run=lambda args: flaxlstm_bench.main(args.options))
+
     summary = commands.add_parser("summary", help="a Keras-like table of a model's layers")
     summary.add_argument("model", choices=sorted(MODELS))
     summary.set_defaults(run=lambda args: print(models.summary(args.model)))
@@ -271,11 +277,6 @@ def train_parity(args: argparse.Namespace) -> None:
     fit_and_test(args, model, (train_x, train_y, lengths), (x[fresh], y[fresh]), out)
 
 
-def _imdb_model(config: dict) -> models.SentimentClassifier:
-    """A seed's model at a run's vocabulary size and seed (its parameters initialised)."""
-    return MODELS[config["model"]](vocab_size=config["vocab_size"], rngs=nnx.Rngs(config["seed"]))
-
-
 def train_imdb(args: argparse.Namespace) -> None:
     seed_settings = models.SETTINGS[args.model]
     if args.bucket_width < 0:
@@ -298,7 +299,9 @@ def train_imdb(args: argparse.Namespace) -> None:
     )
     data.vocabulary.save(os.path.join(out, "vocabulary.json"))
     save_json(os.path.join(out, "config.json"), config)
-    model = _imdb_model(config)
+    from flaxlstm.inspect import imdb_model
+
+    model = imdb_model(config)
     as_xy = lambda split: (split.ids, split.labels, split.lengths)  # noqa: E731
     # As seed 002's fit, the test split is scored after every epoch (never to choose a model).
     fit_and_test(
@@ -313,18 +316,9 @@ def train_imdb(args: argparse.Namespace) -> None:
 
 
 def predict_reviews(args: argparse.Namespace) -> None:
-    config_path = os.path.join(args.model_dir, "config.json")
-    if not os.path.isfile(config_path):
-        raise ValueError(f"{args.model_dir!r} holds no 'train imdb' run (no config.json)")
-    with open(config_path) as f:
-        config = json.load(f)
-    vocabulary = imdb_data.Vocabulary.load(os.path.join(args.model_dir, "vocabulary.json"))
-    model = _imdb_model(config)
-    params = nnx.state(model, nnx.Param)
-    restored = Checkpointer(os.path.join(args.model_dir, "model")).restore_latest(params)
-    if restored is None:
-        raise ValueError(f"no usable model in {args.model_dir!r}/model")
-    nnx.update(model, restored[0])
+    from flaxlstm.inspect import load_run
+
+    model, vocabulary, config = load_run(args.model_dir)
     if args.file:
         with open(args.file, encoding="utf-8") as f:
             reviews = [line.rstrip("\n") for line in f]
@@ -375,7 +369,7 @@ def add_inspect_parser(commands) -> None:
     gates = review_view(
         views, "gates", "gates and cell state of an IMDB model over a review", inspect_gates
     )
-    gates.add_argument("--layer", help="lstm, lstm/forward or lstm/backward (default: first)")
+    gates.add_argument("--layer", help="lstm, lstm/forward or lstm/backward; none: the first")
 
 
 def review_view(views, name: str, help_text: str, run) -> argparse.ArgumentParser:

@@ -22,8 +22,7 @@ from flaxlstm.cell import (
     orthogonal,
     unit_forget_bias,
 )
-from flaxlstm.recurrent import concrete, lstm_scan, make_mask
-from flaxlstm.variants_scan import scan_cell
+from flaxlstm.recurrent import concrete, lstm_scan, make_mask, scan_cell
 
 
 def _check_rate(name: str, rate: float) -> None:
@@ -69,6 +68,7 @@ class LSTM(nnx.Module):
         recurrent_dropout: float = 0.0,
         reverse: bool = False,
         unroll: int = 1,
+        remat: bool = False,
         gate_activation: Activation = jax.nn.sigmoid,
         activation: Activation = jnp.tanh,
         kernel_init: Initializer = glorot_uniform,
@@ -93,6 +93,7 @@ class LSTM(nnx.Module):
         self.recurrent_dropout = recurrent_dropout
         self.reverse = reverse
         self.unroll = unroll
+        self.remat = remat  # recompute the loop in the backward pass (jax.checkpoint)
         self.gate_activation = gate_activation
         self.activation = activation
         self.deterministic = False
@@ -172,13 +173,14 @@ class LSTM(nnx.Module):
                 )
             return scan_cell(
                 self.cell_step(dtype),
-                self.project(x, dtype),
+                jnp.swapaxes(self.project(x, dtype), 0, 1),  # time-major [T, B, G]
                 steps,
                 initial_state,
                 reverse=self.reverse,
                 unroll=self.unroll,
                 recurrent_dropout_mask=rec_mask,
                 return_trace=return_trace,
+                remat=self.remat,
             )
         return lstm_scan(
             self.kernel[...].astype(dtype),
@@ -193,6 +195,7 @@ class LSTM(nnx.Module):
             gate_activation=self.gate_activation,
             activation=self.activation,
             return_trace=return_trace,
+            remat=self.remat,
         )
 
     def reversed_copy(self, rngs: nnx.Rngs) -> LSTM:

@@ -1,4 +1,9 @@
-"""The time loop: one input projection for all steps, then ``jax.lax.scan`` over h·U.
+"""The time loop: ``jax.lax.scan`` over the steps of the cell in flaxlstm/cell.py.
+
+With the default activations (σ, tanh) the loop has a backward pass written by hand
+(``_fused_scan``, a ``jax.custom_vjp``) that saves only each step's gates and starting state;
+other activations and ``return_trace`` take the plain scan, differentiated by jax. Both give
+the same numbers (tests/test_speed_paths.py); docs/PERFORMANCE.md says why and how fast.
 
 Inputs are batch-major [B, T, F]. Padding is described by ``lengths`` [B] (real tokens first)
 or a boolean ``mask`` [B, T] (True at real tokens, wherever they are). A padded step leaves the
@@ -9,6 +14,7 @@ sequence's last real token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
@@ -137,30 +143,64 @@ def lstm_scan(
         )
         return final, batch_major(outputs), None
 
-    xw = _project_all(kernel, bias, x)
+    def step(state: LSTMState, xw_t):
+        new, gates = lstm_step(recurrent_kernel, state, xw_t, gate_activation, activation)
+        return new, Trace(*gates, new.c, new.h)
 
-    def step(state: LSTMState, inputs):
+    return scan_cell(
+        step,
+        _project_all(kernel, bias, x),
+        mask,
+        LSTMState(*initial_state),
+        reverse=reverse,
+        unroll=unroll,
+        recurrent_dropout_mask=recurrent_dropout_mask,
+        return_trace=return_trace,
+        remat=remat,
+    )
+
+
+def scan_cell(
+    step: Callable[[LSTMState, jax.Array], tuple[LSTMState, Trace]],
+    xw: jax.Array,
+    mask: jax.Array | None,
+    initial_state: LSTMState,
+    *,
+    reverse: bool = False,
+    unroll: int = 1,
+    recurrent_dropout_mask: jax.Array | None = None,
+    return_trace: bool = False,
+    remat: bool = False,
+) -> tuple[LSTMState, jax.Array, Trace | None]:
+    """Scan any cell ``step(state, xw_t) -> (new_state, trace_t)`` over the projected inputs
+    ``xw`` [T, B, G] (time-major), differentiated by jax: the standard cell's autodiff path,
+    and every variant's (flaxlstm.variants).
+
+    ``mask`` [B, T] (None: every step real): a padded step keeps the state and outputs zeros.
+    ``recurrent_dropout_mask`` multiplies h where it enters the step. Returns the final state,
+    the outputs h_t [B, T, P], and the ``Trace`` [B, T, ·] of every step when ``return_trace``.
+    """
+    steps_mask = None if mask is None else jnp.swapaxes(mask, 0, 1)[..., None]  # [T, B, 1]
+
+    def body(state: LSTMState, inputs):
         xw_t, m_t = inputs
         h_in = state.h if recurrent_dropout_mask is None else state.h * recurrent_dropout_mask
-        new, gates = lstm_step(
-            recurrent_kernel, LSTMState(state.c, h_in), xw_t, gate_activation, activation
-        )
-        trace = Trace(*gates, new.c, new.h) if return_trace else None
+        new, trace = step(LSTMState(state.c, h_in), xw_t)
+        out = new.h
         if m_t is not None:  # padded steps keep the state and output zeros
             new = LSTMState(jnp.where(m_t, new.c, state.c), jnp.where(m_t, new.h, state.h))
-            trace = None if trace is None else Trace(*(jnp.where(m_t, a, 0) for a in trace))
-            out = jnp.where(m_t, new.h, 0)
-        else:
-            out = new.h
-        return new, (out, trace)
+            trace = Trace(*(jnp.where(m_t, a, 0) for a in trace))
+            out = jnp.where(m_t, out, 0)
+        return new, (out, trace if return_trace else None)
 
     final, (outputs, trace) = jax.lax.scan(
-        jax.checkpoint(step) if remat else step,
-        LSTMState(*initial_state),
+        jax.checkpoint(body) if remat else body,
+        initial_state,
         (xw, steps_mask),
         reverse=reverse,
         unroll=unroll,
     )
+    batch_major = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
     if trace is not None:
         trace = Trace(*map(batch_major, trace))
     return final, batch_major(outputs), trace

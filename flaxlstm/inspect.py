@@ -1,0 +1,409 @@
+"""Look inside a model: every LSTM layer's gates and states over time, and pictures of them.
+
+    trace_model(model, inputs)            {"lstm": Trace} or {"lstm/forward", "lstm/backward"}
+    plot_gates(trace)                     heatmaps of i, f, g, o and c over one sequence
+    plot_cumsum(model, x, y)              cumsum task: cell state and prediction at every step
+    plot_review(model, vocabulary, text)  P(positive) after each word of a review
+    plot_history(history)                 training curves of a run (its history.json)
+
+Traces come from ``LSTM.trace``: the layer's own time loop, recording every step. Pictures are
+matplotlib Figures made without pyplot (no global state, no GUI): ``figure.savefig("x.png")``
+draws them with Agg.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from matplotlib.figure import Figure
+
+from flaxlstm import train
+from flaxlstm.cell import Trace
+from flaxlstm.checkpoint import Checkpointer
+from flaxlstm.data import imdb as imdb_data
+from flaxlstm.data import synthetic
+from flaxlstm.layers import LSTM, Bidirectional
+from flaxlstm.models import MODELS, CumsumModel, ParityModel, SentimentClassifier
+from flaxlstm.recurrent import make_mask
+
+GATE_NAMES = {
+    "i": "input gate i",
+    "f": "forget gate f",
+    "g": "candidate g",
+    "o": "output gate o",
+    "c": "cell state c",
+}
+
+# ----------------------------------------------------------------------------- traces
+
+
+def eval_view(model: nnx.Module) -> nnx.Module:
+    """``model`` without dropout (a view sharing its parameters; ``model`` is left as is)."""
+    return nnx.with_attributes(model, deterministic=True, raise_if_not_found=False)
+
+
+def lstm_inputs(
+    model: nnx.Module, inputs: jax.Array, lengths=None, mask=None
+) -> tuple[LSTM | Bidirectional, jax.Array, jax.Array | None, jax.Array | None]:
+    """The model's recurrent layer and what it is called with: ``(layer, x [B, T', F],
+    lengths [B] or None, mask [B, T'] or None)``, found by running the layers before it.
+
+    ``model`` is an ``LSTM``, a ``Bidirectional``, or one of ``flaxlstm.models``' models;
+    ``inputs`` are what the model takes (features [B, T, F] or token ids [B, T]).
+    """
+    if isinstance(model, LSTM | Bidirectional):
+        return model, inputs, lengths, mask
+    if isinstance(model, CumsumModel):
+        return model.lstm, inputs, lengths, mask
+    if isinstance(model, ParityModel):
+        return model.lstm, model.embed(inputs), lengths, mask
+    if isinstance(model, SentimentClassifier):
+        if lengths is None and mask is None:
+            mask = imdb_data.padding_mask(inputs)  # as the model does: every id but 0 is real
+        outputs = model.activations(inputs, lengths, mask)
+        names = [name for name, _ in outputs]
+        x = outputs[names.index("lstm") - 1][1]
+        if model.pool is not None:
+            # Pooling halves the steps: the LSTM sees the pooled mask, which pool returns.
+            conv = dict(outputs)["conv"]
+            mask, lengths = model.pool(conv, make_mask(*inputs.shape, lengths, mask))[1], None
+        return model.lstm, x, lengths, mask
+    raise TypeError(f"cannot find the LSTM inputs of a {type(model).__name__}")
+
+
+def trace_model(model: nnx.Module, inputs: jax.Array, lengths=None, mask=None) -> dict[str, Trace]:
+    """Every LSTM layer's gates and states at every step, in eval mode (no dropout).
+
+    Args:
+      model: an ``LSTM``, a ``Bidirectional`` or a model of ``flaxlstm.models``.
+      inputs: the model's inputs, [B, T, F] features or [B, T] token ids.
+      lengths, mask: padding as the model takes it ([B] or [B, T] booleans).
+    Returns:
+      ``{"lstm": Trace}``, or ``{"lstm/forward": Trace, "lstm/backward": Trace}`` for a
+      bidirectional layer; each field [B, T', H] (T' = T // 2 after the CNN's pooling), zero at
+      padded steps. The backward direction's steps stay aligned with the inputs.
+    """
+    # Checked on the host: inside jit, token ids out of range would be clamped silently.
+    data = train.check_data(model, train.Batch(inputs, None, lengths))
+    traces = _traces(eval_view(model), data.inputs, data.lengths, mask)
+    names = ["lstm"] if len(traces) == 1 else ["lstm/forward", "lstm/backward"]
+    return dict(zip(names, traces, strict=True))
+
+
+@nnx.jit  # one compilation per model and shape, instead of one per operation
+def _traces(model: nnx.Module, inputs, lengths, mask) -> tuple[Trace, ...]:
+    """The traces of ``model``'s LSTM, or of its forward then backward direction."""
+    layer, x, lengths, mask = lstm_inputs(model, inputs, lengths, mask)
+    directions = (layer.forward, layer.backward) if isinstance(layer, Bidirectional) else (layer,)
+    return tuple(direction.trace(x, lengths, mask) for direction in directions)
+
+
+# ----------------------------------------------------------------------------- runs and tasks
+
+
+class Run(NamedTuple):
+    """A ``flaxlstm train imdb`` run directory, loaded: the trained model, the vocabulary it
+    encodes reviews with, and its config (model, vocab_size, maxlen, ...)."""
+
+    model: SentimentClassifier
+    vocabulary: imdb_data.Vocabulary
+    config: dict
+
+
+def imdb_model(config: dict) -> SentimentClassifier:
+    """A seed's model at a run's vocabulary size and seed (its parameters initialised)."""
+    return MODELS[config["model"]](vocab_size=config["vocab_size"], rngs=nnx.Rngs(config["seed"]))
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """The model, vocabulary and config of a ``train imdb`` run directory (config.json,
+    vocabulary.json, model/), or a one-line ValueError saying what is missing."""
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{str(run_dir)!r} holds no 'train imdb' run (no config.json)")
+    with open(config_path) as f:
+        config = json.load(f)
+    vocabulary = imdb_data.Vocabulary.load(os.path.join(run_dir, "vocabulary.json"))
+    model = imdb_model(config)
+    params = nnx.state(model, nnx.Param)
+    restored = Checkpointer(os.path.join(run_dir, "model")).restore_latest(params)
+    if restored is None:
+        raise ValueError(f"no usable model in {str(run_dir)!r}/model")
+    nnx.update(model, restored[0])
+    return Run(model, vocabulary, config)
+
+
+def read_history(run_dir: str | os.PathLike) -> train.History:
+    """A run directory's history.json (written by ``fit``): metric name → one value per epoch."""
+    path = os.path.join(run_dir, "history.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{str(run_dir)!r} holds no history.json (not a training run)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def train_cumsum_model(
+    samples: int = 4000,
+    epochs: int = 10,
+    hidden: int = 20,
+    steps: int = 10,
+    learning_rate: float = 1e-2,
+    seed: int = 0,
+) -> CumsumModel:
+    """A ``CumsumModel`` trained on ``flaxlstm train cumsum``'s task and data stream, in
+    seconds: fewer sequences than the seed's, at a larger learning rate (about 99.5% of the
+    steps right on held-out sequences)."""
+    x, y = synthetic.cumsum_sequences(samples, steps, seed=[seed, 0])
+    model = CumsumModel(hidden, rngs=nnx.Rngs(seed))
+    train.fit(
+        model, x, y, epochs=epochs, seed=seed, optimizer=optax.adam(learning_rate), quiet=True
+    )
+    return model
+
+
+def first_step(above: np.ndarray) -> np.ndarray:
+    """[N, T] booleans → [N]: the first step that is True, or T where none is."""
+    return np.where(above.any(axis=1), above.argmax(axis=1), above.shape[1])
+
+
+def cumsum_crossings(
+    model: CumsumModel, x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For cumsum sequences x [N, T, 1] and labels y [N, T]: the step where the prediction first
+    exceeds 0.5 and the step where the label first turns 1 (the running sum reaches T/4), each
+    [N] (T where it never does)."""
+    return first_step(train.predict(model, x) > 0.5), first_step(np.asarray(y) == 1)
+
+
+def review_prefixes(
+    model: SentimentClassifier,
+    vocabulary: imdb_data.Vocabulary,
+    text: str,
+    max_words: int = 60,
+) -> tuple[list[str], np.ndarray]:
+    """The first ``max_words`` words of a review and P(positive) after each of them [n]: the
+    prediction if the review ended there.
+
+    Every prefix is scored as a review of its own (``train.predict`` with lengths 2, 3, ...
+    after the START id), so this holds for any model: bidirectional and CNN ones included.
+    """
+    words = imdb_data.tokenize(text)[:max_words]
+    if not words:
+        raise ValueError(f"the review has no words after tokenisation: {text[:40]!r}")
+    (ids,) = vocabulary.encode_tokens([words])  # [1 + n]: START, then the words
+    n = len(words)
+    prefixes = np.broadcast_to(ids, (n, n + 1))  # padding past each length is masked
+    return words, train.predict(model, prefixes, lengths=np.arange(2, n + 2, dtype=np.int32))
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def plot_gates(
+    trace: Trace,
+    index: int = 0,
+    *,
+    length: int | None = None,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Heatmaps of the gates i, f, g, o and the cell state c of sequence ``index`` of ``trace``
+    ([B, T, H] each): one row per quantity, units on the vertical axis, steps across, each
+    row on its own colour scale (its colour bar).
+
+    ``length`` (default: ``len(labels)``, else T) cuts off padded steps; ``labels`` name the
+    steps (e.g. the words), shown when there are at most 80 of them.
+    """
+    length = length or (len(labels) if labels is not None else trace.i.shape[1])
+    fields = {name: np.asarray(getattr(trace, name)[index, :length]).T for name in GATE_NAMES}
+    units = fields["i"].shape[0]
+    width = min(16.0, max(7.0, 0.22 * length + 2))
+    fig = Figure(figsize=(width, 1.6 + 1.5 * len(fields)), layout="constrained")
+    axes = fig.subplots(len(fields), 1, sharex=True)
+    for ax, (name, values) in zip(axes, fields.items(), strict=True):
+        # Each row spans its own values (a half-trained gate may sit near 0.5 throughout); g and
+        # c are signed, so they get a diverging map centred on 0.
+        if name in "gc":
+            limit = max(float(np.abs(values).max()), 1e-6)
+            cmap, vmin, vmax = "RdBu_r", -limit, limit
+        else:
+            cmap, vmin, vmax = "viridis", float(values.min()), float(values.max())
+        image = ax.imshow(
+            values,
+            aspect="auto",
+            interpolation="nearest",
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
+            extent=(0.5, length + 0.5, units - 0.5, -0.5),  # steps counted from 1
+        )
+        ax.set_ylabel(f"{GATE_NAMES[name]}\nunit")
+        fig.colorbar(image, ax=ax, pad=0.01, fraction=0.03)
+    if labels is not None and len(labels) == length and length <= 80:
+        axes[-1].set_xticks(range(1, length + 1), labels, rotation=70, ha="right", fontsize=8)
+    else:
+        axes[-1].xaxis.get_major_locator().set_params(integer=True)
+        axes[-1].set_xlabel("step t")
+    fig.suptitle(title or f"Gates and cell state over time ({units} units)")
+    return fig
+
+
+def plot_cumsum(
+    model: CumsumModel, x: np.ndarray, y: np.ndarray, index: int = 0, units: int = 4
+) -> Figure:
+    """The cumsum task seen from inside, for sequence ``index`` of x [N, T, 1], y [N, T]:
+    the inputs and their running sum against T/4; the cell state of the ``units`` units whose
+    c follows the running sum most closely (over all N sequences, compared at equal steps);
+    and the prediction per step. A vertical band marks the step where the running sum reaches
+    T/4 (where the label turns 1).
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    time = x.shape[1]
+    running = np.cumsum(x[..., 0], axis=1)  # [N, T]
+    cell = np.asarray(trace_model(model, x)["lstm"].c)  # [N, T, H]
+    # Which units hold the sum? Both c and the sum grow with t, so compare sequences at the
+    # same step: correlate c with the running sum, each centred on its mean at every step.
+    cell_c, running_c = cell - cell.mean(axis=0), (running - running.mean(axis=0)).ravel()
+    r = np.nan_to_num(
+        [np.corrcoef(cell_c[..., u].ravel(), running_c)[0, 1] for u in range(cell.shape[-1])]
+    )
+    chosen = np.argsort(-np.abs(r))[:units]
+    p = train.predict(model, x[index : index + 1])[0]
+    crossing = int(first_step(y[index : index + 1] == 1)[0])
+    predicted = int(first_step(p[None] > 0.5)[0])
+    steps = np.arange(1, time + 1)  # step numbers as a reader counts them
+    counted = lambda step: str(step + 1) if step < time else "no step"  # noqa: E731
+
+    fig = Figure(figsize=(7.5, 7.5), layout="constrained")
+    ax_in, ax_c, ax_p = fig.subplots(3, 1, sharex=True)
+    ax_in.bar(steps, x[index, :, 0], color="0.75", label="input $x_t$")
+    ax_in.plot(steps, running[index], "o-", color="tab:blue", label="running sum")
+    ax_in.axhline(time / 4, color="tab:red", ls="--", label=f"threshold T/4 = {time / 4:g}")
+    ax_in.set_ylabel("value")
+    ax_in.legend(loc="upper left", fontsize=8)
+    for u in chosen:
+        ax_c.plot(steps, cell[index, :, u], "o-", ms=3, label=f"unit {u} (r = {r[u]:+.2f})")
+    ax_c.axhline(0, color="0.6", lw=0.8)
+    ax_c.set_ylabel("cell state $c_t$")
+    ax_c.legend(
+        loc="upper left",
+        fontsize=8,
+        ncols=2,
+        title="r: correlation with the running sum at equal steps",
+    )
+    ax_p.plot(steps, p, "o-", color="tab:green", label="prediction $\\sigma(\\mathrm{logit}_t)$")
+    ax_p.step(steps, y[index], where="mid", color="0.4", ls=":", label="label")
+    ax_p.axhline(0.5, color="tab:red", ls="--", lw=1)
+    ax_p.set_ylim(-0.05, 1.05)
+    ax_p.set_ylabel("P(running sum ≥ T/4)")
+    ax_p.set_xlabel("step t")
+    ax_p.set_xticks(steps)
+    ax_p.legend(loc="center right", fontsize=8)
+    if crossing < time:
+        for ax in (ax_in, ax_c, ax_p):
+            ax.axvline(steps[crossing], color="tab:red", alpha=0.35, lw=6)
+    fig.suptitle(
+        f"Cumsum, sequence {index}: the running sum reaches T/4 at step {counted(crossing)},\n"
+        f"the prediction crosses 0.5 at step {counted(predicted)}"
+    )
+    return fig
+
+
+def plot_review(
+    model: SentimentClassifier,
+    vocabulary: imdb_data.Vocabulary,
+    text: str,
+    max_words: int = 60,
+) -> Figure:
+    """P(positive) after each word of ``text`` (``review_prefixes``), the words across; words
+    outside the vocabulary are grey."""
+    words, p = review_prefixes(model, vocabulary, text, max_words)
+    steps = np.arange(len(words))
+    fig = Figure(figsize=(min(16.0, max(6.0, 0.28 * len(words) + 1.5)), 4.2), layout="constrained")
+    ax = fig.subplots()
+    for above, colour in ((p >= 0.5, "tab:green"), (p <= 0.5, "tab:red")):
+        ax.fill_between(steps, 0.5, p, where=above, interpolate=True, color=colour, alpha=0.3)
+    ax.plot(steps, p, "o-", color="k", ms=3, lw=1)
+    ax.axhline(0.5, color="0.5", ls="--", lw=1)
+    ax.set_ylim(0, 1)
+    ax.set_xlim(-0.5, len(words) - 0.5)
+    ax.set_ylabel("P(positive) so far")
+    ax.set_xticks(steps, words, rotation=70, ha="right", fontsize=9)
+    for tick, word in zip(ax.get_xticklabels(), words, strict=True):
+        if vocabulary.ids[word] == imdb_data.OOV:
+            tick.set_color("0.6")
+    ax.set_title(
+        f"Prediction after each word (final: {p[-1]:.2f}; grey words are out of vocabulary)"
+    )
+    return fig
+
+
+def plot_review_gates(
+    model: SentimentClassifier,
+    vocabulary: imdb_data.Vocabulary,
+    text: str,
+    *,
+    layer: str | None = None,
+    max_words: int = 60,
+) -> Figure:
+    """``plot_gates`` for one review: the LSTM layer ``layer`` (default: the first of
+    ``trace_model``'s) over START and the first ``max_words`` words."""
+    words = ["<start>", *imdb_data.tokenize(text)[:max_words]]
+    (ids,) = vocabulary.encode_tokens([words[1:]])
+    traces = trace_model(model, ids[None], lengths=np.array([len(ids)], np.int32))
+    layer = layer or next(iter(traces))
+    if layer not in traces:
+        raise ValueError(f"no LSTM layer {layer!r}; the model has {', '.join(traces)}")
+    trace = traces[layer]  # no padding: every step is real
+    # After the CNN's pooling a step covers two words: then the steps go unnamed.
+    labels = words if trace.i.shape[1] == len(words) else None
+    return plot_gates(trace, labels=labels, title=f"{layer}: gates over a review")
+
+
+def plot_history(history: train.History, title: str = "Training curves") -> Figure:
+    """Loss and accuracy per epoch: training (``loss``, ``accuracy``) and every data set scored
+    after each epoch (``val_loss``, ``test_accuracy``, ...), one line each."""
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for key, values in history.items():
+            if key == metric or key.endswith(f"_{metric}"):
+                style = "o-" if key == metric else "s--"
+                ax.plot(range(1, len(values) + 1), values, style, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    return fig
+
+
+def save_figure(figure: Figure, path: str | os.PathLike) -> str:
+    """Write ``figure`` as a PNG at 100 dpi (tens of kB), creating its directory; returns the
+    path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return str(path)
+
+
+def write_cumsum_pictures(
+    model: CumsumModel, x: np.ndarray, y: np.ndarray, out: str | os.PathLike, index: int = 0
+) -> list[str]:
+    """``plot_cumsum`` and the gates of sequence ``index`` as out/cumsum.png and
+    out/cumsum-gates.png; returns their paths."""
+    gates = plot_gates(
+        trace_model(model, x[index : index + 1])["lstm"],
+        title=f"Cumsum, sequence {index}: gates and cell state at every step",
+    )
+    return [
+        save_figure(plot_cumsum(model, x, y, index), os.path.join(out, "cumsum.png")),
+        save_figure(gates, os.path.join(out, "cumsum-gates.png")),
+    ]
