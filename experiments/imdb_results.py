@@ -3,7 +3,9 @@ docs/RESULTS.md. Each run is `flaxlstm train imdb`, so every number has its comm
 
     python experiments/imdb_results.py [--seeds 0 1 2] [--models simple ...] [--runs runs/results]
 
-Runs whose metrics.json exists are not repeated, so the script can be stopped and resumed.
+Runs whose metrics.json exists are not repeated, so the script can be stopped and resumed; the
+finished runs' metrics.json and history.json are kept in git (runs/results/), the rest of each
+run directory (checkpoints, model) is not.
 """
 
 from __future__ import annotations
