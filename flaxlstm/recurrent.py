@@ -127,9 +127,9 @@ def lstm_scan(
     if initial_state is None:
         zeros = jnp.zeros((batch, hidden), x.dtype)
         initial_state = LSTMState(zeros, zeros)
-    steps_mask = None if mask is None else jnp.swapaxes(mask, 0, 1)[..., None]  # [T, B, 1]
-    batch_major = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
     if HAND_WRITTEN_BACKWARD and not return_trace and is_default(gate_activation, activation):
+        steps_mask = None if mask is None else jnp.swapaxes(mask, 0, 1)[..., None]  # [T, B, 1]
+        batch_major = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
         dtype = jnp.result_type(x, kernel, recurrent_kernel, bias)
         dz_bytes = time * batch * 4 * hidden * jnp.dtype(dtype).itemsize
         options = _Options(reverse, unroll, dz_bytes > ACCUMULATE_ABOVE_BYTES, remat)

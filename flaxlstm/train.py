@@ -403,7 +403,8 @@ def fit(
     params, rng = jax.tree.map(jnp.copy, (params, rng))
     state = TrainState(jnp.zeros((), jnp.int32), params, rng, tx.init(params))
     # Where the run stands: what a checkpoint needs besides the arrays to go on exactly.
-    settings = [n_examples := len(train.inputs), batch_size, seed, shuffle, bucket_width]
+    n = len(train.inputs)
+    settings = [n, batch_size, seed, shuffle, bucket_width]
     progress = {
         "epoch": 1, "batch": 0, "sums": [], "history": {}, "best": None, "waited": 0,
         "stopped": False, "settings": settings,
@@ -429,7 +430,6 @@ def fit(
             trees = {"train": state, "best": best_params}
             checkpoints.save(int(state.step), trees, done)
 
-    n = n_examples
     steps = -(-n // batch_size)
     history: History = progress["history"]
     for epoch in range(progress["epoch"], epochs + 1 if not progress["stopped"] else 0):
