@@ -1,7 +1,7 @@
 """Train-step benchmark: flaxlstm against the LSTMs of Flax, Keras 3 (JAX) and PyTorch.
 
     python -m flaxlstm.bench [--shapes seed003,seed002,large] [--repeats 7]
-                             [--peers flax,keras,torch] [--json out.json]
+                             [--peers flax,keras,torch,cudnn] [--json out.json]
 
 Every implementation trains the same model, Embedding(V → E) → LSTM(E → H, last step) →
 Dense(H → 1), with binary cross-entropy on the logits and Adam (learning rate 1e-3), on random
@@ -17,9 +17,15 @@ JAX only), the peak resident memory of a fresh process that builds the model and
 flaxlstm's. Peers that are not installed are skipped with a note (``pip install
 "flaxlstm[bench]"``).
 
+On a GPU every JAX implementation runs on JAX's default device, PyTorch on ``cuda`` (its
+``nn.LSTM`` then calls cuDNN), and ``cudnn`` is ``jax.experimental.rnn.lstm`` (cuDNN through
+JAX; GPU only, skipped elsewhere). Each step waits for its device (``block_until_ready`` /
+``torch.cuda.synchronize``), and the peak device memory of the fresh process is reported too.
+
 Extra implementations for ablations: ``flaxlstm-autodiff`` (the same model with the hand-written
 backward of the time loop turned off, i.e. jax autodiff of the scan) and ``flaxlstm-lengths``
-(flaxlstm given ``lengths``, so the masked code path runs; every length is T).
+(flaxlstm given ``lengths``, so the masked code path runs; every length is T) and
+``flaxlstm-unroll8`` (the time loop unrolled 8 steps per iteration).
 """
 
 from __future__ import annotations
@@ -46,8 +52,8 @@ SHAPES = {
     "seed002": dict(batch=32, time=80, embed=128, hidden=128, vocab=2000),
     "large": dict(batch=128, time=200, embed=256, hidden=512, vocab=10000),
 }
-PEERS = ("flax", "keras", "torch")
-EXTRA = ("flaxlstm-autodiff", "flaxlstm-lengths")
+PEERS = ("flax", "keras", "torch", "cudnn")
+EXTRA = ("flaxlstm-autodiff", "flaxlstm-lengths", "flaxlstm-unroll8")
 LEARNING_RATE = 1e-3
 # Environment variables that change the timings; recorded with the results.
 ENVIRONMENT = ("XLA_FLAGS", "GLIBC_TUNABLES", "OMP_NUM_THREADS", "LD_PRELOAD", "KERAS_BACKEND")
@@ -136,13 +142,14 @@ def flaxlstm_runner(shape: dict, ids, labels, variant: str = "flaxlstm") -> Runn
     class Model(nnx.Module):
         def __init__(self, rngs):
             self.embed = flaxlstm.Embedding(shape["vocab"], shape["embed"], rngs=rngs)
-            self.lstm = flaxlstm.LSTM(shape["embed"], shape["hidden"], rngs=rngs)
+            self.lstm = flaxlstm.LSTM(shape["embed"], shape["hidden"], unroll=unroll, rngs=rngs)
             self.head = nnx.Linear(shape["hidden"], 1, rngs=rngs)
 
         def __call__(self, ids, lengths=None):
             return self.head(self.lstm(self.embed(ids), lengths))[..., 0]
 
     lengths = np.full(ids.shape[0], ids.shape[1], np.int32) if variant.endswith("lengths") else None
+    unroll = 8 if variant == "flaxlstm-unroll8" else 1
     saved = recurrent.HAND_WRITTEN_BACKWARD
     if variant == "flaxlstm-autodiff":  # read while the step is traced, below
         recurrent.HAND_WRITTEN_BACKWARD = False
@@ -203,10 +210,12 @@ def keras_runner(shape: dict, ids, labels) -> Runner:
 
 
 def torch_runner(shape: dict, ids, labels) -> Runner:
-    """PyTorch on the CPU: ``nn.Embedding`` → ``nn.LSTM(batch_first=True)`` → ``nn.Linear``."""
+    """PyTorch: ``nn.Embedding`` → ``nn.LSTM(batch_first=True)`` → ``nn.Linear``, on ``cuda``
+    (cuDNN's LSTM) when PyTorch sees a GPU, else on the CPU."""
     import torch
 
     torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     class Model(torch.nn.Module):
         def __init__(self):
@@ -219,36 +228,93 @@ def torch_runner(shape: dict, ids, labels) -> Runner:
             _, (h, _) = self.lstm(self.embed(ids))
             return self.head(h[-1])[:, 0]
 
-    model = Model()
+    model = Model().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    ids_t, labels_t = torch.from_numpy(ids).long(), torch.from_numpy(labels)
+    ids_t = torch.from_numpy(ids).long().to(device)
+    labels_t = torch.from_numpy(labels).to(device)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(ids_t), labels_t)
         loss.backward()
         optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     start = time.perf_counter()
     step()  # PyTorch compiles nothing: this is its first (cold) step
     return Runner("torch", step, time.perf_counter() - start)
 
 
+def cudnn_runner(shape: dict, ids, labels) -> Runner:
+    """``jax.experimental.rnn.lstm``: cuDNN's LSTM called from JAX (GPU only), with an
+    embedding table and a dense head of plain arrays, trained like the NNX models."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax.experimental import rnn
+
+    E, H = shape["embed"], shape["hidden"]
+    keys = jax.random.split(jax.random.key(0), 3)
+    params = dict(
+        embed=jax.random.normal(keys[0], (shape["vocab"], E)) * 0.05,
+        lstm=rnn.init_lstm_weight(keys[1], E, H, num_layers=1, bidirectional=False),
+        head=jax.random.normal(keys[2], (H,)) / np.sqrt(H),
+    )
+    tx = optax.adam(LEARNING_RATE)
+    carry = (params, tx.init(params))
+    ids, labels = jnp.asarray(ids), jnp.asarray(labels)
+    lengths = jnp.full(ids.shape[0], ids.shape[1], jnp.int32)
+
+    def train_step(carry, ids, labels):
+        params, opt_state = carry
+
+        def loss_fn(params):
+            x = params["embed"][ids]
+            zeros = jnp.zeros((1, ids.shape[0], H))
+            _, h, _ = rnn.lstm(x, zeros, zeros, params["lstm"], lengths, E, H, 1, 0.0, False)
+            return optax.sigmoid_binary_cross_entropy(h[0] @ params["head"], labels).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    start = time.perf_counter()
+    compiled = jax.jit(train_step, donate_argnums=0).lower(carry, ids, labels).compile()
+    compile_s = time.perf_counter() - start
+    state = [carry]
+
+    def step():
+        state[0], loss = compiled(state[0], ids, labels)
+        loss.block_until_ready()
+
+    return Runner("cudnn", step, compile_s, _xla_bytes(compiled))
+
+
 RUNNERS = {
     "flaxlstm": flaxlstm_runner,
     "flaxlstm-autodiff": functools.partial(flaxlstm_runner, variant="flaxlstm-autodiff"),
     "flaxlstm-lengths": functools.partial(flaxlstm_runner, variant="flaxlstm-lengths"),
+    "flaxlstm-unroll8": functools.partial(flaxlstm_runner, variant="flaxlstm-unroll8"),
     "flax": flax_runner,
     "keras": keras_runner,
     "torch": torch_runner,
+    "cudnn": cudnn_runner,
 }
 NEEDS = {"keras": "keras", "torch": "torch"}
 
 
-def available(name: str) -> bool:
+def available(name: str) -> str | None:
+    """None when ``name`` can run here, else why not."""
+    if name == "cudnn":
+        import jax
+
+        return None if jax.default_backend() == "gpu" else "needs a GPU (cuDNN), skipped"
     module = NEEDS.get(name)
-    return module is None or importlib.util.find_spec(module) is not None
+    if module is None or importlib.util.find_spec(module) is not None:
+        return None
+    return "not installed, skipped (pip install 'flaxlstm[bench]')"
 
 
 # ------------------------------------------------------------------------------- timing
@@ -266,27 +332,43 @@ def time_steps(runner: Runner, budget_s: float) -> float:
     return (time.perf_counter() - start) / n
 
 
-def peak_rss_mib(shape_name: str, name: str, steps: int) -> float | None:
-    """Peak resident memory (MiB) of a fresh process that builds ``name`` and trains ``steps``.
+def peak_memory_mib(shape_name: str, name: str, steps: int) -> tuple[float | None, float | None]:
+    """Peak resident memory and peak GPU memory (MiB; None on the CPU) of a fresh process that
+    builds ``name`` and trains ``steps``.
 
-    Read from VmHWM in /proc/self/status: unlike getrusage's ru_maxrss, it starts afresh at
-    exec and does not inherit this (large) process's peak.
+    Resident memory is VmHWM in /proc/self/status: unlike getrusage's ru_maxrss, it starts
+    afresh at exec and does not inherit this (large) process's peak. GPU memory is the
+    framework allocator's peak (JAX's ``peak_bytes_in_use``, PyTorch's
+    ``max_memory_allocated``); JAX's allocator reserves more than that up front.
     """
-    code = f"from flaxlstm import bench; bench._rss_child({shape_name!r}, {name!r}, {steps})"
+    code = f"from flaxlstm import bench; bench._memory_child({shape_name!r}, {name!r}, {steps})"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode:
-        print(f"  (peak RSS of {name} not measured: {done.stderr.strip().splitlines()[-1:]})")
-        return None
-    return int(done.stdout.split()[-1]) / 1024
+        print(f"  (peak memory of {name} not measured: {done.stderr.strip().splitlines()[-1:]})")
+        return None, None
+    rss_kib, device_bytes = done.stdout.split()[-2:]
+    return int(rss_kib) / 1024, (int(device_bytes) / 2**20 if int(device_bytes) >= 0 else None)
 
 
-def _rss_child(shape_name: str, name: str, steps: int) -> None:
+def _memory_child(shape_name: str, name: str, steps: int) -> None:
     shape = SHAPES[shape_name]
     runner = RUNNERS[name](shape, *make_data(shape))
     for _ in range(steps):
         runner.step()
+    device_bytes = -1
+    if name == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            device_bytes = torch.cuda.max_memory_allocated()
+    else:
+        import jax
+
+        stats = jax.local_devices()[0].memory_stats() if jax.default_backend() == "gpu" else None
+        device_bytes = (stats or {}).get("peak_bytes_in_use", -1)
     with open("/proc/self/status") as f:
-        print(next(line.split()[1] for line in f if line.startswith("VmHWM:")))  # KiB
+        rss = next(line.split()[1] for line in f if line.startswith("VmHWM:"))  # KiB
+    print(rss, device_bytes)
 
 
 def versions() -> dict[str, str]:
@@ -308,7 +390,10 @@ def machine() -> str:
             model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
     except (OSError, StopIteration):
         pass
-    return f"{model}, {os.cpu_count()} logical CPUs"
+    import jax
+
+    gpus = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+    return f"{model}, {os.cpu_count()} logical CPUs" + "".join(f", {g}" for g in gpus)
 
 
 def run_shape(shape_name: str, names: list[str], repeats: int, budget_s: float) -> list[dict]:
@@ -349,15 +434,16 @@ def run_shape(shape_name: str, names: list[str], repeats: int, budget_s: float) 
 def table(rows: list[dict]) -> str:
     head = (
         "| implementation | step ms (median) | min–max ms | tokens/s | compile s "
-        "| XLA plan MiB | peak RSS MiB | × flaxlstm |"
+        "| XLA plan MiB | peak RSS MiB | peak GPU MiB | × flaxlstm |"
     )
-    lines = [head, "|" + "---|" * 8]
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
         lines.append(
             f"| {r['name']} | {r['step_ms']:.1f} | {min(r['step_ms_all']):.1f}–"
             f"{max(r['step_ms_all']):.1f} | {r['tokens_per_s']:,.0f} | {r['compile_s']:.2f} "
-            f"| {fmt(r['xla_mib'], '.1f')} | {fmt(r.get('rss_mib'), '.0f')} | {r['ratio']:.2f} |"
+            f"| {fmt(r['xla_mib'], '.1f')} | {fmt(r.get('rss_mib'), '.0f')} "
+            f"| {fmt(r.get('gpu_mib'), '.0f')} | {r['ratio']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -386,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown shape or peer {name!r}")
     names = ["flaxlstm"]
     for peer in peers:
-        if not available(peer):
-            print(f"{peer}: not installed, skipped (pip install 'flaxlstm[bench]')")
+        if why := available(peer):
+            print(f"{peer}: {why}")
         elif peer not in names:
             names.append(peer)
     env = {k: v for k, v in os.environ.items() if k in ENVIRONMENT or k.startswith("MALLOC_")}
@@ -404,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_shape(shape_name, names, args.repeats, args.budget)
         if not args.no_rss:
             for row in rows:
-                row["rss_mib"] = peak_rss_mib(shape_name, row["name"], args.rss_steps)
+                row["rss_mib"], row["gpu_mib"] = peak_memory_mib(
+                    shape_name, row["name"], args.rss_steps
+                )
         print(table(rows), flush=True)
         results.extend(rows)
     if args.json:

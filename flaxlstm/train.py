@@ -423,6 +423,11 @@ def fit(
                 )
             progress = {key: meta[key] for key in progress}
             state, best_params = trees["train"], trees["best"]
+    elif checkpoints is not None and checkpoints.steps():  # never overwrite another run's
+        raise ValueError(
+            f"{checkpoint_dir} already holds checkpoints of a run: resume it (resume=True,"
+            " --resume) or give another directory"
+        )
     state = jax.device_put(state, replicated)
 
     def save(done: dict) -> None:

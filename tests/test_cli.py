@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from flaxlstm.cli import main
+from flaxlstm.cli import build_parser, learning_rate, main
 
 
 def run_main(argv, capsys) -> tuple[int, str, str]:
@@ -76,6 +76,9 @@ def test_train_parity_quiet_prints_nothing(tmp_path, capsys):
         (["train", "cumsum", "--learning-rate", "-0.001"], "--learning-rate: expected a positive"),
         (["train", "cumsum", "--learning-rate", "nan"], "--learning-rate: expected a positive"),
         (["train", "cumsum", "--validation-split", "1"], "--validation-split: expected a fract"),
+        (["train", "cumsum", "--clip-norm", "-1"], "--clip-norm: expected a number >= 0"),
+        (["train", "cumsum", "--lr-schedule", "step"], "invalid choice: 'step'"),
+        (["train", "imdb", "--bucket-width", "-50"], "--bucket-width: expected an integer >= 0"),
         (["train", "sudoku"], "invalid choice: 'sudoku'"),
         (["train"], "required: TASK"),
         ([], "required: COMMAND"),
@@ -106,3 +109,22 @@ def test_console_script_reports_bad_task_in_one_line():
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "invalid choice: 'nope'" in result.stderr
+
+
+def test_imdb_trains_with_clipping_and_cosine_decay_by_default_and_both_can_be_turned_off():
+    parse = build_parser().parse_args
+    imdb, cumsum = parse(["train", "imdb"]), parse(["train", "cumsum"])
+    assert (imdb.clip_norm, imdb.lr_schedule) == (1.0, "cosine")
+    assert (cumsum.clip_norm, cumsum.lr_schedule) == (0.0, "constant")
+    off = parse(["train", "imdb", "--clip-norm", "0", "--lr-schedule", "constant"])
+    assert (off.clip_norm, learning_rate(off, 1000)) == (0.0, off.learning_rate)
+
+
+def test_cosine_schedule_spans_every_training_step():
+    args = build_parser().parse_args(
+        ["train", "cumsum", "--epochs", "3", "--batch-size", "32", "--validation-split", "0.2"]
+        + ["--lr-schedule", "cosine"]
+    )
+    schedule = learning_rate(args, 1000)  # 800 trained examples: 25 batches a epoch, 75 in all
+    assert schedule(0) == args.learning_rate
+    assert 0 < schedule(74) < 1e-3 * args.learning_rate and schedule(75) == 0

@@ -199,7 +199,7 @@ def test_per_step_zeroes_padded_steps():
     y = PerStep(head)(x, lengths=jnp.array([3, 1]))
     close(y[0], np.asarray(head(x[0])))
     assert not np.any(np.asarray(y[1, 1:]))
-    assert np.all(np.asarray(y[1, 0]) == np.asarray(head(x[1, 0])))
+    close(y[1, 0], np.asarray(head(x[1, 0])))  # equal up to rounding (GPUs batch otherwise)
 
 
 def test_variational_dropout_reuses_one_mask_per_sequence():

@@ -180,6 +180,8 @@ def test_resuming_with_another_model_or_settings_is_refused_and_harms_nothing(tm
         fit(CumsumModel(9, rngs=nnx.Rngs(0)), checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(ValueError, match="other data or settings"):
         fit(CumsumModel(8, rngs=nnx.Rngs(0)), batch_size=12, checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="already holds checkpoints of a run: resume it"):
+        fit(CumsumModel(8, rngs=nnx.Rngs(0)), epochs=1, checkpoint_dir=tmp_path)  # a new run
     assert Checkpointer(tmp_path).steps() == steps
     model = CumsumModel(8, rngs=nnx.Rngs(0))
     history = fit(model, epochs=2, checkpoint_dir=tmp_path, resume=True)
