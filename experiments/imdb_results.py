@@ -47,6 +47,15 @@ RECIPES = {
         ("clip-buckets-cosine", "1.0", "cosine", "50"),
     ]
 }
+# For bilstm, the one target missed: a higher peak learning rate, chosen on 2,500 training
+# reviews held out (never on the test split), then trained on all of them.
+VALIDATE = ["--validation-split", "0.1", "--no-restore-best"]
+LR_TRIALS = {
+    "val-lr1e-3": RECIPES["clip-buckets-cosine"] + ["--learning-rate", "1e-3"] + VALIDATE,
+    "val-lr2e-3": RECIPES["clip-buckets-cosine"] + ["--learning-rate", "2e-3"] + VALIDATE,
+    "lr2e-3": RECIPES["clip-buckets-cosine"] + ["--learning-rate", "2e-3"],
+}
+RECIPES.update(LR_TRIALS)
 RECIPE_TEXT = {
     "keras": "the seeds' own: Adam 1e-3, every review padded to maxlen",
     "clip": "+ gradients clipped to global norm 1.0",
@@ -87,6 +96,9 @@ def finished() -> dict[tuple[str, str, str], list[dict]]:
         history = json.loads((path.parent / "history.json").read_text())
         # The test split's accuracy after each epoch (named val_accuracy by runs before 0.1.0).
         metrics["curve"] = history.get("test_accuracy") or history["val_accuracy"]
+        # The validation split's accuracy after the last epoch, where one was held out.
+        held_out = "test_accuracy" in history and "val_accuracy" in history
+        metrics["validation"] = history["val_accuracy"][-1] if held_out else None
         found.setdefault((device, recipe, name.rsplit("-seed", 1)[0]), []).append(metrics)
     return found
 
@@ -131,7 +143,7 @@ def write_results(path: str) -> None:
         f"options (`{MAIN_RECIPE}` above, which are also `flaxlstm train imdb`'s defaults).",
         "Seconds per epoch include the test-split evaluation after each epoch and the",
         "compilations: on the CPU machine (2 cores) other work often shared the cores, on",
-        "the GPU 10 to 15 runs shared it, so they are upper bounds. 'best epoch' is the epoch",
+        "the GPU 9 to 15 runs shared it, so they are upper bounds. 'best epoch' is the epoch",
         "of highest mean test accuracy, for the record (never used to choose a model).",
         "",
         f"## The seeds' models (recipe `{MAIN_RECIPE}`)",
@@ -200,6 +212,37 @@ def write_results(path: str) -> None:
         for model in SEED_RESULTS:
             if metrics := found.get((device, "clip-buckets", model)):
                 lines.append(f"| {model} | {summary(metrics)} | {device} | {seconds(metrics)} |")
+    if trials := {
+        r: found[("gpu", r, "bilstm")] for r in LR_TRIALS if ("gpu", r, "bilstm") in found
+    }:
+        lines += [
+            "",
+            "## bilstm and its target",
+            "",
+            "bilstm misses the 87.4 % target (a figure of the simple model, above). With a",
+            "constant rate its accuracy still rises at epoch 3, so a higher peak learning rate was",
+            "tried, chosen on the last 10 % of the training reviews held out (never on the test",
+            "split); `python experiments/imdb_results.py --models bilstm --recipes val-lr1e-3",
+            "val-lr2e-3 lr2e-3`:",
+            "",
+            "| recipe | options | runs | validation accuracy % (epoch 3) | test accuracy % |",
+            "|---|---|---|---|---|",
+        ]
+        for recipe, metrics in trials.items():
+            test = np.array([m["test_accuracy"] for m in metrics]) * 100
+            val = [m["validation"] for m in metrics if m["validation"] is not None]
+            val_text = f"{100 * np.mean(val):.2f} ± {100 * np.std(val):.2f}" if val else "—"
+            options = " ".join(RECIPES[recipe][6:])
+            lines.append(
+                f"| `{recipe}` | `{options}` | {len(metrics)} | {val_text}"
+                f" | {test.mean():.2f} ± {test.std():.2f} |"
+            )
+        lines += [
+            "",
+            "The validation split preferred 2e-3, but trained on all the reviews it did no",
+            "better on the test split than 1e-3 (the first table), so the recipe stays one for",
+            "every model, and the bilstm target stays missed.",
+        ]
     lines += ["", "Per-epoch test accuracy (%), mean over the runs:", ""]
     for (device, recipe, model), metrics in sorted(found.items()):
         curve = np.mean([m["curve"] for m in metrics], 0) * 100
