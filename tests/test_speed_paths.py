@@ -205,15 +205,26 @@ def test_layer_gradients_with_dropout_equal_autodiff(weight_gradients):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-def test_bench_runs_and_writes_json(tmp_path, monkeypatch):
+def test_bench_runs_and_writes_json(tmp_path, monkeypatch, capsys):
     """The benchmark end to end on a tiny shape (timings are not checked)."""
     monkeypatch.setitem(bench.SHAPES, "tiny", dict(batch=2, time=3, embed=4, hidden=5, vocab=7))
     out = tmp_path / "bench.json"
-    argv = ["--shapes", "tiny", "--peers", "flax,flaxlstm-autodiff", "--repeats", "1"]
+    peers = "flax,flaxlstm-autodiff,flaxlstm-unroll8,cudnn"
+    argv = ["--shapes", "tiny", "--peers", peers, "--repeats", "1"]
     assert bench.main(argv + ["--budget", "0", "--no-rss", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["results"]
-    assert [r["name"] for r in rows] == ["flaxlstm", "flax", "flaxlstm-autodiff"]
+    names = ["flaxlstm", "flax", "flaxlstm-autodiff", "flaxlstm-unroll8"]
+    if jax.default_backend() == "gpu":
+        names.append("cudnn")
+    else:
+        assert "cudnn: needs a GPU (cuDNN), skipped" in capsys.readouterr().out
+    assert [r["name"] for r in rows] == names
     assert rows[0]["ratio"] == 1.0 and all(r["step_ms"] > 0 for r in rows)
+    # The fresh process's report: peak resident KiB, then the GPU allocator's peak bytes.
+    bench._memory_child("tiny", "flaxlstm", 1)
+    rss_kib, device_bytes = map(int, capsys.readouterr().out.split())
+    assert rss_kib > 0
+    assert device_bytes > 0 if jax.default_backend() == "gpu" else device_bytes == -1
 
 
 def test_bench_refuses_unknown_names():
