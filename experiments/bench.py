@@ -18,14 +18,13 @@ Any name of ``flaxlstm.bench.RUNNERS`` (flax, keras, torch, ...) may be added as
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
 
 import jax.numpy as jnp
 
-from flaxlstm import bench, recurrent
+from flaxlstm import bench
 
 
 def _original_projection(W, b, x):
@@ -39,18 +38,6 @@ SWITCHES = {
     "autodiff": {"HAND_WRITTEN_BACKWARD": False},
     "original": {"HAND_WRITTEN_BACKWARD": False, "_project_all": _original_projection},
 }
-
-
-@contextlib.contextmanager
-def switched(settings: dict):
-    saved = {name: getattr(recurrent, name) for name in settings}
-    for name, value in settings.items():
-        setattr(recurrent, name, value)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(recurrent, name, value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = []
     for name in args.variants.split(","):
         if name in SWITCHES:
-            with switched(SWITCHES[name]):
+            with bench.switched(SWITCHES[name]):
                 runner = bench.flaxlstm_runner(shape, ids, labels)
             runner.name = name
         else:

@@ -23,14 +23,11 @@ TX = optax.adam(1e-3)  # one object: the optimizer is a static argument of the j
 
 
 def one_pass(model, data, bucket_width):
-    graphdef, params, rng = train._split_model(model, training=True)
-    params, rng = jax.tree.map(jax.numpy.copy, (params, rng))
-    tx = TX
-    state = train.TrainState(jax.numpy.zeros((), "int32"), params, rng, tx.init(params))
+    graphdef, state = train.create_train_state(model, TX)
     order = np.random.default_rng(0).permutation(len(data.inputs))
     start = time.perf_counter()
     for batch in train.batches(data, 64, order, bucket_width=bucket_width):
-        state, sums = train.train_step(state, batch, graphdef=graphdef, tx=tx)
+        state, sums = train.train_step(state, batch, graphdef=graphdef, tx=TX)
     jax.block_until_ready(sums)
     return time.perf_counter() - start
 

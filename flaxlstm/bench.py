@@ -31,6 +31,7 @@ backward of the time loop turned off, i.e. jax autodiff of the scan) and ``flaxl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.metadata
 import importlib.util
@@ -97,39 +98,62 @@ def _xla_bytes(compiled) -> int | None:
         return None
 
 
-def _nnx_runner(name: str, model, ids, labels, lengths=None) -> Runner:
-    """A jitted, donated train step for an NNX model that maps ids [B, T] to logits [B]."""
+def _jax_runner(name: str, loss_fn, params, *args) -> Runner:
+    """A jitted, donated Adam train step of ``loss_fn(params, *args)`` (a scalar)."""
     import jax
     import optax
-    from flax import nnx
 
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adam(LEARNING_RATE)
     carry = (params, tx.init(params))
-    ids, labels = jax.numpy.asarray(ids), jax.numpy.asarray(labels)
-    extra = () if lengths is None else (jax.numpy.asarray(lengths),)
+    args = tuple(jax.numpy.asarray(a) for a in args)
 
-    def train_step(carry, ids, labels, *extra):
+    def train_step(carry, *args):
         params, opt_state = carry
-
-        def loss_fn(params):
-            logits = nnx.merge(graphdef, params, rest)(ids, *extra)
-            return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+        loss, grads = jax.value_and_grad(loss_fn)(params, *args)
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
     start = time.perf_counter()
-    compiled = jax.jit(train_step, donate_argnums=0).lower(carry, ids, labels, *extra).compile()
+    compiled = jax.jit(train_step, donate_argnums=0).lower(carry, *args).compile()
     compile_s = time.perf_counter() - start
     state = [carry]
 
     def step():
-        state[0], loss = compiled(state[0], ids, labels, *extra)
+        state[0], loss = compiled(state[0], *args)
         loss.block_until_ready()
 
     return Runner(name, step, compile_s, _xla_bytes(compiled))
+
+
+def _nnx_runner(name: str, model, ids, labels, lengths=None) -> Runner:
+    """``_jax_runner`` for an NNX model that maps ids [B, T] (and lengths) to logits [B]."""
+    import optax
+    from flax import nnx
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss_fn(params, ids, labels, *lengths):
+        logits = nnx.merge(graphdef, params, rest)(ids, *lengths)
+        return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
+
+    extra = () if lengths is None else (lengths,)
+    return _jax_runner(name, loss_fn, params, ids, labels, *extra)
+
+
+@contextlib.contextmanager
+def switched(settings: dict):
+    """Set module attributes of ``flaxlstm.recurrent`` (``HAND_WRITTEN_BACKWARD``, ...) for
+    the duration: they are read while a step is traced."""
+    from flaxlstm import recurrent
+
+    saved = {name: getattr(recurrent, name) for name in settings}
+    for name, value in settings.items():
+        setattr(recurrent, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(recurrent, name, value)
 
 
 def flaxlstm_runner(shape: dict, ids, labels, variant: str = "flaxlstm") -> Runner:
@@ -137,7 +161,6 @@ def flaxlstm_runner(shape: dict, ids, labels, variant: str = "flaxlstm") -> Runn
     from flax import nnx
 
     import flaxlstm
-    from flaxlstm import recurrent
 
     class Model(nnx.Module):
         def __init__(self, rngs):
@@ -150,13 +173,9 @@ def flaxlstm_runner(shape: dict, ids, labels, variant: str = "flaxlstm") -> Runn
 
     lengths = np.full(ids.shape[0], ids.shape[1], np.int32) if variant.endswith("lengths") else None
     unroll = 8 if variant == "flaxlstm-unroll8" else 1
-    saved = recurrent.HAND_WRITTEN_BACKWARD
-    if variant == "flaxlstm-autodiff":  # read while the step is traced, below
-        recurrent.HAND_WRITTEN_BACKWARD = False
-    try:
+    autodiff = {"HAND_WRITTEN_BACKWARD": False} if variant == "flaxlstm-autodiff" else {}
+    with switched(autodiff):
         return _nnx_runner(variant, Model(nnx.Rngs(0)), ids, labels, lengths)
-    finally:
-        recurrent.HAND_WRITTEN_BACKWARD = saved
 
 
 def flax_runner(shape: dict, ids, labels) -> Runner:
@@ -262,34 +281,15 @@ def cudnn_runner(shape: dict, ids, labels) -> Runner:
         lstm=rnn.init_lstm_weight(keys[1], E, H, num_layers=1, bidirectional=False),
         head=jax.random.normal(keys[2], (H,)) / np.sqrt(H),
     )
-    tx = optax.adam(LEARNING_RATE)
-    carry = (params, tx.init(params))
-    ids, labels = jnp.asarray(ids), jnp.asarray(labels)
     lengths = jnp.full(ids.shape[0], ids.shape[1], jnp.int32)
 
-    def train_step(carry, ids, labels):
-        params, opt_state = carry
+    def loss_fn(params, ids, labels):
+        x = params["embed"][ids]
+        zeros = jnp.zeros((1, ids.shape[0], H))
+        _, h, _ = rnn.lstm(x, zeros, zeros, params["lstm"], lengths, E, H, 1, 0.0, False)
+        return optax.sigmoid_binary_cross_entropy(h[0] @ params["head"], labels).mean()
 
-        def loss_fn(params):
-            x = params["embed"][ids]
-            zeros = jnp.zeros((1, ids.shape[0], H))
-            _, h, _ = rnn.lstm(x, zeros, zeros, params["lstm"], lengths, E, H, 1, 0.0, False)
-            return optax.sigmoid_binary_cross_entropy(h[0] @ params["head"], labels).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    start = time.perf_counter()
-    compiled = jax.jit(train_step, donate_argnums=0).lower(carry, ids, labels).compile()
-    compile_s = time.perf_counter() - start
-    state = [carry]
-
-    def step():
-        state[0], loss = compiled(state[0], ids, labels)
-        loss.block_until_ready()
-
-    return Runner("cudnn", step, compile_s, _xla_bytes(compiled))
+    return _jax_runner("cudnn", loss_fn, params, ids, labels)
 
 
 RUNNERS = {

@@ -25,7 +25,11 @@ logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: incompatible with the model, or damaged."""
+    """A checkpoint that cannot be used: damaged, or (the subclass) incompatible."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+    """A checkpoint written for a model with other parameter shapes or dtypes."""
 
 
 def _host_leaves(tree: Any) -> tuple[list[np.ndarray], list[bool]]:
@@ -96,7 +100,7 @@ class Checkpointer:
             ) from None
         like_leaves, _ = _host_leaves(like)
         if meta.get("signature") != _signature(like_leaves):
-            raise CheckpointError(
+            raise IncompatibleCheckpointError(
                 f"checkpoint {step} in {self.directory} was written for a different model"
                 " (its parameter shapes or dtypes differ from this model's)"
             )
@@ -128,8 +132,8 @@ class Checkpointer:
         for step in reversed(self.steps()):
             try:
                 return self.restore(like, step)
+            except IncompatibleCheckpointError:
+                raise
             except CheckpointError as e:
-                if "different model" in str(e):
-                    raise
                 print(f"warning: {e}; using the previous checkpoint", file=sys.stderr)
         return None

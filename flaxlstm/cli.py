@@ -222,7 +222,7 @@ def learning_rate(args: argparse.Namespace, examples: int) -> float | optax.Sche
     run (``examples`` training examples, less the validation split, in batches)."""
     if args.lr_schedule == "constant":
         return args.learning_rate
-    steps_per_epoch = -(-int(examples * (1 - args.validation_split)) // args.batch_size)
+    steps_per_epoch = -(-train.split_point(examples, args.validation_split) // args.batch_size)
     return optax.cosine_decay_schedule(args.learning_rate, args.epochs * steps_per_epoch)
 
 

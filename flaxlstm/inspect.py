@@ -44,11 +44,6 @@ GATE_NAMES = {
 # ----------------------------------------------------------------------------- traces
 
 
-def eval_view(model: nnx.Module) -> nnx.Module:
-    """``model`` without dropout (a view sharing its parameters; ``model`` is left as is)."""
-    return nnx.with_attributes(model, deterministic=True, raise_if_not_found=False)
-
-
 def lstm_inputs(
     model: nnx.Module, inputs: jax.Array, lengths=None, mask=None
 ) -> tuple[LSTM | Bidirectional, jax.Array, jax.Array | None, jax.Array | None]:
@@ -92,7 +87,7 @@ def trace_model(model: nnx.Module, inputs: jax.Array, lengths=None, mask=None) -
     """
     # Checked on the host: inside jit, token ids out of range would be clamped silently.
     data = train.check_data(model, train.Batch(inputs, None, lengths))
-    traces = _traces(eval_view(model), data.inputs, data.lengths, mask)
+    traces = _traces(train.mode_view(model, training=False), data.inputs, data.lengths, mask)
     names = ["lstm"] if len(traces) == 1 else ["lstm/forward", "lstm/backward"]
     return dict(zip(names, traces, strict=True))
 

@@ -281,6 +281,11 @@ def check_token_ids(ids, vocab_size: int) -> None:
         )
 
 
+def as_array(weights) -> jax.Array:
+    """A PyTorch tensor (or any array) as a JAX array."""
+    return jnp.asarray(weights.detach().numpy() if hasattr(weights, "detach") else weights)
+
+
 def load_torch_weights(layer: LSTM, weight_ih, weight_hh, bias_ih=None, bias_hh=None) -> LSTM:
     """Copy one direction of a PyTorch ``nn.LSTM`` into ``layer`` (arrays or tensors).
 
@@ -289,7 +294,6 @@ def load_torch_weights(layer: LSTM, weight_ih, weight_hh, bias_ih=None, bias_hh=
     biases add up to ``bias``. Keras's weights need no conversion at all:
     ``layer.kernel[...], layer.recurrent_kernel[...], layer.bias[...] = keras_layer.get_weights()``.
     """
-    as_array = lambda t: jnp.asarray(t.detach().numpy() if hasattr(t, "detach") else t)  # noqa: E731
     kernel, recurrent = as_array(weight_ih).T, as_array(weight_hh).T
     expected = (layer.kernel.shape, layer.recurrent_kernel.shape)
     if (kernel.shape, recurrent.shape) != expected:

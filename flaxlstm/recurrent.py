@@ -85,6 +85,16 @@ def make_mask(
     return jnp.arange(time)[None, :] < lengths[:, None]
 
 
+def _time_major_mask(mask: jax.Array | None) -> jax.Array | None:
+    """[B, T] → [T, B, 1], as the scans take it (None stays None)."""
+    return None if mask is None else jnp.swapaxes(mask, 0, 1)[..., None]
+
+
+def _batch_major(a: jax.Array) -> jax.Array:
+    """[T, B, ...] → [B, T, ...] (and back)."""
+    return jnp.swapaxes(a, 0, 1)
+
+
 def lstm_scan(
     kernel: jax.Array,
     recurrent_kernel: jax.Array,
@@ -128,20 +138,18 @@ def lstm_scan(
         zeros = jnp.zeros((batch, hidden), x.dtype)
         initial_state = LSTMState(zeros, zeros)
     if HAND_WRITTEN_BACKWARD and not return_trace and is_default(gate_activation, activation):
-        steps_mask = None if mask is None else jnp.swapaxes(mask, 0, 1)[..., None]  # [T, B, 1]
-        batch_major = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
         dtype = jnp.result_type(x, kernel, recurrent_kernel, bias)
         dz_bytes = time * batch * 4 * hidden * jnp.dtype(dtype).itemsize
         options = _Options(reverse, unroll, dz_bytes > ACCUMULATE_ABOVE_BYTES, remat)
         cast = lambda a: None if a is None else jnp.asarray(a, dtype)  # noqa: E731
         final, outputs = _fused_scan(
             options,
-            *map(cast, (kernel, recurrent_kernel, bias, batch_major(x))),
-            steps_mask,
+            *map(cast, (kernel, recurrent_kernel, bias, _batch_major(x))),
+            _time_major_mask(mask),
             LSTMState(*map(cast, initial_state)),
             cast(recurrent_dropout_mask),
         )
-        return final, batch_major(outputs), None
+        return final, _batch_major(outputs), None
 
     def step(state: LSTMState, xw_t):
         new, gates = lstm_step(recurrent_kernel, state, xw_t, gate_activation, activation)
@@ -180,7 +188,6 @@ def scan_cell(
     ``recurrent_dropout_mask`` multiplies h where it enters the step. Returns the final state,
     the outputs h_t [B, T, P], and the ``Trace`` [B, T, ·] of every step when ``return_trace``.
     """
-    steps_mask = None if mask is None else jnp.swapaxes(mask, 0, 1)[..., None]  # [T, B, 1]
 
     def body(state: LSTMState, inputs):
         xw_t, m_t = inputs
@@ -196,14 +203,13 @@ def scan_cell(
     final, (outputs, trace) = jax.lax.scan(
         jax.checkpoint(body) if remat else body,
         initial_state,
-        (xw, steps_mask),
+        (xw, _time_major_mask(mask)),
         reverse=reverse,
         unroll=unroll,
     )
-    batch_major = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
     if trace is not None:
-        trace = Trace(*map(batch_major, trace))
-    return final, batch_major(outputs), trace
+        trace = Trace(*map(_batch_major, trace))
+    return final, _batch_major(outputs), trace
 
 
 # ------------------------------------------------------------------------------------------

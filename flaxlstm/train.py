@@ -237,16 +237,25 @@ def batches(
         )
 
 
-def _split_model(model: nnx.Module, *, training: bool):
-    """(graphdef, params, rng) of ``model`` viewed in training or eval mode (the model's own
-    mode is left as it is)."""
-    view = nnx.with_attributes(
+def mode_view(model: nnx.Module, *, training: bool) -> nnx.Module:
+    """``model`` in training mode or in eval mode (no dropout), as a view that shares its
+    parameters; the model's own mode is left as it is."""
+    return nnx.with_attributes(
         model,
         deterministic=not training,
         use_running_average=not training,
         raise_if_not_found=False,
     )
-    return nnx.split(view, nnx.Param, ...)
+
+
+def _split_model(model: nnx.Module, *, training: bool):
+    """(graphdef, params, rng) of ``model`` viewed in training or eval mode."""
+    return nnx.split(mode_view(model, training=training), nnx.Param, ...)
+
+
+def split_point(examples: int, validation_split: float) -> int:
+    """How many of ``examples`` ``fit`` trains on; the rest, taken from the end, validate."""
+    return int(examples * (1 - validation_split))
 
 
 def create_train_state(
@@ -384,7 +393,7 @@ def fit(
     if validation_data is not None:
         validation = check_data(model, Batch(*validation_data))
     elif validation_split:
-        n_train = int(len(train.inputs) * (1 - validation_split))
+        n_train = split_point(len(train.inputs), validation_split)
         if not 0 < n_train < len(train.inputs):
             raise ValueError(f"validation_split={validation_split} leaves no examples on a side")
         take = lambda a, s: None if a is None else a[s]  # noqa: E731
@@ -397,11 +406,8 @@ def fit(
     tx = optimizer or default_optimizer()
     if clip_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
-    graphdef, params, rng = _split_model(model, training=True)
+    graphdef, state = create_train_state(model, tx)
     eval_graphdef = _split_model(model, training=False)[0]
-    # Copies, so that donating the state's buffers leaves the model's arrays alone.
-    params, rng = jax.tree.map(jnp.copy, (params, rng))
-    state = TrainState(jnp.zeros((), jnp.int32), params, rng, tx.init(params))
     # Where the run stands: what a checkpoint needs besides the arrays to go on exactly.
     n = len(train.inputs)
     settings = [n, batch_size, seed, shuffle, bucket_width]
@@ -409,7 +415,7 @@ def fit(
         "epoch": 1, "batch": 0, "sums": [], "history": {}, "best": None, "waited": 0,
         "stopped": False, "settings": settings,
     }  # fmt: skip
-    best_params = jax.tree.map(jnp.copy, params)  # its own buffers: the steps donate state's
+    best_params = jax.tree.map(jnp.copy, state.params)  # its own buffers: steps donate state's
     checkpoints = None if checkpoint_dir is None else Checkpointer(checkpoint_dir)
     if resume:
         restored = checkpoints.restore_latest({"train": state, "best": best_params})
@@ -429,11 +435,12 @@ def fit(
             " --resume) or give another directory"
         )
     state = jax.device_put(state, replicated)
+    step = int(state.step)  # counted on the host too: reading state.step would wait for it
 
     def save(done: dict) -> None:
         if checkpoints is not None:
             trees = {"train": state, "best": best_params}
-            checkpoints.save(int(state.step), trees, done)
+            checkpoints.save(step, trees, done)
 
     steps = -(-n // batch_size)
     history: History = progress["history"]
@@ -458,18 +465,16 @@ def fit(
                 continue
             batch = jax.device_put(batch, batch_sharding)
             state, batch_sums = train_step(state, batch, graphdef=graphdef, tx=tx)
+            step += 1
             sums.append(batch_sums)
             last = i == steps - 1
-            if (
-                i % 20 == 19
-                or last
-                or (checkpoint_every and int(state.step) % checkpoint_every == 0)
-            ):
+            checkpoint_now = bool(checkpoint_every) and step % checkpoint_every == 0 and not last
+            if i % 20 == 19 or last or checkpoint_now:
                 sums = [np.asarray(s) for s in jax.device_get(sums)]
-                _check_finite(sums, epoch, int(state.step))
+                _check_finite(sums, epoch, step)
                 running = np.sum(sums, axis=0, dtype=np.float64)
                 bar.set_postfix(loss=f"{running[0] / running[2]:.4f}")
-                if checkpoint_every and int(state.step) % checkpoint_every == 0 and not last:
+                if checkpoint_now:
                     done = dict(progress, epoch=epoch, batch=i + 1, sums=[s.tolist() for s in sums])
                     save(done)
         total = np.sum(sums, axis=0, dtype=np.float64)

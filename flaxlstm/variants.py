@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flaxlstm.cell import LSTMState, Trace
-from flaxlstm.layers import LSTM, load_torch_weights
+from flaxlstm.layers import LSTM, as_array, load_torch_weights
 
 
 class PeepholeLSTM(LSTM):
@@ -168,9 +168,7 @@ class ProjectedLSTM(LSTM):
     def load_torch_weights(self, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr):
         """One direction of a PyTorch ``nn.LSTM(..., proj_size=P)``: ``weight_hr`` [P, H]."""
         load_torch_weights(self, weight_ih, weight_hh, bias_ih, bias_hh)
-        weight_hr = jnp.asarray(
-            weight_hr.detach().numpy() if hasattr(weight_hr, "detach") else weight_hr
-        )
+        weight_hr = as_array(weight_hr)
         if weight_hr.shape != (self.proj_size, self.hidden_features):
             raise ValueError(
                 f"weight_hr of shape {weight_hr.shape} does not fit proj_size {self.proj_size}"

@@ -16,6 +16,5 @@ def shared_data_dir() -> Path | None:
 
 
 DATA_DIR = shared_data_dir()
-needs_data = pytest.mark.skipif(
-    DATA_DIR is None, reason="no prepared imdb_reviews in $TFDS_DATA_DIR or ../shared/tfds"
-)
+NO_DATA = "no prepared imdb_reviews in $TFDS_DATA_DIR or ../shared/tfds"
+needs_data = pytest.mark.skipif(DATA_DIR is None, reason=NO_DATA)

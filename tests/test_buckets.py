@@ -8,11 +8,12 @@ from flaxlstm import train
 from flaxlstm.models import MODELS
 
 
-def post_padded(lengths, maxlen, vocab=50, seed=0):
-    rng = np.random.default_rng(seed)
+def post_padded(lengths, maxlen):
+    """Random ids of a 50-word vocabulary, post-padded, and alternating labels."""
+    rng = np.random.default_rng(0)
     lengths = np.minimum(lengths, maxlen).astype(np.int32)
     ids = np.where(
-        np.arange(maxlen) < lengths[:, None], rng.integers(3, vocab, (len(lengths), maxlen)), 0
+        np.arange(maxlen) < lengths[:, None], rng.integers(3, 50, (len(lengths), maxlen)), 0
     )
     return ids.astype(np.int32), lengths, (np.arange(len(lengths)) % 2).astype(np.int32)
 
@@ -34,7 +35,7 @@ def test_buckets_cover_every_example_once_with_few_shapes():
 
 
 def test_buckets_shuffle_with_the_generator():
-    ids, lengths, labels = post_padded(np.random.default_rng(4).integers(1, 120, 200), 100)
+    ids, lengths, _ = post_padded(np.random.default_rng(4).integers(1, 120, 200), 100)
     data = train.Batch(ids, np.arange(200), lengths)
 
     def order(seed):

@@ -25,10 +25,15 @@ def random_params(seed, f=F, h=H, dtype=np.float32):
     return tuple(rng.normal(0, 0.6, s).astype(dtype) for s in ((f, 4 * h), (h, 4 * h), (4 * h,)))
 
 
-def make_layer(params, **kwargs):
-    layer = LSTM(params[0].shape[0], params[1].shape[0], rngs=nnx.Rngs(0), **kwargs)
+def set_params(layer, params):
+    """``layer`` with its kernel, recurrent kernel and bias set to ``params`` (W, U, b)."""
     layer.kernel[...], layer.recurrent_kernel[...], layer.bias[...] = map(jnp.asarray, params)
     return layer
+
+
+def make_layer(params, rngs=None, **kwargs):
+    layer = LSTM(params[0].shape[0], params[1].shape[0], rngs=rngs or nnx.Rngs(0), **kwargs)
+    return set_params(layer, params)
 
 
 def close(a, b):
@@ -98,7 +103,7 @@ def test_bidirectional_matches_reference(merge, padding):
     mask = lengths_to_mask(np.array([5, 3, 1]), 5, padding)
     seq_ref, last_ref = bidirectional_reference(fwd, bwd, x, mask, merge)
     bi = Bidirectional(make_layer(fwd, return_sequences=True), merge=merge, rngs=nnx.Rngs(1))
-    bi.backward.kernel[...], bi.backward.recurrent_kernel[...], bi.backward.bias[...] = bwd
+    set_params(bi.backward, bwd)
     close(bi(jnp.asarray(x), mask=jnp.asarray(mask)), seq_ref)
     bi.forward.return_sequences = bi.backward.return_sequences = False
     close(bi(jnp.asarray(x), mask=jnp.asarray(mask)), last_ref)
@@ -208,8 +213,7 @@ def test_variational_dropout_reuses_one_mask_per_sequence():
     params = random_params(13, f=1, h=1)
     x = np.random.default_rng(10).normal(size=(16, 6, 1)).astype(np.float32)
     for kind in ("dropout", "recurrent_dropout"):
-        layer = LSTM(1, 1, return_sequences=True, rngs=nnx.Rngs(3), **{kind: 0.5})
-        layer.kernel[...], layer.recurrent_kernel[...], layer.bias[...] = map(jnp.asarray, params)
+        layer = make_layer(params, nnx.Rngs(3), return_sequences=True, **{kind: 0.5})
         got = np.asarray(layer(jnp.asarray(x)))
         W, U, b = params
         scaled = [(W * s, U, b) if kind == "dropout" else (W, U * s, b) for s in (0.0, 2.0)]
@@ -239,8 +243,7 @@ def test_float64_inputs_work_with_x64():
     params = random_params(15, dtype=np.float64)
     x = np.random.default_rng(12).normal(size=(2, 3, F))
     with jax.enable_x64(True):
-        layer = LSTM(F, H, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
-        layer.kernel[...], layer.recurrent_kernel[...], layer.bias[...] = map(jnp.asarray, params)
+        layer = make_layer(params, param_dtype=jnp.float64)
         got = layer(jnp.asarray(x))
         assert got.dtype == jnp.float64
         np.testing.assert_allclose(np.asarray(got), lstm_reference(*params, x)[2], rtol=1e-12)

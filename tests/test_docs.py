@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from shared_data import DATA_DIR
+from shared_data import DATA_DIR, NO_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -42,7 +42,7 @@ RUNNABLE = [path for path in DOCUMENTS if any(block.runs for block in blocks(pat
 def test_python_blocks_run(path, tmp_path, monkeypatch):
     if "load_imdb(" in path.read_text():
         if DATA_DIR is None:
-            pytest.skip("no prepared imdb_reviews in $TFDS_DATA_DIR or ../shared/tfds")
+            pytest.skip(NO_DATA)
         monkeypatch.setenv("TFDS_DATA_DIR", str(DATA_DIR))
     monkeypatch.setenv("FLAXLSTM_CACHE_DIR", str(tmp_path / "cache"))  # not the user's cache
     monkeypatch.chdir(tmp_path)  # the pictures and files the documents write land here

@@ -11,8 +11,6 @@ from test_cli import run_main
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    if DATA_DIR is None:
-        pytest.skip("no prepared imdb_reviews in $TFDS_DATA_DIR or ../shared/tfds")
     out = tmp_path_factory.mktemp("imdb-run")
     argv = [
         "train", "imdb", "--model", "simple", "--epochs", "2", "--limit", "400",

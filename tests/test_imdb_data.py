@@ -1,4 +1,4 @@
-"""flaxlstm.data.imdb: tokeniser, vocabulary, padding, batching, and (with the shared TFDS copy
+"""flaxlstm.data.imdb: tokeniser, vocabulary, padding, and (with the shared TFDS copy
 of IMDB) reading, encoding and the cache. Reading tests use the first few hundred reviews."""
 
 from __future__ import annotations
@@ -119,9 +119,6 @@ def test_padding_mask_marks_real_tokens():
     assert mask.dtype == bool
     assert mask.tolist() == [[False, False, True, True], [False, True, True, True]]
     assert (mask.sum(axis=1) == lengths).all()
-
-
-# ----------------------------------------------------------------------------- batching
 
 
 # ----------------------------------------------------------------------------- reading

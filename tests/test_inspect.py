@@ -8,14 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from reference import lstm_reference
+from reference import lengths_to_mask, lstm_reference
 from test_cli import run_main
 
-from flaxlstm import inspect
+from flaxlstm import inspect, train
 from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
-from flaxlstm.models import MODELS, CumsumModel, ParityModel, SentimentClassifier
+from flaxlstm.models import CumsumModel, ParityModel, SentimentClassifier
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -23,7 +23,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def reference_trace(layer, x, lengths, reverse=False):
     """The numpy reference's per-step gates and states for ``layer`` on x [B, T, F]."""
     params = (np.asarray(p[...]) for p in (layer.kernel, layer.recurrent_kernel, layer.bias))
-    mask = np.arange(x.shape[1]) < np.asarray(lengths)[:, None]
+    mask = lengths_to_mask(np.asarray(lengths), x.shape[1])
     return lstm_reference(*params, np.asarray(x), mask, reverse=reverse)[3]
 
 
@@ -82,7 +82,9 @@ def test_cnn_trace_runs_on_the_pooled_steps_the_model_reads():
     trace = inspect.trace_model(model, IDS, lengths=LENGTHS)["lstm"]
     assert trace.h.shape == (2, 3, 4)  # 6 steps pooled by 2
     last = np.asarray(trace.h)[[0, 1], [2, 1]]  # the last pooled step holding a real token
-    lstm_output = np.asarray(dict(inspect.eval_view(model).activations(IDS, LENGTHS))["lstm"])
+    lstm_output = np.asarray(
+        dict(train.mode_view(model, training=False).activations(IDS, LENGTHS))["lstm"]
+    )
     np.testing.assert_allclose(last, lstm_output, rtol=1e-5, atol=1e-7)
     assert not np.asarray(trace.h)[1, 2].any()  # a pooled window of padding only
 
@@ -135,7 +137,7 @@ def test_history_picture(tmp_path):
 
 
 def test_review_pictures(bilstm, tmp_path):
-    model = inspect.eval_view(bilstm)  # for the direct call below: no dropout
+    model = train.mode_view(bilstm, training=False)  # for the direct call below: no dropout
     words, p = inspect.review_prefixes(model, VOCABULARY, REVIEW)
     assert len(words) == len(p) == 12 and np.all((p > 0) & (p < 1))
     # The prefix predictions end with the whole review's prediction.
@@ -164,7 +166,7 @@ def run_dir(tmp_path_factory):
     config = {"model": "simple", "vocab_size": VOCABULARY.size, "maxlen": 20, "seed": 0}
     (run / "config.json").write_text(json.dumps(config))
     VOCABULARY.save(run / "vocabulary.json")
-    model = MODELS["simple"](vocab_size=VOCABULARY.size, rngs=nnx.Rngs(0))
+    model = inspect.imdb_model(config)
     Checkpointer(run / "model").save(0, nnx.state(model, nnx.Param), {})
     (run / "history.json").write_text(json.dumps({"loss": [0.7, 0.5], "accuracy": [0.5, 0.8]}))
     return run

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from test_train import params_of
 
 from flaxlstm import train
 from flaxlstm.checkpoint import Checkpointer
@@ -27,10 +28,6 @@ VAL = cumsum_sequences(60, 10, seed=1)
 def fit(model, **kwargs):
     kwargs = {"epochs": 3, "batch_size": 24, "quiet": True, "seed": 0, **kwargs}
     return train.fit(model, X, Y, **kwargs)
-
-
-def params_of(model):
-    return [np.asarray(a) for a in jax.tree.leaves(nnx.state(model, nnx.Param))]
 
 
 # --- killed with SIGKILL in the middle of an epoch, then resumed ---------------------------

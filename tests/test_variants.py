@@ -6,46 +6,47 @@ import numpy as np
 import pytest
 from flax import nnx
 from reference import lengths_to_mask, lstm_reference
+from test_core import close, set_params
 
 from flaxlstm import Bidirectional
 from flaxlstm.variants import CoupledLSTM, LayerNormLSTM, PeepholeLSTM, ProjectedLSTM
 
 F, H, P = 3, 4, 2
-rng = np.random.default_rng(0)
-X = rng.normal(size=(3, 5, F)).astype(np.float32)
+X = np.random.default_rng(0).normal(size=(3, 5, F)).astype(np.float32)
 MASK = lengths_to_mask(np.array([5, 3, 1]), 5, "pre")
 
 
-def normal(*shape):
-    return rng.normal(0, 0.6, shape).astype(np.float32)
-
-
-def set_params(layer, W, U, b):
-    layer.kernel[...], layer.recurrent_kernel[...], layer.bias[...] = W, U, b
-    return layer
+def normals(seed):
+    """Draws of N(0, 0.6²) in float32 from a generator of one maker's own, so that a variant's
+    parameters do not depend on which tests ran before."""
+    rng = np.random.default_rng(seed)
+    return lambda *shape: rng.normal(0, 0.6, shape).astype(np.float32)
 
 
 def peephole():
+    normal = normals(1)
     layer = PeepholeLSTM(F, H, return_sequences=True, return_state=True, rngs=nnx.Rngs(0))
     W, U, b, p = normal(F, 4 * H), normal(H, 4 * H), normal(4 * H), normal(3, H)
-    set_params(layer, W, U, b).peephole[...] = p
+    set_params(layer, (W, U, b)).peephole[...] = p
     checked = (lambda m: m.peephole, lambda ps, ex, v: (ps, {**ex, "peephole": v}))
     return layer, (W, U, b), {"peephole": p}, checked
 
 
 def coupled():
+    normal = normals(2)
     layer = CoupledLSTM(F, H, return_sequences=True, return_state=True, rngs=nnx.Rngs(0))
     W, U, b = normal(F, 3 * H), normal(H, 3 * H), normal(3 * H)
-    set_params(layer, W, U, b)
+    set_params(layer, (W, U, b))
     checked = (lambda m: m.recurrent_kernel, lambda ps, ex, v: ((ps[0], v, ps[2]), ex))
     return layer, (W, U, b), {"coupled": True}, checked
 
 
 def layer_norm():
+    normal = normals(3)
     layer = LayerNormLSTM(F, H, return_sequences=True, return_state=True, rngs=nnx.Rngs(0))
     W, U, b = normal(F, 4 * H), normal(H, 4 * H), normal(4 * H)
     norms = (1 + normal(4 * H), 1 + normal(4 * H), 1 + normal(H), normal(H))
-    set_params(layer, W, U, b)
+    set_params(layer, (W, U, b))
     layer.input_norm.scale[...] = norms[0]
     layer.recurrent_norm.scale[...] = norms[1]
     layer.cell_norm.scale[...], layer.cell_norm.bias[...] = norms[2], norms[3]
@@ -57,20 +58,17 @@ def layer_norm():
 
 
 def projected():
+    normal = normals(4)
     layer = ProjectedLSTM(
         F, H, proj_size=P, return_sequences=True, return_state=True, rngs=nnx.Rngs(0)
     )
     W, U, b, proj = normal(F, 4 * H), normal(P, 4 * H), normal(4 * H), normal(H, P)
-    set_params(layer, W, U, b).projection[...] = proj
+    set_params(layer, (W, U, b)).projection[...] = proj
     checked = (lambda m: m.projection, lambda ps, ex, v: (ps, {**ex, "projection": v}))
     return layer, (W, U, b), {"projection": proj}, checked
 
 
 VARIANTS = [peephole, coupled, layer_norm, projected]
-
-
-def close(a, b, tol=1e-5):
-    np.testing.assert_allclose(np.asarray(a), b, rtol=tol, atol=tol * 0.1)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
