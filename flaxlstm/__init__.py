@@ -1,15 +1,25 @@
 """flaxlstm: a hand-written LSTM in JAX and Flax NNX, scanned with ``jax.lax.scan``."""
 
-from flaxlstm.cell import Gates, LSTMState, Trace, activate, lstm_step, unit_forget_bias
+from flaxlstm.cell import (
+    Gates,
+    LSTMState,
+    Trace,
+    activate,
+    activate_all,
+    cell_update,
+    lstm_step,
+    unit_forget_bias,
+)
 from flaxlstm.layers import (
     LSTM,
     Bidirectional,
     Embedding,
     PerStep,
+    capture_intermediates,
     check_token_ids,
     load_torch_weights,
 )
-from flaxlstm.recurrent import lstm_scan, make_mask
+from flaxlstm.recurrent import lstm_scan, make_mask, scan_cell
 
 __all__ = [
     "LSTM",
@@ -20,11 +30,15 @@ __all__ = [
     "PerStep",
     "Trace",
     "activate",
+    "activate_all",
+    "capture_intermediates",
+    "cell_update",
     "check_token_ids",
     "load_torch_weights",
     "lstm_scan",
     "lstm_step",
     "make_mask",
+    "scan_cell",
     "unit_forget_bias",
 ]
 __version__ = "0.1.0"

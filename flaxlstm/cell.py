@@ -1,18 +1,24 @@
-r"""The LSTM cell: its parameters, their initialisers, and one pure time step.
+r"""The LSTM cell: its parameters, their initialisers, and the gate math of one time step.
 
-For one time step with input projection :math:`x_t W + b` (computed for all steps at once,
-outside the time loop) and previous state :math:`(c_{t-1}, h_{t-1})`:
+For one time step with input :math:`x_t` and previous state :math:`(c_{t-1}, h_{t-1})`:
 
 .. math::
 
     z_t &= x_t W + h_{t-1} U + b                       && z_t \in \mathbb{R}^{B \times 4H} \\
-    i_t, f_t, g_t, o_t &= \mathrm{split}(z_t, 4)        && \text{gate order i, f, g, o} \\
-    c_t &= \sigma(f_t) \odot c_{t-1} + \sigma(i_t) \odot \tanh(g_t) \\
-    h_t &= \sigma(o_t) \odot \tanh(c_t)
+    z^i_t, z^f_t, z^g_t, z^o_t &= \mathrm{split}(z_t, 4) && \text{pre-activations} \\
+    i_t = \sigma(z^i_t), \; f_t &= \sigma(z^f_t), \; g_t = \tanh(z^g_t), \; o_t = \sigma(z^o_t)
+        && \text{activated gates} \\
+    c_t &= f_t \odot c_{t-1} + i_t \odot g_t \\
+    h_t &= o_t \odot \tanh(c_t)
 
 :math:`W` is ``kernel`` [F, 4H], :math:`U` is ``recurrent_kernel`` [H, 4H] and :math:`b` is
-``bias`` [4H]. The gate order and layout are Keras's and PyTorch's, so their trained weights
-load unchanged (PyTorch's ``weight_ih_l0`` is ``kernel.T``; its two biases add up to ``bias``).
+``bias`` [4H]. In code, ``z`` is the pre-activation [B, 4H], ``a`` the activated gates
+[B, 4H] (``activate_all``), and ``i, f, g, o`` (``Gates``, ``Trace``) the activated gates.
+Every path of the time loop runs ``activate_all`` then ``cell_update``; where
+:math:`x_t W + b` is computed (for all steps before the loop, or inside it stacked with
+:math:`h_{t-1} U`) is the loop's choice (flaxlstm/recurrent.py). The gate order and layout are
+Keras's and PyTorch's, so their trained weights load unchanged (PyTorch's ``weight_ih_l0`` is
+``kernel.T``; its two biases add up to ``bias``).
 """
 
 from __future__ import annotations
@@ -76,21 +82,9 @@ def gate_scale(hidden: int, dtype) -> jax.Array:
     return jnp.repeat(jnp.array([0.5, 0.5, 1.0, 0.5], dtype), hidden)
 
 
-def activate(
-    z: jax.Array,
-    gate_activation: Activation = jax.nn.sigmoid,
-    activation: Activation = jnp.tanh,
-) -> Gates:
-    """Split the pre-activations ``z`` [B, 4H] into the four activated gates.
-
-    With the default activations all four gates are computed as one tanh over [B, 4H]
-    (``gate_scale``): XLA on the CPU runs one wide element-wise loop about twice as fast as
-    four narrow ones (../shared/PERF-NOTES.md, docs/PERFORMANCE.md).
-    """
-    if is_default(gate_activation, activation):
-        return Gates(*jnp.split(activate_fused(z), 4, axis=-1))
-    i, f, g, o = jnp.split(z, 4, axis=-1)
-    return Gates(gate_activation(i), gate_activation(f), activation(g), gate_activation(o))
+def zero_state(batch: int, hidden: int, dtype, width: int | None = None) -> LSTMState:
+    """The initial state: zeros c [B, H] and h [B, width] (width = H but for projected h)."""
+    return LSTMState(jnp.zeros((batch, hidden), dtype), jnp.zeros((batch, width or hidden), dtype))
 
 
 def is_default(gate_activation: Activation, activation: Activation) -> bool:
@@ -102,6 +96,38 @@ def activate_fused(z: jax.Array) -> jax.Array:
     """The activated gates a = [σ(i), σ(f), tanh(g), σ(o)] [B, 4H] of z [B, 4H], one tanh."""
     s = gate_scale(z.shape[-1] // 4, z.dtype)
     return s * jnp.tanh(s * z) + (1 - s)
+
+
+def activate_all(
+    z: jax.Array, gate_activation: Activation = jax.nn.sigmoid, activation: Activation = jnp.tanh
+) -> jax.Array:
+    """The activated gates a = [σ(i), σ(f), tanh(g), σ(o)] [B, 4H] of the pre-activations z.
+
+    With the default activations all four gates are one tanh over [B, 4H] (``gate_scale``):
+    XLA on the CPU runs one wide element-wise loop about twice as fast as four narrow ones
+    (docs/PERFORMANCE.md).
+    """
+    if is_default(gate_activation, activation):
+        return activate_fused(z)
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    return jnp.concatenate(
+        [gate_activation(i), gate_activation(f), activation(g), gate_activation(o)], axis=-1
+    )
+
+
+def activate(
+    z: jax.Array, gate_activation: Activation = jax.nn.sigmoid, activation: Activation = jnp.tanh
+) -> Gates:
+    """The pre-activations ``z`` [B, 4H] as the four activated gates (i, f, g, o) [B, H]."""
+    return Gates(*jnp.split(activate_all(z, gate_activation, activation), 4, axis=-1))
+
+
+def cell_update(a: jax.Array, c_prev: jax.Array, activation: Activation = jnp.tanh) -> LSTMState:
+    """The new state from the activated gates a = [i, f, g, o] [B, 4H] and c_prev [B, H]:
+    c = f ⊙ c_prev + i ⊙ g and h = o ⊙ tanh(c). Every path of the standard cell runs this."""
+    i, f, g, o = jnp.split(a, 4, axis=-1)
+    c = f * c_prev + i * g
+    return LSTMState(c, o * activation(c))
 
 
 def lstm_step(
@@ -120,11 +146,8 @@ def lstm_step(
     Returns:
       the new state (c', h') and the activated gates (i, f, g, o), each [B, H].
     """
-    z = xw_t + state.h @ recurrent_kernel
-    gates = activate(z, gate_activation, activation)
-    c = gates.f * state.c + gates.i * gates.g
-    h = gates.o * activation(c)
-    return LSTMState(c, h), gates
+    a = activate_all(xw_t + state.h @ recurrent_kernel, gate_activation, activation)
+    return cell_update(a, state.c, activation), Gates(*jnp.split(a, 4, axis=-1))
 
 
 def lstm_step_backward(

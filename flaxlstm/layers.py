@@ -21,24 +21,33 @@ from flaxlstm.cell import (
     glorot_uniform,
     orthogonal,
     unit_forget_bias,
+    zero_state,
 )
-from flaxlstm.recurrent import concrete, lstm_scan, make_mask, scan_cell
-
-
-def _check_rate(name: str, rate: float) -> None:
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"{name} must lie in [0, 1), got {rate}")
-
-
-def _check_size(name: str, size: int) -> None:
-    if not isinstance(size, int) or size < 1:
-        raise ValueError(f"{name} must be a positive integer, got {size!r}")
+from flaxlstm.checks import check_positive_int, check_rate
+from flaxlstm.recurrent import ACCUMULATE_ABOVE_BYTES, concrete, lstm_scan, make_mask
 
 
 def _variational_mask(key: jax.Array, rate: float, shape: tuple[int, ...], dtype) -> jax.Array:
     """One inverted-dropout mask per sequence: 0 or 1/(1 − rate)."""
     keep = jax.random.bernoulli(key, 1.0 - rate, shape)
     return keep.astype(dtype) / (1.0 - rate)
+
+
+def sow_output(module: nnx.Module, name: str, value):
+    """Record ``value`` as ``module``'s intermediate ``name`` when the module is asked to
+    (``sow_intermediates``, set by ``capture_intermediates``); returns ``value``."""
+    if getattr(module, "sow_intermediates", False):
+        module.sow(nnx.Intermediate, name, value, reduce_fn=lambda _, new: new)
+    return value
+
+
+def capture_intermediates(model: nnx.Module, *args, **kwargs) -> tuple[object, nnx.State]:
+    """Call ``model(*args, **kwargs)`` with every module that can record its intermediates
+    doing so (NNX's ``sow`` under ``nnx.capture``); returns the output and the recorded
+    ``nnx.Intermediate`` state (an ``LSTM`` records its ``Trace`` as ``trace``, the models of
+    ``flaxlstm.models`` each layer's output under the layer's name)."""
+    recording = nnx.with_attributes(model, sow_intermediates=True, raise_if_not_found=False)
+    return nnx.capture(recording, nnx.Intermediate)(*args, **kwargs)
 
 
 class LSTM(nnx.Module):
@@ -48,11 +57,14 @@ class LSTM(nnx.Module):
     [4H], gate order i, f, g, o (see ``flaxlstm.cell``). Called as
     ``layer(x, lengths=None, mask=None, initial_state=None)``; returns the last real step's h
     [B, H], or every step's h [B, T, H] with ``return_sequences``; with ``return_state`` also
-    the final ``LSTMState(c, h)``.
+    the final ``LSTMState(c, h)``. Under ``capture_intermediates`` it records its ``Trace``.
 
-    Cell variants (``flaxlstm.variants``) subclass it: they set ``gates`` (the number of gate
-    blocks), may widen or narrow h (``state_features``), and supply ``cell_step``; the time
-    loop, masking, dropout, reverse and traces stay this class's.
+    ``hand_written_backward`` and ``accumulate_above_bytes`` choose how the time loop is
+    differentiated (``flaxlstm.recurrent.lstm_scan``); they are fields of the layer, so a
+    jitted step compiled for one setting is never reused for another.
+
+    Cell variants (``flaxlstm.variants``) subclass it and replace ``scan``; the checks,
+    masking, dropout, reverse and traces stay this class's.
     """
 
     gates = 4  # gate blocks in kernel, recurrent_kernel and bias: i, f, g, o
@@ -75,16 +87,18 @@ class LSTM(nnx.Module):
         recurrent_kernel_init: Initializer = orthogonal,
         bias_init: Initializer = unit_forget_bias,
         param_dtype=jnp.float32,
+        hand_written_backward: bool = True,
+        accumulate_above_bytes: int = ACCUMULATE_ABOVE_BYTES,
         rngs: nnx.Rngs,
     ):
         # The constructor's arguments, so that reversed_copy builds the same layer again
         # (a tuple: jit hashes a module's static attributes).
         self.init_args = tuple((k, v) for k, v in locals().items() if k not in ("self", "rngs"))
-        _check_size("in_features", in_features)
-        _check_size("hidden_features", hidden_features)
-        _check_size("unroll", unroll)
-        _check_rate("dropout", dropout)
-        _check_rate("recurrent_dropout", recurrent_dropout)
+        check_positive_int("in_features", in_features)
+        check_positive_int("hidden_features", hidden_features)
+        check_positive_int("unroll", unroll)
+        check_rate("dropout", dropout)
+        check_rate("recurrent_dropout", recurrent_dropout)
         self.in_features = in_features
         self.hidden_features = hidden_features
         self.return_sequences = return_sequences
@@ -96,7 +110,10 @@ class LSTM(nnx.Module):
         self.remat = remat  # recompute the loop in the backward pass (jax.checkpoint)
         self.gate_activation = gate_activation
         self.activation = activation
+        self.hand_written_backward = hand_written_backward
+        self.accumulate_above_bytes = accumulate_above_bytes
         self.deterministic = False
+        self.sow_intermediates = False
         width = self.gates * hidden_features
         self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, width), param_dtype))
         self.recurrent_kernel = nnx.Param(
@@ -110,14 +127,6 @@ class LSTM(nnx.Module):
     def state_features(self) -> int:
         """The width of h (and of the layer's outputs): H, or P for a projected LSTM."""
         return self.hidden_features
-
-    # A variant returns ``step(state, xw_t) -> (new_state, Trace of this step)``; None means
-    # the standard cell, which runs on ``lstm_scan``'s fast path.
-    cell_step = None
-
-    def project(self, x: jax.Array, dtype) -> jax.Array:
-        """The input projection of every step at once: x·W + b, [B, T, F] → [B, T, gates·H]."""
-        return x @ self.kernel[...].astype(dtype) + self.bias[...].astype(dtype)
 
     def check_inputs(self, x: jax.Array) -> None:
         """Raise a one-line error unless ``x`` is floating [B, T, in_features]."""
@@ -141,61 +150,59 @@ class LSTM(nnx.Module):
         mask: jax.Array | None = None,
         initial_state: LSTMState | None = None,
     ):
-        state, outputs, _ = self._run(x, lengths, mask, initial_state, return_trace=False)
+        record = self.sow_intermediates
+        state, outputs, trace = self.run(x, lengths, mask, initial_state, return_trace=record)
+        if record:
+            sow_output(self, "trace", trace)
         result = outputs if self.return_sequences else state.h
         return (result, state) if self.return_state else result
 
     def trace(self, x, lengths=None, mask=None, initial_state=None) -> Trace:
         """Every step's gates i, f, g, o and states c, h [B, T, H], from the training code path."""
-        return self._run(x, lengths, mask, initial_state, return_trace=True)[2]
+        return self.run(x, lengths, mask, initial_state, return_trace=True)[2]
 
-    def _run(self, x, lengths, mask, initial_state, *, return_trace: bool):
+    def run(self, x, lengths=None, mask=None, initial_state=None, *, return_trace: bool = False):
+        """The checked, dropped-out inputs through ``scan``: (final state, outputs [B, T, H],
+        ``Trace`` or None)."""
         self.check_inputs(x)
         batch, time, _ = x.shape
         steps = make_mask(batch, time, lengths, mask)
         dtype = jnp.result_type(x.dtype, self.kernel.dtype)
         x = x.astype(dtype)
-        rec_mask = None
+        recurrent_mask = None
         if not self.deterministic and self.rngs is not None:
             if self.dropout > 0:
                 shape = (batch, 1, self.in_features)
                 x = x * _variational_mask(self.rngs(), self.dropout, shape, dtype)
             if self.recurrent_dropout > 0:
                 shape = (batch, self.state_features)
-                rec_mask = _variational_mask(self.rngs(), self.recurrent_dropout, shape, dtype)
-        if initial_state is not None:
-            initial_state = LSTMState(*(jnp.asarray(s, dtype) for s in initial_state))
-        if self.cell_step is not None:
-            if initial_state is None:
-                initial_state = LSTMState(
-                    jnp.zeros((batch, self.hidden_features), dtype),
-                    jnp.zeros((batch, self.state_features), dtype),
+                recurrent_mask = _variational_mask(
+                    self.rngs(), self.recurrent_dropout, shape, dtype
                 )
-            return scan_cell(
-                self.cell_step(dtype),
-                jnp.swapaxes(self.project(x, dtype), 0, 1),  # time-major [T, B, G]
-                steps,
-                initial_state,
-                reverse=self.reverse,
-                unroll=self.unroll,
-                recurrent_dropout_mask=rec_mask,
-                return_trace=return_trace,
-                remat=self.remat,
-            )
+        if initial_state is None:
+            initial_state = zero_state(batch, self.hidden_features, dtype, self.state_features)
+        initial_state = LSTMState(*(jnp.asarray(s, dtype) for s in initial_state))
+        return self.scan(x, steps, initial_state, recurrent_mask, return_trace=return_trace)
+
+    def scan(self, x, mask, initial_state: LSTMState, recurrent_mask, *, return_trace: bool):
+        """The time loop over x [B, T, F] (already in the compute dtype): the standard cell's
+        ``lstm_scan``. Variants replace this."""
         return lstm_scan(
-            self.kernel[...].astype(dtype),
-            self.recurrent_kernel[...].astype(dtype),
-            self.bias[...].astype(dtype),
+            self.kernel[...],
+            self.recurrent_kernel[...],
+            self.bias[...],
             x,
-            steps,
+            mask,
             initial_state,
             reverse=self.reverse,
             unroll=self.unroll,
-            recurrent_dropout_mask=rec_mask,
+            recurrent_dropout_mask=recurrent_mask,
             gate_activation=self.gate_activation,
             activation=self.activation,
             return_trace=return_trace,
             remat=self.remat,
+            hand_written_backward=self.hand_written_backward,
+            accumulate_above_bytes=self.accumulate_above_bytes,
         )
 
     def reversed_copy(self, rngs: nnx.Rngs) -> LSTM:
@@ -281,7 +288,7 @@ def check_token_ids(ids, vocab_size: int) -> None:
         )
 
 
-def as_array(weights) -> jax.Array:
+def torch_array(weights) -> jax.Array:
     """A PyTorch tensor (or any array) as a JAX array."""
     return jnp.asarray(weights.detach().numpy() if hasattr(weights, "detach") else weights)
 
@@ -294,14 +301,14 @@ def load_torch_weights(layer: LSTM, weight_ih, weight_hh, bias_ih=None, bias_hh=
     biases add up to ``bias``. Keras's weights need no conversion at all:
     ``layer.kernel[...], layer.recurrent_kernel[...], layer.bias[...] = keras_layer.get_weights()``.
     """
-    kernel, recurrent = as_array(weight_ih).T, as_array(weight_hh).T
+    kernel, recurrent = torch_array(weight_ih).T, torch_array(weight_hh).T
     expected = (layer.kernel.shape, layer.recurrent_kernel.shape)
     if (kernel.shape, recurrent.shape) != expected:
         raise ValueError(
             f"PyTorch weights of shapes {kernel.T.shape} and {recurrent.T.shape} do not fit an LSTM"
             f" with {layer.in_features} inputs and {layer.hidden_features} units"
         )
-    bias = sum(as_array(b) for b in (bias_ih, bias_hh) if b is not None)
+    bias = sum(torch_array(b) for b in (bias_ih, bias_hh) if b is not None)
     layer.kernel[...] = kernel.astype(layer.kernel.dtype)
     layer.recurrent_kernel[...] = recurrent.astype(layer.recurrent_kernel.dtype)
     layer.bias[...] = jnp.broadcast_to(bias, layer.bias.shape).astype(layer.bias.dtype)

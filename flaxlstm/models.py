@@ -5,14 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flaxlstm import config
+from flaxlstm.config import IMDB_MODELS, ImdbModelConfig
 from flaxlstm.data.imdb import padding_mask
-from flaxlstm.layers import LSTM, Bidirectional, Embedding, PerStep
+from flaxlstm.layers import (
+    LSTM,
+    Bidirectional,
+    Embedding,
+    PerStep,
+    capture_intermediates,
+    sow_output,
+)
 from flaxlstm.recurrent import make_mask
 
 # ============================================================================================
@@ -116,6 +124,7 @@ class SentimentClassifier(nnx.Module):
         rngs: nnx.Rngs,
     ):
         glorot = jax.nn.initializers.glorot_uniform()  # Keras's Conv1D and Dense default
+        self.sow_intermediates = False  # record every layer's output (capture_intermediates)
         self.embed = Embedding(
             vocab_size, embedding_dim, embedding_init=keras_embedding_init, rngs=rngs
         )
@@ -136,75 +145,40 @@ class SentimentClassifier(nnx.Module):
             self.lstm.out_features if bidirectional else hidden, 1, kernel_init=glorot, rngs=rngs
         )
 
+    # The layers in the order the forward pass runs them (those set to None are left out).
+    layers = ("embed", "embed_dropout", "conv", "pool", "lstm", "head_dropout", "head")
+
     def __call__(
         self, ids: jax.Array, lengths: jax.Array | None = None, mask: jax.Array | None = None
     ) -> jax.Array:
-        return self.activations(ids, lengths, mask)[-1][1][:, 0]
-
-    def activations(
-        self, ids: jax.Array, lengths: jax.Array | None = None, mask: jax.Array | None = None
-    ) -> list[tuple[str, jax.Array]]:
-        """Each layer's name (its attribute) and output, in order; the last is [B, 1]."""
         if lengths is None and mask is None:
             mask = padding_mask(ids)
-        outputs = []
-
-        def record(name: str, x: jax.Array) -> jax.Array:
-            outputs.append((name, x))
-            return x
-
-        x = record("embed", self.embed(ids))
+        x = sow_output(self, "embed_output", self.embed(ids))
         if self.embed_dropout is not None:
-            x = record("embed_dropout", self.embed_dropout(x))
+            x = sow_output(self, "embed_dropout_output", self.embed_dropout(x))
         if self.conv is not None:
             mask, lengths = make_mask(*ids.shape, lengths, mask), None
             # Padded steps are zeroed so that the convolution sees them as its own "same"
             # zero-padding: a real step's output does not depend on where the padding is.
-            x = record("conv", nnx.relu(self.conv(jnp.where(mask[..., None], x, 0))))
-            x, mask = self.pool(x, mask)
-            record("pool", x)
-        x = record("lstm", self.lstm(x, lengths, mask))
+            x = sow_output(
+                self, "conv_output", nnx.relu(self.conv(jnp.where(mask[..., None], x, 0)))
+            )
+            x, mask = self.pool(x, mask)  # the LSTM sees the pooled steps and mask
+            sow_output(self, "pool_output", x)
+        x = sow_output(self, "lstm_output", self.lstm(x, lengths, mask))
         if self.head_dropout is not None:
-            x = record("head_dropout", self.head_dropout(x))
-        record("head", self.head(x))
-        return outputs
+            x = sow_output(self, "head_dropout_output", self.head_dropout(x))
+        return sow_output(self, "head_output", self.head(x))[:, 0]
 
 
-class Settings(NamedTuple):
-    """A seed's data and training settings."""
-
-    vocab_size: int  # ids < vocab_size, 3 of them reserved (flaxlstm.data.imdb)
-    maxlen: int
-    embedding_dim: int
-    batch_size: int
-    epochs: int
-
-
-SEED_003 = Settings(vocab_size=5000, maxlen=500, embedding_dim=32, batch_size=64, epochs=3)
-SEED_002 = Settings(vocab_size=2000, maxlen=80, embedding_dim=128, batch_size=32, epochs=15)
-
-# name: (the seed's settings, the layers' arguments)
-_IMDB_MODELS = {
-    "simple": (SEED_003, dict(hidden=100)),
-    "dropout": (SEED_003, dict(hidden=100, dropout=0.2)),
-    "lstm-dropout": (SEED_003, dict(hidden=100, lstm_dropout=0.2, recurrent_dropout=0.2)),
-    "bilstm": (
-        SEED_003,
-        dict(hidden=100, lstm_dropout=0.2, recurrent_dropout=0.2, bidirectional=True),
-    ),
-    "cnn-lstm": (SEED_003, dict(hidden=100, conv_filters=32)),
-    "seed002": (SEED_002, dict(hidden=128, lstm_dropout=0.2, recurrent_dropout=0.2)),
-}
-SETTINGS: dict[str, Settings] = {name: seed for name, (seed, _) in _IMDB_MODELS.items()}
+Settings = ImdbModelConfig  # the seeds' settings; the name earlier versions exported
+SEED_003 = ImdbModelConfig(**config.SEED_003)
+SEED_002 = ImdbModelConfig(**config.SEED_002)
+SETTINGS: dict[str, ImdbModelConfig] = IMDB_MODELS
 # name → factory: ``MODELS["simple"](rngs=nnx.Rngs(0))``; keywords override the seed's.
 MODELS: dict[str, Callable[..., SentimentClassifier]] = {
-    name: partial(
-        SentimentClassifier,
-        vocab_size=seed.vocab_size,
-        embedding_dim=seed.embedding_dim,
-        **layers,
-    )
-    for name, (seed, layers) in _IMDB_MODELS.items()
+    name: partial(SentimentClassifier, vocab_size=seed.vocab_size, **seed.layers)
+    for name, seed in IMDB_MODELS.items()
 }
 
 
@@ -227,22 +201,16 @@ def summary(model: str | SentimentClassifier, maxlen: int | None = None) -> str:
         model = nnx.eval_shape(lambda: MODELS[name](rngs=nnx.Rngs(0)))
     if maxlen is None:
         raise ValueError("summary of a model object needs maxlen")
-    graphdef, state = nnx.split(model)
-    names = []
-
-    def layer_outputs(state, ids):
-        outputs = nnx.merge(graphdef, state).activations(ids)
-        names.extend(layer for layer, _ in outputs)
-        return [x for _, x in outputs]
-
+    ids = jax.ShapeDtypeStruct((1, maxlen), jnp.int32)
     # Shapes only: nothing is computed, so this is instant even for maxlen 500.
-    shapes = jax.eval_shape(layer_outputs, state, jax.ShapeDtypeStruct((1, maxlen), jnp.int32))
+    _, outputs = nnx.eval_shape(lambda m, ids: capture_intermediates(m, ids), model, ids)
+    layers = [layer for layer in model.layers if f"{layer}_output" in outputs]
     rule, columns = "_" * 66, (29, 26)
     header = " Layer (type)".ljust(columns[0]) + "Output Shape".ljust(columns[1]) + "Param #"
     lines = [f'Model: "{name}"', rule, header, "=" * 66]
-    for layer, shape in zip(names, shapes, strict=True):
-        module = getattr(model, layer)
-        output = "(" + ", ".join(["None", *map(str, shape.shape[1:])]) + ")"
+    for layer in layers:
+        module, shape = getattr(model, layer), outputs[f"{layer}_output"].get_value().shape
+        output = "(" + ", ".join(["None", *map(str, shape[1:])]) + ")"
         lines.append(
             f" {layer} ({type(module).__name__})".ljust(columns[0])
             + output.ljust(columns[1])

@@ -1,15 +1,18 @@
 """The time loop: ``jax.lax.scan`` over the steps of the cell in flaxlstm/cell.py.
 
-With the default activations (σ, tanh) the loop has a backward pass written by hand
-(``_fused_scan``, a ``jax.custom_vjp``) that saves only each step's gates and starting state;
-other activations and ``return_trace`` take the plain scan, differentiated by jax. Both give
-the same numbers (tests/test_speed_paths.py); docs/PERFORMANCE.md says why and how fast.
+``lstm_scan`` runs the standard cell and is the one place that chooses how: with the default
+activations (σ, tanh) and ``hand_written_backward`` its loop has a backward pass written by
+hand (``_fused_scan``, a ``jax.custom_vjp``) that saves only each step's gates and starting
+state; other activations, ``return_trace`` or ``hand_written_backward=False`` take
+``scan_cell``, the plain scan differentiated by jax, which also runs every cell variant's step
+(flaxlstm/variants.py). Both give the same numbers (tests/test_speed_paths.py);
+docs/PERFORMANCE.md says why and how fast.
 
 Inputs are batch-major [B, T, F]. Padding is described by ``lengths`` [B] (real tokens first)
 or a boolean ``mask`` [B, T] (True at real tokens, wherever they are). A padded step leaves the
-state unchanged and outputs zeros, so the final state and the outputs at real tokens are the
-same whether the padding comes before or after the tokens, and a reversed scan starts at each
-sequence's last real token.
+state unchanged and outputs zeros (``keep_state_where_padded``), so the final state and the
+outputs at real tokens are the same whether the padding comes before or after the tokens, and
+a reversed scan starts at each sequence's last real token.
 """
 
 from __future__ import annotations
@@ -26,20 +29,19 @@ from flaxlstm.cell import (
     Activation,
     LSTMState,
     Trace,
+    activate_all,
     activate_fused,
+    cell_update,
     is_default,
-    lstm_step,
     lstm_step_backward,
+    zero_state,
 )
 
-# With the default activations the time loop has a backward written by hand (``_fused_scan``).
-# Set this to False to differentiate the plain scan with jax autodiff instead, to check or to
-# measure it (tests/test_speed_paths.py, ``python -m flaxlstm.bench``); read while tracing.
-HAND_WRITTEN_BACKWARD = True
 # The hand-written backward sums the weight gradients step by step inside the loop when the
 # per-step gradients dz [T, B, 4H] would take more than this many bytes, and otherwise keeps dz
 # and forms them after the loop as one matrix product over all steps. A large fresh buffer is
 # slow to touch on this project's machines (page faults); docs/PERFORMANCE.md has the numbers.
+# Only a default: pass ``accumulate_above_bytes`` to ``lstm_scan`` (or ``flaxlstm.LSTM``).
 ACCUMULATE_ABOVE_BYTES = 16 * 2**20
 
 
@@ -85,14 +87,25 @@ def make_mask(
     return jnp.arange(time)[None, :] < lengths[:, None]
 
 
+def time_major(a: jax.Array) -> jax.Array:
+    """[B, T, ...] → [T, B, ...] (and back): the scans run over the leading axis."""
+    return jnp.swapaxes(a, 0, 1)
+
+
 def _time_major_mask(mask: jax.Array | None) -> jax.Array | None:
     """[B, T] → [T, B, 1], as the scans take it (None stays None)."""
-    return None if mask is None else jnp.swapaxes(mask, 0, 1)[..., None]
+    return None if mask is None else time_major(mask)[..., None]
 
 
-def _batch_major(a: jax.Array) -> jax.Array:
-    """[T, B, ...] → [B, T, ...] (and back)."""
-    return jnp.swapaxes(a, 0, 1)
+def keep_state_where_padded(
+    m_t: jax.Array | None, new: LSTMState, old: LSTMState, out: jax.Array
+) -> tuple[LSTMState, jax.Array]:
+    """A padded step (``m_t`` [B, 1] False) keeps the ``old`` state and outputs zeros; a real
+    one takes the ``new`` state and outputs ``out``. ``m_t`` None: every step is real."""
+    if m_t is None:
+        return new, out
+    state = LSTMState(jnp.where(m_t, new.c, old.c), jnp.where(m_t, new.h, old.h))
+    return state, jnp.where(m_t, out, 0)
 
 
 def lstm_scan(
@@ -110,6 +123,8 @@ def lstm_scan(
     activation: Activation = jnp.tanh,
     return_trace: bool = False,
     remat: bool = False,
+    hand_written_backward: bool = True,
+    accumulate_above_bytes: int = ACCUMULATE_ABOVE_BYTES,
 ) -> tuple[LSTMState, jax.Array, Trace | None]:
     """Run the LSTM over a batch of sequences.
 
@@ -125,47 +140,58 @@ def lstm_scan(
       remat: save nothing of the time loop for the backward pass but its inputs, and run the
         forward again there: the per-step gates and states ([T, B, 6H]) are not held between
         the forward and the backward pass, for one more forward pass of time.
+      hand_written_backward: with the default activations and no trace, differentiate the
+        loop with its hand-written backward (False: jax autodiff of the plain scan).
+      accumulate_above_bytes: the hand-written backward sums the weight gradients inside its
+        loop when dz [T, B, 4H] would take more bytes than this, else forms them after it.
     Returns:
       the final state (c, h) [B, H] each, the outputs h_t [B, T, H] (zero at padded steps), and
       a ``Trace`` (i, f, g, o, c, h) [B, T, H] each when ``return_trace``, else None.
 
-    With the default activations and no trace, the loop runs with a hand-written backward
-    (``_fused_scan``); other activations are differentiated by jax autodiff of the same scan.
+    Every input is cast to one dtype, the result type of x and the weights.
     """
+    dtype = jnp.result_type(x, kernel, recurrent_kernel, bias)
+    cast = lambda a: None if a is None else jnp.asarray(a, dtype)  # noqa: E731
+    W, U, b, x, recurrent_mask = map(
+        cast, (kernel, recurrent_kernel, bias, x, recurrent_dropout_mask)
+    )
     batch, time, _ = x.shape
-    hidden = recurrent_kernel.shape[0]
-    if initial_state is None:
-        zeros = jnp.zeros((batch, hidden), x.dtype)
-        initial_state = LSTMState(zeros, zeros)
-    if HAND_WRITTEN_BACKWARD and not return_trace and is_default(gate_activation, activation):
-        dtype = jnp.result_type(x, kernel, recurrent_kernel, bias)
+    hidden = U.shape[0]
+    state = zero_state(batch, hidden, dtype) if initial_state is None else initial_state
+    state = LSTMState(*map(cast, state))
+    if hand_written_backward and not return_trace and is_default(gate_activation, activation):
         dz_bytes = time * batch * 4 * hidden * jnp.dtype(dtype).itemsize
-        options = _Options(reverse, unroll, dz_bytes > ACCUMULATE_ABOVE_BYTES, remat)
-        cast = lambda a: None if a is None else jnp.asarray(a, dtype)  # noqa: E731
+        options = _Options(reverse, unroll, dz_bytes > accumulate_above_bytes, remat)
         final, outputs = _fused_scan(
-            options,
-            *map(cast, (kernel, recurrent_kernel, bias, _batch_major(x))),
-            _time_major_mask(mask),
-            LSTMState(*map(cast, initial_state)),
-            cast(recurrent_dropout_mask),
+            options, W, U, b, time_major(x), _time_major_mask(mask), state, recurrent_mask
         )
-        return final, _batch_major(outputs), None
+        return final, time_major(outputs), None
 
     def step(state: LSTMState, xw_t):
-        new, gates = lstm_step(recurrent_kernel, state, xw_t, gate_activation, activation)
-        return new, Trace(*gates, new.c, new.h)
+        a = activate_all(xw_t + state.h @ U, gate_activation, activation)
+        new = cell_update(a, state.c, activation)
+        return new, Trace(*jnp.split(a, 4, axis=-1), new.c, new.h)
 
     return scan_cell(
         step,
-        _project_all(kernel, bias, x),
+        project_all(W, b, x),
         mask,
-        LSTMState(*initial_state),
+        state,
         reverse=reverse,
         unroll=unroll,
-        recurrent_dropout_mask=recurrent_dropout_mask,
+        recurrent_dropout_mask=recurrent_mask,
         return_trace=return_trace,
         remat=remat,
     )
+
+
+def project_all(W: jax.Array, b: jax.Array, x: jax.Array) -> jax.Array:
+    """The input projection for every step at once, time-major for the scan: x [B, T, F] →
+    x·W + b [T, B, 4H]. x is made time-major first (F is small), so that XLA writes the one
+    [T·B, F] × [F, 4H] product in place (docs/PERFORMANCE.md)."""
+    batch, time, features = x.shape
+    x = time_major(x).reshape(time * batch, features)
+    return (x @ W + b).reshape(time, batch, -1)
 
 
 def scan_cell(
@@ -193,11 +219,9 @@ def scan_cell(
         xw_t, m_t = inputs
         h_in = state.h if recurrent_dropout_mask is None else state.h * recurrent_dropout_mask
         new, trace = step(LSTMState(state.c, h_in), xw_t)
-        out = new.h
-        if m_t is not None:  # padded steps keep the state and output zeros
-            new = LSTMState(jnp.where(m_t, new.c, state.c), jnp.where(m_t, new.h, state.h))
+        new, out = keep_state_where_padded(m_t, new, state, new.h)
+        if return_trace and m_t is not None:
             trace = Trace(*(jnp.where(m_t, a, 0) for a in trace))
-            out = jnp.where(m_t, out, 0)
         return new, (out, trace if return_trace else None)
 
     final, (outputs, trace) = jax.lax.scan(
@@ -208,32 +232,22 @@ def scan_cell(
         unroll=unroll,
     )
     if trace is not None:
-        trace = Trace(*map(_batch_major, trace))
-    return final, _batch_major(outputs), trace
+        trace = Trace(*map(time_major, trace))
+    return final, time_major(outputs), trace
 
 
 # ------------------------------------------------------------------------------------------
 # The time loop with a hand-written backward (default activations σ and tanh).
 #
 # Forward, per step: z = [x_t, h, 1]·[W; U; b] (one matrix product), the four gates by one
-# tanh (``cell.activate_fused``), then c and h. It saves only the activated gates a [B, 4H]
-# and the state the step started from, (c, h) [B, H] each. The input projection x·W is done
-# inside the loop: a [T, B, 4H] buffer for all steps costs more to allocate and touch than the
-# small products cost (docs/PERFORMANCE.md).
+# tanh (``cell.activate_fused``), then ``cell.cell_update``. It saves only the activated gates
+# a [B, 4H] and the state the step started from, (c, h) [B, H] each. The input projection x·W
+# is done inside the loop, stacked with h·U: a [T, B, 4H] buffer for all steps costs more to
+# allocate and touch than the small products cost (docs/PERFORMANCE.md).
 #
 # Backward, in the other direction: dz from ``cell.lstm_step_backward``, then
 # dh_prev = dz·Uᵀ (through the recurrent dropout mask) and, for the weights, either a running
 # sum [x_t, h_in, 1]ᵀ·dz inside the loop or one product over all steps after it.
-
-
-def _project_all(W, b, x):
-    """The input projection for every step at once, time-major for the scan: x [B, T, F] →
-    x·W + b [T, B, 4H]. x is made time-major first (F is small), so that XLA writes the one
-    [T·B, F] × [F, 4H] product in place; for ``einsum("btf,fg->tbg")`` it wrote [4H, B·T] and
-    transposed that (docs/PERFORMANCE.md)."""
-    batch, time, features = x.shape
-    x = jnp.swapaxes(x, 0, 1).reshape(time * batch, features)
-    return (x @ W + b).reshape(time, batch, -1)
 
 
 class _Options(NamedTuple):
@@ -253,7 +267,9 @@ def _with_one(x_t, h):
     return jnp.concatenate([x_t, h, jnp.ones((h.shape[0], 1), h.dtype)], axis=-1)
 
 
-def _forward(opt: _Options, W, U, b, x, mask, state: LSTMState, rec, *, save: bool):
+def _fused_forward(
+    opt: _Options, W, U, b, x, mask, state: LSTMState, recurrent_mask, *, save: bool
+):
     """The loop over time-major x [T, B, F]. Returns the final state, the outputs [T, B, H]
     (zero at padded steps) and, when ``save``, the per-step a [T, B, 4H] and the states each
     step started from, c_prev and h_prev [T, B, H]."""
@@ -261,15 +277,11 @@ def _forward(opt: _Options, W, U, b, x, mask, state: LSTMState, rec, *, save: bo
 
     def step(state: LSTMState, inputs):
         x_t, m_t = inputs
-        h_in = state.h if rec is None else state.h * rec
+        h_in = state.h if recurrent_mask is None else state.h * recurrent_mask
         a = activate_fused(_with_one(x_t, h_in) @ WUb)  # [B, 4H]: σ(i), σ(f), tanh(g), σ(o)
-        i, f, g, o = jnp.split(a, 4, axis=-1)
-        c = f * state.c + i * g
-        h = o * jnp.tanh(c)
-        out = h
-        if m_t is not None:  # padded steps keep the state and output zeros
-            c, h, out = jnp.where(m_t, c, state.c), jnp.where(m_t, h, state.h), jnp.where(m_t, h, 0)
-        return LSTMState(c, h), (out, (a, state.c, state.h) if save else None)
+        new = cell_update(a, state.c)
+        new, out = keep_state_where_padded(m_t, new, state, new.h)
+        return new, (out, (a, state.c, state.h) if save else None)
 
     final, (outputs, saved) = jax.lax.scan(
         step, state, (x, mask), reverse=opt.reverse, unroll=opt.unroll
@@ -278,37 +290,66 @@ def _forward(opt: _Options, W, U, b, x, mask, state: LSTMState, rec, *, save: bo
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused_scan(opt: _Options, W, U, b, x, mask, state: LSTMState, rec):
+def _fused_scan(opt: _Options, W, U, b, x, mask, state: LSTMState, recurrent_mask):
     """``lstm_scan``'s loop on time-major x [T, B, F] and mask [T, B, 1] (or None); returns
     the final state and the outputs [T, B, H]."""
-    final, outputs, _ = _forward(opt, W, U, b, x, mask, state, rec, save=False)
+    final, outputs, _ = _fused_forward(opt, W, U, b, x, mask, state, recurrent_mask, save=False)
     return final, outputs
 
 
-def _fused_scan_fwd(opt: _Options, W, U, b, x, mask, state: LSTMState, rec):
-    final, outputs, saved = _forward(opt, W, U, b, x, mask, state, rec, save=not opt.remat)
-    return (final, outputs), (W, U, b, x, mask, state, rec, saved)
+def _fused_scan_fwd(opt: _Options, W, U, b, x, mask, state: LSTMState, recurrent_mask):
+    final, outputs, saved = _fused_forward(
+        opt, W, U, b, x, mask, state, recurrent_mask, save=not opt.remat
+    )
+    return (final, outputs), (W, U, b, x, mask, state, recurrent_mask, saved)
 
 
 def _fused_scan_bwd(opt: _Options, residuals, cotangents):
-    W, U, b, x, mask, state, rec, saved = residuals
+    W, U, b, x, mask, state, recurrent_mask, saved = residuals
     if opt.remat:
-        # Make the forward's start state depend on the incoming gradient (by adding 0 times
-        # one of its elements), so that XLA cannot run this forward before the backward pass
-        # gets here, e.g. all layers' at once, which would undo the saving. XLA on the CPU
-        # drops optimization barriers before it schedules, so they do not do this.
-        first = lambda v: jnp.ravel(v)[0]  # noqa: E731
-        zero = 0 * (first(cotangents[1]) + first(cotangents[0].h) + first(cotangents[0].c))
-        state = LSTMState(state.c + zero.astype(state.c.dtype), state.h)
-        saved = _forward(opt, W, U, b, x, mask, state, rec, save=True)[2]
+        saved = _forward_again(opt, W, U, b, x, mask, state, recurrent_mask, cotangents)
     a, c_prev, h_prev = saved
     d_final, d_outputs = cotangents
+    carry, ys = _backward_loop(
+        opt, W, U, b, x, mask, recurrent_mask, a, c_prev, h_prev, d_final, d_outputs
+    )
+    dh0, dc0 = carry[:2]
+    if opt.accumulate:
+        dW, dU, db, d_recurrent_mask = _split_stacked(carry[2], W.shape[0], U.shape[0]) + (
+            carry[3],
+        )
+        dx = ys
+    else:
+        dW, dU, db, dx, d_recurrent_mask = _weight_gradients_after(
+            W, U, x, h_prev, recurrent_mask, dz=ys
+        )
+    return dW, dU, db, dx, None, LSTMState(dc0, dh0), d_recurrent_mask
+
+
+def _forward_again(opt: _Options, W, U, b, x, mask, state, recurrent_mask, cotangents):
+    """The saved per-step values of a rematerialised loop, computed now, in the backward."""
+    # Make the forward's start state depend on the incoming gradient (by adding 0 times one of
+    # its elements), so that XLA cannot run this forward before the backward pass gets here,
+    # e.g. all layers' at once, which would undo the saving. XLA on the CPU drops optimization
+    # barriers before it schedules, so they do not do this.
+    first = lambda v: jnp.ravel(v)[0]  # noqa: E731
+    zero = 0 * (first(cotangents[1]) + first(cotangents[0].h) + first(cotangents[0].c))
+    state = LSTMState(state.c + zero.astype(state.c.dtype), state.h)
+    return _fused_forward(opt, W, U, b, x, mask, state, recurrent_mask, save=True)[2]
+
+
+def _backward_loop(
+    opt: _Options, W, U, b, x, mask, recurrent_mask, a, c_prev, h_prev, d_final, d_outputs
+):
+    """The reverse loop. Carries dh, dc [B, H] (and, when accumulating, d[W; U; b] and the
+    recurrent mask's gradient); returns the carry and, per step, dz [T, B, 4H] or, when
+    accumulating, dx [T, B, F]."""
     features = W.shape[0]
     WUb = _stack(W, U, b)
-    # The loop carries dh and dc [B, H], and when accumulating d[W; U; b] and d(rec).
     carry = (d_final.h, d_final.c)
     if opt.accumulate:
-        carry += (jnp.zeros_like(WUb), None if rec is None else jnp.zeros_like(rec))
+        zeros_mask = None if recurrent_mask is None else jnp.zeros_like(recurrent_mask)
+        carry += (jnp.zeros_like(WUb), zeros_mask)
 
     def step(carry, inputs):
         dh, dc = carry[:2]
@@ -319,45 +360,46 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
         dz, dc_prev = lstm_step_backward(a_t, c_t, dh, dc)
         if m_t is not None:  # and pass the state on unchanged
             dz = jnp.where(m_t, dz, 0)
-        if not opt.accumulate:
-            dh_in = dz @ U.T
-        else:
-            dxh = dz @ WUb.T  # [dx_t, dh_in, d1]
-            dh_in = dxh[:, features:-1]
-        dh_prev = dh_in if rec is None else dh_in * rec
+        dxh = dz @ (WUb if opt.accumulate else U).T  # [dx_t, dh_in, d1], or dh_in
+        dh_in = dxh[:, features:-1] if opt.accumulate else dxh
+        dh_prev = dh_in if recurrent_mask is None else dh_in * recurrent_mask
         if m_t is not None:
             dh_prev, dc_prev = jnp.where(m_t, dh_prev, dh), jnp.where(m_t, dc_prev, dc)
         if not opt.accumulate:
             return (dh_prev, dc_prev), dz
-        dWUb, drec = carry[2:]
-        h_in = h_t if rec is None else h_t * rec
+        dWUb, d_mask = carry[2:]
+        h_in = h_t if recurrent_mask is None else h_t * recurrent_mask
         dWUb = dWUb + _with_one(x_t, h_in).T @ dz
-        drec = None if rec is None else drec + h_t * dh_in
-        return (dh_prev, dc_prev, dWUb, drec), dxh[:, :features]
+        d_mask = None if recurrent_mask is None else d_mask + h_t * dh_in
+        return (dh_prev, dc_prev, dWUb, d_mask), dxh[:, :features]
 
-    carry, ys = jax.lax.scan(
+    return jax.lax.scan(
         step,
         carry,
         (a, c_prev, h_prev, x if opt.accumulate else None, d_outputs, mask),
         reverse=not opt.reverse,
         unroll=opt.unroll,
     )
-    dh0, dc0 = carry[:2]
-    if opt.accumulate:
-        dWUb, drec = carry[2:]
-        hidden = U.shape[0]
-        dW, dU, db = dWUb[:features], dWUb[features : features + hidden], dWUb[-1]
-        dx = ys
-    else:  # ys is dz [T, B, 4H]: the weight gradients as one product over all steps
-        time, batch, _ = x.shape
-        dz = ys.reshape(time * batch, -1)
-        h_in = h_prev if rec is None else h_prev * rec
-        dU = h_in.reshape(time * batch, -1).T @ dz
-        dW = x.reshape(time * batch, -1).T @ dz
-        db = dz.sum(0)
-        dx = (dz @ W.T).reshape(x.shape)
-        drec = None if rec is None else (h_prev * (dz @ U.T).reshape(h_prev.shape)).sum(0)
-    return dW, dU, db, dx, None, LSTMState(dc0, dh0), drec
+
+
+def _split_stacked(dWUb, features: int, hidden: int):
+    """d[W; U; b] [F + H + 1, 4H] → (dW, dU, db)."""
+    return dWUb[:features], dWUb[features : features + hidden], dWUb[-1]
+
+
+def _weight_gradients_after(W, U, x, h_prev, recurrent_mask, *, dz):
+    """dW, dU, db, dx and the recurrent mask's gradient as products over all steps, from the
+    per-step dz [T, B, 4H]."""
+    time, batch, _ = x.shape
+    dz_all = dz.reshape(time * batch, -1)
+    h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask
+    dU = h_in.reshape(time * batch, -1).T @ dz_all
+    dW = x.reshape(time * batch, -1).T @ dz_all
+    dx = (dz_all @ W.T).reshape(x.shape)
+    d_mask = None
+    if recurrent_mask is not None:
+        d_mask = (h_prev * (dz_all @ U.T).reshape(h_prev.shape)).sum(0)
+    return dW, dU, dz_all.sum(0), dx, d_mask
 
 
 _fused_scan.defvjp(_fused_scan_fwd, _fused_scan_bwd)

@@ -1,20 +1,50 @@
 r"""Cell variants: each is ``flaxlstm.LSTM`` with its own step, a few dozen lines.
 
-They reuse the layer's time loop, masking, dropout, reverse, ``Bidirectional`` and traces;
-only the gate math differs. Notation as in ``flaxlstm.cell``: :math:`z = x_t W + h_{t-1} U + b`
-split into gate blocks, σ the gate activation, tanh the activation.
+Each subclasses ``VariantLSTM``: the layer's checks, masking, dropout, reverse,
+``Bidirectional`` and traces, with the step of its own gate math (``cell_step``) scanned by
+``flaxlstm.recurrent.scan_cell`` (differentiated by jax). Notation as in ``flaxlstm.cell``:
+:math:`z = x_t W + h_{t-1} U + b` split into gate blocks,
+σ the gate activation, tanh the activation.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from flaxlstm.cell import LSTMState, Trace
-from flaxlstm.layers import LSTM, as_array, load_torch_weights
+from flaxlstm.layers import LSTM, load_torch_weights, torch_array
+from flaxlstm.recurrent import scan_cell, time_major
 
 
-class PeepholeLSTM(LSTM):
+class VariantLSTM(LSTM):
+    """An ``LSTM`` whose cell is ``cell_step``: subclasses define it (and may widen h,
+    ``state_features``, or change the input projection, ``project``)."""
+
+    def cell_step(self, dtype):
+        """``step(state, xw_t) -> (new_state, Trace of this step)`` in ``dtype``."""
+        raise NotImplementedError
+
+    def project(self, x: jax.Array) -> jax.Array:
+        """The input projection of every step at once: x·W + b, [B, T, F] → [B, T, gates·H]."""
+        return x @ self.kernel[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
+
+    def scan(self, x, mask, initial_state: LSTMState, recurrent_mask, *, return_trace: bool):
+        return scan_cell(
+            self.cell_step(x.dtype),
+            time_major(self.project(x)),
+            mask,
+            initial_state,
+            reverse=self.reverse,
+            unroll=self.unroll,
+            recurrent_dropout_mask=recurrent_mask,
+            return_trace=return_trace,
+            remat=self.remat,
+        )
+
+
+class PeepholeLSTM(VariantLSTM):
     r"""Peephole connections (Gers & Schmidhuber 2000): the gates also look at the cell.
 
     .. math::
@@ -49,7 +79,7 @@ class PeepholeLSTM(LSTM):
         return step
 
 
-class CoupledLSTM(LSTM):
+class CoupledLSTM(VariantLSTM):
     r"""Coupled input and forget gates (CIFG; Greff et al. 2017): :math:`f_t = 1 - i_t`.
 
     Three gate blocks, in the order i, g, o: ``kernel`` [F, 3H], ``recurrent_kernel`` [H, 3H],
@@ -82,7 +112,7 @@ class CoupledLSTM(LSTM):
         return step
 
 
-class LayerNormLSTM(LSTM):
+class LayerNormLSTM(VariantLSTM):
     r"""Layer-normalised LSTM (Ba, Kiros & Hinton 2016): the two projections and the cell
     are normalised over their features before they are used.
 
@@ -104,9 +134,9 @@ class LayerNormLSTM(LSTM):
         self.recurrent_norm = nnx.LayerNorm(width, use_bias=False, param_dtype=dtype, rngs=rngs)
         self.cell_norm = nnx.LayerNorm(hidden_features, param_dtype=dtype, rngs=rngs)
 
-    def project(self, x, dtype):
-        xw = self.input_norm(x @ self.kernel[...].astype(dtype))
-        return xw.astype(dtype) + self.bias[...].astype(dtype)
+    def project(self, x):
+        xw = self.input_norm(x @ self.kernel[...].astype(x.dtype))
+        return xw.astype(x.dtype) + self.bias[...].astype(x.dtype)
 
     def cell_step(self, dtype):
         U = self.recurrent_kernel[...].astype(dtype)
@@ -123,7 +153,7 @@ class LayerNormLSTM(LSTM):
         return step
 
 
-class ProjectedLSTM(LSTM):
+class ProjectedLSTM(VariantLSTM):
     r"""LSTM with a projection layer on h (LSTMP; Sak et al. 2014; PyTorch's ``proj_size``).
 
     .. math::
@@ -168,7 +198,7 @@ class ProjectedLSTM(LSTM):
     def load_torch_weights(self, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr):
         """One direction of a PyTorch ``nn.LSTM(..., proj_size=P)``: ``weight_hr`` [P, H]."""
         load_torch_weights(self, weight_ih, weight_hh, bias_ih, bias_hh)
-        weight_hr = as_array(weight_hr)
+        weight_hr = torch_array(weight_hr)
         if weight_hr.shape != (self.proj_size, self.hidden_features):
             raise ValueError(
                 f"weight_hr of shape {weight_hr.shape} does not fit proj_size {self.proj_size}"

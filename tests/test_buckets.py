@@ -5,6 +5,7 @@ import pytest
 from flax import nnx
 
 from flaxlstm import train
+from flaxlstm.data.batches import Batch, batches
 from flaxlstm.models import MODELS
 
 
@@ -21,9 +22,9 @@ def post_padded(lengths, maxlen):
 def test_buckets_cover_every_example_once_with_few_shapes():
     ids, lengths, _ = post_padded(np.random.default_rng(1).integers(1, 700, 1000), 500)
     index = np.arange(1000)  # labels: the example's index, to see which came out
-    data = train.Batch(ids, index, lengths)
+    data = Batch(ids, index, lengths)
     order = np.random.default_rng(2).permutation(1000)
-    out = list(train.batches(data, 32, order, bucket_width=50, rng=np.random.default_rng(3)))
+    out = list(batches(data, 32, order, bucket_width=50, rng=np.random.default_rng(3)))
     real = np.concatenate([b.labels[b.weights > 0] for b in out])
     assert sorted(real.tolist()) == list(range(1000))  # every example once, at weight 1
     assert sum((b.weights == 0).any() for b in out) == 1  # one topped-up batch
@@ -36,13 +37,13 @@ def test_buckets_cover_every_example_once_with_few_shapes():
 
 def test_buckets_shuffle_with_the_generator():
     ids, lengths, _ = post_padded(np.random.default_rng(4).integers(1, 120, 200), 100)
-    data = train.Batch(ids, np.arange(200), lengths)
+    data = Batch(ids, np.arange(200), lengths)
 
     def order(seed):
         rng = np.random.default_rng(seed)
         return [
             b.labels.tolist()
-            for b in train.batches(data, 16, rng.permutation(200), bucket_width=25, rng=rng)
+            for b in batches(data, 16, rng.permutation(200), bucket_width=25, rng=rng)
         ]
 
     assert order(0) == order(0)

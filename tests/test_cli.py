@@ -1,13 +1,28 @@
 """The ``flaxlstm`` command: runs write their results, bad options end in one line."""
 
+import dataclasses
 import json
 import re
 import subprocess
 import sys
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from flax import nnx
 
-from flaxlstm.cli import build_parser, learning_rate, main
+from flaxlstm.cli import build_parser, main
+from flaxlstm.config import (
+    IMDB_RECIPE,
+    CumsumConfig,
+    ImdbConfig,
+    ParityConfig,
+    Recipe,
+    from_options,
+)
+from flaxlstm.data.synthetic import cumsum_sequences
+from flaxlstm.models import CumsumModel
+from flaxlstm.train import fit
 
 
 def run_main(argv, capsys) -> tuple[int, str, str]:
@@ -113,18 +128,43 @@ def test_console_script_reports_bad_task_in_one_line():
 
 def test_imdb_trains_with_clipping_and_cosine_decay_by_default_and_both_can_be_turned_off():
     parse = build_parser().parse_args
-    imdb, cumsum = parse(["train", "imdb"]), parse(["train", "cumsum"])
-    assert (imdb.clip_norm, imdb.lr_schedule) == (1.0, "cosine")
-    assert (cumsum.clip_norm, cumsum.lr_schedule) == (0.0, "constant")
+    imdb = from_options(ImdbConfig, parse(["train", "imdb"]))
+    cumsum = from_options(CumsumConfig, parse(["train", "cumsum"]))
+    assert imdb.recipe == IMDB_RECIPE == Recipe(1e-3, "cosine", 1.0)
+    assert (cumsum.recipe.clip_norm, cumsum.recipe.lr_schedule) == (0.0, "constant")
     off = parse(["train", "imdb", "--clip-norm", "0", "--lr-schedule", "constant"])
-    assert (off.clip_norm, learning_rate(off, 1000)) == (0.0, off.learning_rate)
+    assert from_options(ImdbConfig, off).recipe == Recipe(1e-3, "constant", 0.0)
+
+
+def test_options_come_from_the_config_defaults():
+    """The command's defaults are the dataclasses' (one place for settings)."""
+    parse = build_parser().parse_args
+    assert from_options(ParityConfig, parse(["train", "parity"])) == ParityConfig()
+    assert from_options(ImdbConfig, parse(["train", "imdb"])) == ImdbConfig()
+    args = parse(["train", "cumsum", "--no-restore-best", "--resume", "--epochs", "3"])
+    assert from_options(CumsumConfig, args) == CumsumConfig(
+        restore_best=False, resume=True, epochs=3
+    )
 
 
 def test_cosine_schedule_spans_every_training_step():
-    args = build_parser().parse_args(
-        ["train", "cumsum", "--epochs", "3", "--batch-size", "32", "--validation-split", "0.2"]
-        + ["--lr-schedule", "cosine"]
-    )
-    schedule = learning_rate(args, 1000)  # 800 trained examples: 25 batches a epoch, 75 in all
-    assert schedule(0) == args.learning_rate
-    assert 0 < schedule(74) < 1e-3 * args.learning_rate and schedule(75) == 0
+    """fit asks the recipe for an optimizer over all of its steps (the validation split held
+    out), and the cosine then reaches 0 exactly at the last one."""
+    seen = []
+
+    @dataclasses.dataclass(frozen=True)
+    class Spy(Recipe):
+        def optimizer(self, total_steps):
+            seen.append(total_steps)
+            return super().optimizer(total_steps)
+
+    x, y = cumsum_sequences(100, 3, seed=0)
+    model = CumsumModel(2, rngs=nnx.Rngs(0))
+    recipe = Spy(lr_schedule="cosine")
+    fit(model, x, y, epochs=3, batch_size=32, validation_split=0.2, recipe=recipe, quiet=True)
+    assert seen == [3 * 3]  # 80 trained examples: 3 batches an epoch
+    tx, params = Recipe(lr_schedule="cosine").optimizer(75), jnp.ones(2)
+    state, grads = tx.init(params), jnp.ones(2)
+    for step in range(76):
+        updates, state = tx.update(grads, state, params)
+        assert (np.abs(updates).max() == 0) == (step == 75), step

@@ -1,5 +1,5 @@
-"""flaxlstm.inspect: traces of whole models against the numpy reference, the cumsum model's
-crossing, every picture, and the ``flaxlstm inspect`` command."""
+"""flaxlstm.traces and flaxlstm.plots: traces of whole models against the numpy reference,
+the cumsum model's crossing, every picture, and the ``flaxlstm inspect`` command."""
 
 import json
 
@@ -11,7 +11,7 @@ from flax import nnx
 from reference import lengths_to_mask, lstm_reference
 from test_cli import run_main
 
-from flaxlstm import inspect, train
+from flaxlstm import capture_intermediates, plots, runs, traces, train
 from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
@@ -54,44 +54,46 @@ def bilstm():
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_sentiment_traces_equal_the_reference(bidirectional, bilstm):
     model = bilstm if bidirectional else sentiment_model()
-    traces = inspect.trace_model(model, jnp.asarray(IDS), lengths=jnp.asarray(LENGTHS))
+    found = traces.trace_model(model, jnp.asarray(IDS), lengths=jnp.asarray(LENGTHS))
     x = model.embed(jnp.asarray(IDS))  # the LSTM's input: the embedding (dropout is identity)
     if bidirectional:
-        assert set(traces) == {"lstm/forward", "lstm/backward"}
-        assert_trace_equal(traces["lstm/forward"], reference_trace(model.lstm.forward, x, LENGTHS))
+        assert set(found) == {"lstm/forward", "lstm/backward"}
+        assert_trace_equal(found["lstm/forward"], reference_trace(model.lstm.forward, x, LENGTHS))
         backward = reference_trace(model.lstm.backward, x, LENGTHS, reverse=True)
-        assert_trace_equal(traces["lstm/backward"], backward)
+        assert_trace_equal(found["lstm/backward"], backward)
     else:
-        assert set(traces) == {"lstm"}
-        assert_trace_equal(traces["lstm"], reference_trace(model.lstm, x, LENGTHS))
+        assert set(found) == {"lstm"}
+        assert_trace_equal(found["lstm"], reference_trace(model.lstm, x, LENGTHS))
 
 
 def test_synthetic_models_traces_equal_the_reference():
     cumsum = CumsumModel(H, rngs=nnx.Rngs(1))
     x = np.random.default_rng(0).random((2, 5, 1)).astype(np.float32)
     lengths = np.array([5, 2], np.int32)
-    trace = inspect.trace_model(cumsum, x, lengths=lengths)["lstm"]
+    trace = traces.trace_model(cumsum, x, lengths=lengths)["lstm"]
     assert_trace_equal(trace, reference_trace(cumsum.lstm, x, lengths))
     parity = ParityModel(V, E, H, rngs=nnx.Rngs(2))
-    trace = inspect.trace_model(parity, IDS, lengths=LENGTHS)["lstm"]
+    trace = traces.trace_model(parity, IDS, lengths=LENGTHS)["lstm"]
     assert_trace_equal(trace, reference_trace(parity.lstm, parity.embed(IDS), LENGTHS))
 
 
 def test_cnn_trace_runs_on_the_pooled_steps_the_model_reads():
     model = sentiment_model(conv_filters=2)
-    trace = inspect.trace_model(model, IDS, lengths=LENGTHS)["lstm"]
+    trace = traces.trace_model(model, IDS, lengths=LENGTHS)["lstm"]
     assert trace.h.shape == (2, 3, 4)  # 6 steps pooled by 2
     last = np.asarray(trace.h)[[0, 1], [2, 1]]  # the last pooled step holding a real token
     lstm_output = np.asarray(
-        dict(train.mode_view(model, training=False).activations(IDS, LENGTHS))["lstm"]
+        capture_intermediates(train.mode_view(model, training=False), IDS, lengths=LENGTHS)[1][
+            "lstm_output"
+        ].get_value()
     )
     np.testing.assert_allclose(last, lstm_output, rtol=1e-5, atol=1e-7)
     assert not np.asarray(trace.h)[1, 2].any()  # a pooled window of padding only
 
 
 def test_trace_model_refuses_an_unknown_model():
-    with pytest.raises(TypeError, match="cannot find the LSTM inputs of a Linear"):
-        inspect.trace_model(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), np.ones((1, 2, 2)))
+    with pytest.raises(TypeError, match="no flaxlstm LSTM layer in a Linear"):
+        traces.trace_model(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), np.ones((1, 2, 2)))
 
 
 # ----------------------------------------------------------------------------- cumsum
@@ -99,7 +101,7 @@ def test_trace_model_refuses_an_unknown_model():
 
 @pytest.fixture(scope="module")
 def cumsum_model():
-    return inspect.train_cumsum_model()  # as `flaxlstm inspect cumsum` does: seconds
+    return runs.train_cumsum_model()  # as `flaxlstm inspect cumsum` does: seconds
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +111,7 @@ def cumsum_test():
 
 def test_cumsum_prediction_crosses_where_the_running_sum_does(cumsum_model, cumsum_test):
     x, y = cumsum_test
-    predicted, actual = inspect.cumsum_crossings(cumsum_model, x, y)
+    predicted, actual = traces.cumsum_crossings(cumsum_model, x, y)
     assert np.mean(predicted == actual) > 0.85
     assert np.all(np.abs(predicted - actual) <= 1)  # the rest are one step off at most
 
@@ -123,7 +125,7 @@ def assert_png(path):
 
 
 def test_cumsum_pictures(cumsum_model, cumsum_test, tmp_path):
-    written = inspect.write_cumsum_pictures(cumsum_model, *cumsum_test, tmp_path, index=3)
+    written = plots.write_cumsum_pictures(cumsum_model, *cumsum_test, tmp_path, index=3)
     assert [p.split("/")[-1] for p in written] == ["cumsum.png", "cumsum-gates.png"]
     for path in written:
         assert_png(tmp_path / path.split("/")[-1])
@@ -132,28 +134,28 @@ def test_cumsum_pictures(cumsum_model, cumsum_test, tmp_path):
 def test_history_picture(tmp_path):
     history = {"loss": [0.6, 0.4], "accuracy": [0.6, 0.8], "val_loss": [0.5, 0.45]}
     history |= {"val_accuracy": [0.7, 0.78], "test_accuracy": [0.69, 0.77]}
-    inspect.save_figure(inspect.plot_history(history), tmp_path / "curves.png")
+    plots.save_figure(plots.plot_history(history), tmp_path / "curves.png")
     assert_png(tmp_path / "curves.png")
 
 
 def test_review_pictures(bilstm, tmp_path):
     model = train.mode_view(bilstm, training=False)  # for the direct call below: no dropout
-    words, p = inspect.review_prefixes(model, VOCABULARY, REVIEW)
+    words, p = traces.review_prefixes(model, VOCABULARY, REVIEW)
     assert len(words) == len(p) == 12 and np.all((p > 0) & (p < 1))
     # The prefix predictions end with the whole review's prediction.
     (ids,) = VOCABULARY.encode([REVIEW])
     np.testing.assert_allclose(p[-1], float(jax.nn.sigmoid(model(ids[None]))[0]), rtol=1e-5)
     figures = {
-        "review.png": inspect.plot_review(model, VOCABULARY, REVIEW),
-        "gates.png": inspect.plot_review_gates(model, VOCABULARY, REVIEW, layer="lstm/backward"),
+        "review.png": plots.plot_review(model, VOCABULARY, REVIEW),
+        "gates.png": plots.plot_review_gates(model, VOCABULARY, REVIEW, layer="lstm/backward"),
     }
     for name, figure in figures.items():
-        inspect.save_figure(figure, tmp_path / name)
+        plots.save_figure(figure, tmp_path / name)
         assert_png(tmp_path / name)
     with pytest.raises(ValueError, match="no words"):
-        inspect.review_prefixes(model, VOCABULARY, "   ")
+        traces.review_prefixes(model, VOCABULARY, "   ")
     with pytest.raises(ValueError, match="no LSTM layer 'lstm'; the model has lstm/forward, lstm/"):
-        inspect.plot_review_gates(model, VOCABULARY, REVIEW, layer="lstm")
+        plots.plot_review_gates(model, VOCABULARY, REVIEW, layer="lstm")
 
 
 # ----------------------------------------------------------------------------- the command
@@ -166,7 +168,7 @@ def run_dir(tmp_path_factory):
     config = {"model": "simple", "vocab_size": VOCABULARY.size, "maxlen": 20, "seed": 0}
     (run / "config.json").write_text(json.dumps(config))
     VOCABULARY.save(run / "vocabulary.json")
-    model = inspect.imdb_model(config)
+    model = runs.imdb_model(config)
     Checkpointer(run / "model").save(0, nnx.state(model, nnx.Param), {})
     (run / "history.json").write_text(json.dumps({"loss": [0.7, 0.5], "accuracy": [0.5, 0.8]}))
     return run

@@ -2,14 +2,14 @@
 
 ``lstm_scan`` differentiates its loop with a hand-written backward (a ``jax.custom_vjp`` in
 flaxlstm/recurrent.py) for the default activations. Here its gradients are compared with jax
-autodiff of the plain scan (``recurrent.HAND_WRITTEN_BACKWARD = False``, the code path that
+autodiff of the plain scan (``hand_written_backward=False``, the code path that
 custom activations and traces take) and, in float64, with the numpy reference; for both ways
 of forming the weight gradients (inside the loop, or as one product after it), every kind of
 padding, both directions, initial states, recurrent dropout masks and rematerialisation.
 Shapes are tiny: these run on two CPU cores in CI.
 """
 
-import json
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -18,18 +18,16 @@ import pytest
 from flax import nnx
 from reference import lengths_to_mask, lstm_reference
 
-from flaxlstm import LSTM, LSTMState, bench, lstm_scan, recurrent
+from flaxlstm import LSTM, LSTMState, lstm_scan
 
 B, T, F, H = 3, 5, 2, 4
 LENGTHS = np.array([5, 2, 0])  # a full sequence, a short one, and an empty one
 
 
 @pytest.fixture(params=["in_loop", "after_loop"])
-def weight_gradients(request, monkeypatch):
-    """Both ways the hand-written backward forms dW, dU and db."""
-    threshold = 0 if request.param == "in_loop" else 1 << 62
-    monkeypatch.setattr(recurrent, "ACCUMULATE_ABOVE_BYTES", threshold)
-    return request.param
+def weight_gradients(request):
+    """Both ways the hand-written backward forms dW, dU and db: ``accumulate_above_bytes``."""
+    return 0 if request.param == "in_loop" else 1 << 62
 
 
 def inputs(seed, dtype=np.float32):
@@ -50,10 +48,14 @@ def inputs(seed, dtype=np.float32):
     )
 
 
-def make_loss(v, mask, reverse, *, initial_state, dropout, remat=False):
-    """A loss that reaches every output and both final states."""
+def make_loss(v, mask, reverse, *, initial_state, dropout, remat=False, accumulate_above=None):
+    """A loss that reaches every output and both final states; ``loss.options(hand_written)``
+    is the same loss with the backward chosen."""
 
-    def loss(W, U, b, x, c0, h0, rec):
+    def options(hand_written: bool):
+        return functools.partial(loss, hand_written_backward=hand_written)
+
+    def loss(W, U, b, x, c0, h0, rec, hand_written_backward=True):
         state, out, _ = lstm_scan(
             W,
             U,
@@ -64,9 +66,12 @@ def make_loss(v, mask, reverse, *, initial_state, dropout, remat=False):
             reverse=reverse,
             recurrent_dropout_mask=rec if dropout else None,
             remat=remat,
+            hand_written_backward=hand_written_backward,
+            **({} if accumulate_above is None else {"accumulate_above_bytes": accumulate_above}),
         )
         return jnp.sum(out * v["w_out"]) + jnp.sum(state.c * v["w_c"]) + jnp.sum(state.h * v["w_h"])
 
+    loss.options = options
     return loss
 
 
@@ -74,11 +79,10 @@ ARGS = ("W", "U", "b", "x", "c0", "h0", "rec")
 
 
 def gradients(loss, v, hand_written: bool):
-    with bench.switched({"HAND_WRITTEN_BACKWARD": hand_written}):
-        args = [jnp.asarray(v[k]) for k in ARGS]
-        value_and_grad = jax.value_and_grad(loss, argnums=tuple(range(len(ARGS))))
-        value, grads = jax.jit(value_and_grad)(*args)  # traced here, with the flag as set
-        return value, dict(zip(ARGS, grads, strict=True))
+    args = [jnp.asarray(v[k]) for k in ARGS]
+    value_and_grad = jax.value_and_grad(loss.options(hand_written), argnums=range(len(ARGS)))
+    value, grads = jax.jit(value_and_grad)(*args)
+    return value, dict(zip(ARGS, grads, strict=True))
 
 
 def assert_same_gradients(ours, theirs, rtol=1e-5, atol=1e-6):
@@ -98,8 +102,11 @@ def uses_hand_written_backward(loss, v) -> bool:
 def test_hand_written_backward_equals_autodiff(weight_gradients, padding, reverse):
     v = inputs(1)
     mask = None if padding is None else jnp.asarray(lengths_to_mask(LENGTHS, T, padding))
-    loss = make_loss(v, mask, reverse, initial_state=True, dropout=True)
+    loss = make_loss(
+        v, mask, reverse, initial_state=True, dropout=True, accumulate_above=weight_gradients
+    )
     assert uses_hand_written_backward(loss, v)
+    assert not uses_hand_written_backward(loss.options(False), v)
     value, ours = gradients(loss, v, hand_written=True)
     value_ref, theirs = gradients(loss, v, hand_written=False)
     np.testing.assert_allclose(float(value), float(value_ref), rtol=1e-6)
@@ -111,7 +118,14 @@ def test_hand_written_backward_equals_autodiff(weight_gradients, padding, revers
 def test_without_initial_state_or_dropout_mask(weight_gradients, initial_state, dropout):
     v = inputs(2)
     mask = jnp.asarray(lengths_to_mask(LENGTHS, T, "pre"))
-    loss = make_loss(v, mask, False, initial_state=initial_state, dropout=dropout)
+    loss = make_loss(
+        v,
+        mask,
+        False,
+        initial_state=initial_state,
+        dropout=dropout,
+        accumulate_above=weight_gradients,
+    )
     assert_same_gradients(gradients(loss, v, True)[1], gradients(loss, v, False)[1])
 
 
@@ -119,8 +133,9 @@ def test_without_initial_state_or_dropout_mask(weight_gradients, initial_state, 
 def test_rematerialised_backward_gives_the_same_gradients(weight_gradients, reverse):
     v = inputs(3)
     mask = jnp.asarray(lengths_to_mask(LENGTHS, T, "post"))
-    plain = make_loss(v, mask, reverse, initial_state=True, dropout=True)
-    remat = make_loss(v, mask, reverse, initial_state=True, dropout=True, remat=True)
+    options = dict(initial_state=True, dropout=True, accumulate_above=weight_gradients)
+    plain = make_loss(v, mask, reverse, **options)
+    remat = make_loss(v, mask, reverse, remat=True, **options)
     assert_same_gradients(gradients(remat, v, True)[1], gradients(plain, v, True)[1])
     assert_same_gradients(gradients(remat, v, False)[1], gradients(plain, v, False)[1])
 
@@ -132,7 +147,14 @@ def test_float64_gradients_equal_autodiff_and_the_reference(weight_gradients, pa
     v = inputs(4, np.float64)
     mask_np = lengths_to_mask(LENGTHS, T, padding)
     with jax.enable_x64(True):
-        loss = make_loss(v, jnp.asarray(mask_np), reverse, initial_state=True, dropout=False)
+        loss = make_loss(
+            v,
+            jnp.asarray(mask_np),
+            reverse,
+            initial_state=True,
+            dropout=False,
+            accumulate_above=weight_gradients,
+        )
         value, ours = gradients(loss, v, True)
         _, theirs = gradients(loss, v, False)
         assert ours["W"].dtype == jnp.float64
@@ -180,44 +202,32 @@ def test_layer_gradients_with_dropout_equal_autodiff(weight_gradients):
     masks (same RNG) and the same gradients either way."""
 
     def layer_grads(hand_written: bool):
-        with bench.switched({"HAND_WRITTEN_BACKWARD": hand_written}):
-            layer = LSTM(
-                F, H, return_sequences=True, dropout=0.3, recurrent_dropout=0.4, rngs=nnx.Rngs(0)
-            )
-            x = jnp.asarray(inputs(8)["x"])
+        layer = LSTM(
+            F,
+            H,
+            return_sequences=True,
+            dropout=0.3,
+            recurrent_dropout=0.4,
+            hand_written_backward=hand_written,
+            accumulate_above_bytes=weight_gradients,
+            rngs=nnx.Rngs(0),
+        )
+        x = jnp.asarray(inputs(8)["x"])
 
-            def loss(layer):
-                return jnp.sum(layer(x, lengths=jnp.asarray(LENGTHS)) ** 2)
+        def loss(layer):
+            return jnp.sum(layer(x, lengths=jnp.asarray(LENGTHS)) ** 2)
 
-            return nnx.grad(loss)(layer)
+        return nnx.grad(loss)(layer)
 
     ours, theirs = layer_grads(True), layer_grads(False)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-def test_bench_runs_and_writes_json(tmp_path, monkeypatch, capsys):
-    """The benchmark end to end on a tiny shape (timings are not checked)."""
-    monkeypatch.setitem(bench.SHAPES, "tiny", dict(batch=2, time=3, embed=4, hidden=5, vocab=7))
-    out = tmp_path / "bench.json"
-    peers = "flax,flaxlstm-autodiff,flaxlstm-unroll8,cudnn"
-    argv = ["--shapes", "tiny", "--peers", peers, "--repeats", "1"]
-    assert bench.main(argv + ["--budget", "0", "--no-rss", "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["results"]
-    names = ["flaxlstm", "flax", "flaxlstm-autodiff", "flaxlstm-unroll8"]
-    if jax.default_backend() == "gpu":
-        names.append("cudnn")
-    else:
-        assert "cudnn: needs a GPU (cuDNN), skipped" in capsys.readouterr().out
-    assert [r["name"] for r in rows] == names
-    assert rows[0]["ratio"] == 1.0 and all(r["step_ms"] > 0 for r in rows)
-    # The fresh process's report: peak resident KiB, then the GPU allocator's peak bytes.
-    bench._memory_child("tiny", "flaxlstm", 1)
-    rss_kib, device_bytes = map(int, capsys.readouterr().out.split())
-    assert rss_kib > 0
-    assert device_bytes > 0 if jax.default_backend() == "gpu" else device_bytes == -1
-
-
-def test_bench_refuses_unknown_names():
-    with pytest.raises(SystemExit):
-        bench.main(["--shapes", "huge"])
+def test_backward_choice_is_part_of_the_layer_graph():
+    """The choice is a field of the layer: a jitted step (static on the graphdef) compiled for
+    one setting is never reused for the other."""
+    make = lambda **kw: nnx.graphdef(LSTM(F, H, rngs=nnx.Rngs(0), **kw))  # noqa: E731
+    assert make() == make(hand_written_backward=True)
+    assert make() != make(hand_written_backward=False)
+    assert make() != make(accumulate_above_bytes=0)

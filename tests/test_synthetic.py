@@ -6,8 +6,8 @@ import pytest
 from flax import nnx
 
 from flaxlstm.data.synthetic import cumsum_sequences, parity_prefixes, parity_sequences
-from flaxlstm.inspect import train_cumsum_model
 from flaxlstm.models import ParityModel
+from flaxlstm.runs import train_cumsum_model
 from flaxlstm.train import evaluate, fit, predict
 
 

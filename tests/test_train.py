@@ -10,11 +10,10 @@ import pytest
 from flax import nnx
 
 from flaxlstm import LSTM
+from flaxlstm.data.batches import Batch, batches
 from flaxlstm.data.synthetic import cumsum_sequences, parity_sequences
 from flaxlstm.models import CumsumModel, ParityModel
 from flaxlstm.train import (
-    Batch,
-    batches,
     binary_cross_entropy,
     evaluate,
     example_weights,

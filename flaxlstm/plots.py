@@ -1,37 +1,25 @@
-"""Look inside a model: every LSTM layer's gates and states over time, and pictures of them.
+"""Pictures of what a model does inside, as matplotlib Figures made without pyplot (no global
+state, no GUI): ``figure.savefig("x.png")`` draws them with Agg.
 
-    trace_model(model, inputs)            {"lstm": Trace} or {"lstm/forward", "lstm/backward"}
     plot_gates(trace)                     heatmaps of i, f, g, o and c over one sequence
     plot_cumsum(model, x, y)              cumsum task: cell state and prediction at every step
     plot_review(model, vocabulary, text)  P(positive) after each word of a review
     plot_history(history)                 training curves of a run (its history.json)
-
-Traces come from ``LSTM.trace``: the layer's own time loop, recording every step. Pictures are
-matplotlib Figures made without pyplot (no global state, no GUI): ``figure.savefig("x.png")``
-draws them with Agg.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
 
-import jax
 import numpy as np
-import optax
-from flax import nnx
 from matplotlib.figure import Figure
 
 from flaxlstm import train
 from flaxlstm.cell import Trace
-from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.data import imdb as imdb_data
-from flaxlstm.data import synthetic
-from flaxlstm.layers import LSTM, Bidirectional
-from flaxlstm.models import MODELS, CumsumModel, ParityModel, SentimentClassifier
-from flaxlstm.recurrent import make_mask
+from flaxlstm.models import CumsumModel, SentimentClassifier
+from flaxlstm.traces import first_step, review_prefixes, trace_model
 
 GATE_NAMES = {
     "i": "input gate i",
@@ -40,165 +28,6 @@ GATE_NAMES = {
     "o": "output gate o",
     "c": "cell state c",
 }
-
-# ----------------------------------------------------------------------------- traces
-
-
-def lstm_inputs(
-    model: nnx.Module, inputs: jax.Array, lengths=None, mask=None
-) -> tuple[LSTM | Bidirectional, jax.Array, jax.Array | None, jax.Array | None]:
-    """The model's recurrent layer and what it is called with: ``(layer, x [B, T', F],
-    lengths [B] or None, mask [B, T'] or None)``, found by running the layers before it.
-
-    ``model`` is an ``LSTM``, a ``Bidirectional``, or one of ``flaxlstm.models``' models;
-    ``inputs`` are what the model takes (features [B, T, F] or token ids [B, T]).
-    """
-    if isinstance(model, LSTM | Bidirectional):
-        return model, inputs, lengths, mask
-    if isinstance(model, CumsumModel):
-        return model.lstm, inputs, lengths, mask
-    if isinstance(model, ParityModel):
-        return model.lstm, model.embed(inputs), lengths, mask
-    if isinstance(model, SentimentClassifier):
-        if lengths is None and mask is None:
-            mask = imdb_data.padding_mask(inputs)  # as the model does: every id but 0 is real
-        outputs = model.activations(inputs, lengths, mask)
-        names = [name for name, _ in outputs]
-        x = outputs[names.index("lstm") - 1][1]
-        if model.pool is not None:
-            # Pooling halves the steps: the LSTM sees the pooled mask, which pool returns.
-            conv = dict(outputs)["conv"]
-            mask, lengths = model.pool(conv, make_mask(*inputs.shape, lengths, mask))[1], None
-        return model.lstm, x, lengths, mask
-    raise TypeError(f"cannot find the LSTM inputs of a {type(model).__name__}")
-
-
-def trace_model(model: nnx.Module, inputs: jax.Array, lengths=None, mask=None) -> dict[str, Trace]:
-    """Every LSTM layer's gates and states at every step, in eval mode (no dropout).
-
-    Args:
-      model: an ``LSTM``, a ``Bidirectional`` or a model of ``flaxlstm.models``.
-      inputs: the model's inputs, [B, T, F] features or [B, T] token ids.
-      lengths, mask: padding as the model takes it ([B] or [B, T] booleans).
-    Returns:
-      ``{"lstm": Trace}``, or ``{"lstm/forward": Trace, "lstm/backward": Trace}`` for a
-      bidirectional layer; each field [B, T', H] (T' = T // 2 after the CNN's pooling), zero at
-      padded steps. The backward direction's steps stay aligned with the inputs.
-    """
-    # Checked on the host: inside jit, token ids out of range would be clamped silently.
-    data = train.check_data(model, train.Batch(inputs, None, lengths))
-    traces = _traces(train.mode_view(model, training=False), data.inputs, data.lengths, mask)
-    names = ["lstm"] if len(traces) == 1 else ["lstm/forward", "lstm/backward"]
-    return dict(zip(names, traces, strict=True))
-
-
-@nnx.jit  # one compilation per model and shape, instead of one per operation
-def _traces(model: nnx.Module, inputs, lengths, mask) -> tuple[Trace, ...]:
-    """The traces of ``model``'s LSTM, or of its forward then backward direction."""
-    layer, x, lengths, mask = lstm_inputs(model, inputs, lengths, mask)
-    directions = (layer.forward, layer.backward) if isinstance(layer, Bidirectional) else (layer,)
-    return tuple(direction.trace(x, lengths, mask) for direction in directions)
-
-
-# ----------------------------------------------------------------------------- runs and tasks
-
-
-class Run(NamedTuple):
-    """A ``flaxlstm train imdb`` run directory, loaded: the trained model, the vocabulary it
-    encodes reviews with, and its config (model, vocab_size, maxlen, ...)."""
-
-    model: SentimentClassifier
-    vocabulary: imdb_data.Vocabulary
-    config: dict
-
-
-def imdb_model(config: dict) -> SentimentClassifier:
-    """A seed's model at a run's vocabulary size and seed (its parameters initialised)."""
-    return MODELS[config["model"]](vocab_size=config["vocab_size"], rngs=nnx.Rngs(config["seed"]))
-
-
-def load_run(run_dir: str | os.PathLike) -> Run:
-    """The model, vocabulary and config of a ``train imdb`` run directory (config.json,
-    vocabulary.json, model/), or a one-line ValueError saying what is missing."""
-    config_path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(config_path):
-        raise ValueError(f"{str(run_dir)!r} holds no 'train imdb' run (no config.json)")
-    with open(config_path) as f:
-        config = json.load(f)
-    vocabulary = imdb_data.Vocabulary.load(os.path.join(run_dir, "vocabulary.json"))
-    model = imdb_model(config)
-    params = nnx.state(model, nnx.Param)
-    restored = Checkpointer(os.path.join(run_dir, "model")).restore_latest(params)
-    if restored is None:
-        raise ValueError(f"no usable model in {str(run_dir)!r}/model")
-    nnx.update(model, restored[0])
-    return Run(model, vocabulary, config)
-
-
-def read_history(run_dir: str | os.PathLike) -> train.History:
-    """A run directory's history.json (written by ``fit``): metric name → one value per epoch."""
-    path = os.path.join(run_dir, "history.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"{str(run_dir)!r} holds no history.json (not a training run)")
-    with open(path) as f:
-        return json.load(f)
-
-
-def train_cumsum_model(
-    samples: int = 4000,
-    epochs: int = 10,
-    hidden: int = 20,
-    steps: int = 10,
-    learning_rate: float = 1e-2,
-    seed: int = 0,
-) -> CumsumModel:
-    """A ``CumsumModel`` trained on ``flaxlstm train cumsum``'s task and data stream, in
-    seconds: fewer sequences than the seed's, at a larger learning rate (about 99.5% of the
-    steps right on held-out sequences)."""
-    x, y = synthetic.cumsum_sequences(samples, steps, seed=[seed, 0])
-    model = CumsumModel(hidden, rngs=nnx.Rngs(seed))
-    train.fit(
-        model, x, y, epochs=epochs, seed=seed, optimizer=optax.adam(learning_rate), quiet=True
-    )
-    return model
-
-
-def first_step(above: np.ndarray) -> np.ndarray:
-    """[N, T] booleans → [N]: the first step that is True, or T where none is."""
-    return np.where(above.any(axis=1), above.argmax(axis=1), above.shape[1])
-
-
-def cumsum_crossings(
-    model: CumsumModel, x: np.ndarray, y: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """For cumsum sequences x [N, T, 1] and labels y [N, T]: the step where the prediction first
-    exceeds 0.5 and the step where the label first turns 1 (the running sum reaches T/4), each
-    [N] (T where it never does)."""
-    return first_step(train.predict(model, x) > 0.5), first_step(np.asarray(y) == 1)
-
-
-def review_prefixes(
-    model: SentimentClassifier,
-    vocabulary: imdb_data.Vocabulary,
-    text: str,
-    max_words: int = 60,
-) -> tuple[list[str], np.ndarray]:
-    """The first ``max_words`` words of a review and P(positive) after each of them [n]: the
-    prediction if the review ended there.
-
-    Every prefix is scored as a review of its own (``train.predict`` with lengths 2, 3, ...
-    after the START id), so this holds for any model: bidirectional and CNN ones included.
-    """
-    words = imdb_data.tokenize(text)[:max_words]
-    if not words:
-        raise ValueError(f"the review has no words after tokenisation: {text[:40]!r}")
-    (ids,) = vocabulary.encode_tokens([words])  # [1 + n]: START, then the words
-    n = len(words)
-    prefixes = np.broadcast_to(ids, (n, n + 1))  # padding past each length is masked
-    return words, train.predict(model, prefixes, lengths=np.arange(2, n + 2, dtype=np.int32))
-
-
-# ----------------------------------------------------------------------------- pictures
 
 
 def plot_gates(

@@ -1,0 +1,18 @@
+"""Checks of options that end in a one-line ValueError naming the option."""
+
+from __future__ import annotations
+
+
+def check_rate(name: str, rate: float) -> None:
+    """Raise a one-line ValueError unless ``rate`` lies in [0, 1)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {rate}")
+
+
+def check_positive_int(name: str, value, *, optional: bool = False) -> None:
+    """Raise a one-line ValueError unless ``value`` is a positive integer (or None, when
+    ``optional``). The one checker of sizes, counts and steps in flaxlstm."""
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")

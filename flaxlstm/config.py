@@ -1,0 +1,272 @@
+"""Every setting in one place: the training recipe, each task's options and the IMDB models.
+
+Frozen dataclasses. The ``flaxlstm`` command builds its options from their fields (name,
+default, ``help`` and parser in each field's metadata), so a default changed here changes
+the command too; library users build them directly, e.g.
+``fit(model, x, y, recipe=Recipe(lr_schedule="cosine", clip_norm=1.0))``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from typing import Literal
+
+import optax
+
+
+def checked(parse, ok, expected: str):
+    """A command-line parser: ``parse`` the text, and accept the value if ``ok(value)``."""
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return convert
+
+
+positive_int = checked(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = checked(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = checked(float, lambda v: 0 < v < float("inf"), "a positive number")
+non_negative_float = checked(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+fraction = checked(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+
+
+def option(default, help: str, parse=None, choices=None):
+    """A dataclass field that is also a command-line option (``--name-with-dashes``)."""
+    return field(default=default, metadata=dict(help=help, parse=parse, choices=choices))
+
+
+# Options that tasks share with other defaults.
+def learning_rate_option(default: float):
+    return option(default, "of Adam", positive_float)
+
+
+def schedule_option(default: str):
+    help = "cosine: decay the learning rate to 0 over all the training steps"
+    return option(default, help, choices=("constant", "cosine"))
+
+
+def clip_norm_option(default: float):
+    return option(
+        default, "clip gradients to this global norm (0: no clipping)", non_negative_float
+    )
+
+
+def out_option(default: str | None):
+    return option(default, "run directory: metrics, history, checkpoints, model", str)
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the parameters are optimised: Adam at ``learning_rate``, held constant or decayed
+    to 0 along a cosine over every training step, with gradients clipped to the global norm
+    ``clip_norm`` first (0: no clipping). ``IMDB_RECIPE`` is what made the seeds' IMDB models
+    reliable (docs/RESULTS.md)."""
+
+    learning_rate: float = learning_rate_option(1e-3)
+    lr_schedule: Literal["constant", "cosine"] = schedule_option("constant")
+    clip_norm: float = clip_norm_option(0.0)
+
+    def __post_init__(self):
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if not self.clip_norm >= 0:
+            raise ValueError(f"clip_norm must be >= 0, got {self.clip_norm}")
+
+    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
+        """The optax transformation for a run of ``total_steps`` optimizer steps (one object
+        per recipe and schedule length, so that compiled train steps are reused)."""
+        return _optimizer(self, total_steps if self.lr_schedule == "cosine" else None)
+
+
+@functools.cache
+def _optimizer(recipe: Recipe, total_steps: int | None) -> optax.GradientTransformation:
+    rate = recipe.learning_rate
+    if total_steps is not None:
+        rate = optax.cosine_decay_schedule(recipe.learning_rate, max(total_steps, 1))
+    adam = optax.adam(rate)
+    if not recipe.clip_norm:
+        return adam
+    return optax.chain(optax.clip_by_global_norm(recipe.clip_norm), adam)
+
+
+IMDB_RECIPE = Recipe(learning_rate=1e-3, lr_schedule="cosine", clip_norm=1.0)
+
+
+# ----------------------------------------------------------------------------- the tasks
+
+
+@dataclass(frozen=True)
+class RunConfig(Recipe):
+    """What every ``flaxlstm train`` task shares: the recipe, validation, checkpoints."""
+
+    validation_split: float = option(0.1, "held out of train", fraction)
+    patience: int | None = option(
+        None, "stop after N epochs without a lower val_loss", positive_int
+    )
+    restore_best: bool = option(True, "keep the epoch of lowest val_loss, not the last")
+    checkpoint_every: int | None = option(None, "also checkpoint every N steps", positive_int)
+    resume: bool = option(False, "continue from DIR/checkpoints")
+    seed: int = option(0, "of the data, initialisation and order", int)
+    out: str | None = out_option(None)
+    quiet: bool = option(False, "print nothing")
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe(self.learning_rate, self.lr_schedule, self.clip_norm)
+
+
+@dataclass(frozen=True)
+class CumsumConfig(RunConfig):
+    """Seed 001: a per-step label, whether the running sum of uniform numbers is ≥ T/4."""
+
+    epochs: int = option(20, "passes over the training data", positive_int)
+    batch_size: int = option(32, "sequences per step", positive_int)
+    hidden: int = option(20, "LSTM units", positive_int)
+    samples: int = option(10_000, "training sequences", positive_int)
+    test_samples: int = option(1000, "held-out sequences", positive_int)
+    steps: int = option(10, "sequence length", positive_int)
+    out: str = out_option("runs/cumsum")
+
+
+@dataclass(frozen=True)
+class ParityConfig(RunConfig):
+    """Seed 000: is the sum of 10 integers in [0, 100) odd."""
+
+    learning_rate: float = learning_rate_option(1e-2)
+    epochs: int = option(5, "passes over the training data", positive_int)
+    batch_size: int = option(32, "sequences per step", positive_int)
+    hidden: int = option(64, "LSTM units", positive_int)
+    samples: int = option(20_000, "training sequences", positive_int)
+    test_samples: int = option(10_000, "held-out sequences", positive_int)
+    embedding: int = option(16, "embedding size", positive_int)
+    train_lengths: Literal["random", "full"] = option(
+        "random",
+        "random: train on prefixes of random length 1..10, each labelled by its own parity;"
+        " full: on the whole 10-number sequences only",
+        choices=("random", "full"),
+    )
+    out: str = out_option("runs/parity")
+
+
+@dataclass(frozen=True)
+class ImdbModelConfig:
+    """One of the seeds' IMDB models: its data, layers and training length."""
+
+    vocab_size: int  # ids < vocab_size, 3 of them reserved (flaxlstm.data.imdb)
+    maxlen: int
+    embedding_dim: int
+    batch_size: int
+    epochs: int
+    hidden: int = 100
+    dropout: float = 0.0  # the Dropout layers after the embedding and after the LSTM
+    lstm_dropout: float = 0.0  # the LSTM's own input dropout
+    recurrent_dropout: float = 0.0
+    bidirectional: bool = False
+    conv_filters: int = 0  # > 0: Conv1D(filters, 3) → MaxPool1D(2) before the LSTM
+
+    @property
+    def layers(self) -> dict:
+        """The ``SentimentClassifier`` arguments besides the vocabulary size."""
+        names = ("embedding_dim", "hidden", "dropout", "lstm_dropout", "recurrent_dropout")
+        names += ("bidirectional", "conv_filters")
+        return {name: getattr(self, name) for name in names}
+
+
+SEED_003 = dict(vocab_size=5000, maxlen=500, embedding_dim=32, batch_size=64, epochs=3)
+SEED_002 = dict(vocab_size=2000, maxlen=80, embedding_dim=128, batch_size=32, epochs=15)
+IMDB_MODELS: dict[str, ImdbModelConfig] = {
+    "simple": ImdbModelConfig(**SEED_003),
+    "dropout": ImdbModelConfig(**SEED_003, dropout=0.2),
+    "lstm-dropout": ImdbModelConfig(**SEED_003, lstm_dropout=0.2, recurrent_dropout=0.2),
+    "bilstm": ImdbModelConfig(
+        **SEED_003, lstm_dropout=0.2, recurrent_dropout=0.2, bidirectional=True
+    ),
+    "cnn-lstm": ImdbModelConfig(**SEED_003, conv_filters=32),
+    "seed002": ImdbModelConfig(**SEED_002, hidden=128, lstm_dropout=0.2, recurrent_dropout=0.2),
+}
+
+
+@dataclass(frozen=True)
+class ImdbConfig(RunConfig):
+    """Seeds 002/003: IMDB sentiment. Unset sizes come from the model's seed; no validation
+    split by default (the seeds train on all 25,000 training reviews); ``IMDB_RECIPE``."""
+
+    learning_rate: float = learning_rate_option(IMDB_RECIPE.learning_rate)
+    lr_schedule: Literal["constant", "cosine"] = schedule_option(IMDB_RECIPE.lr_schedule)
+    clip_norm: float = clip_norm_option(IMDB_RECIPE.clip_norm)
+    validation_split: float = option(0.0, "held out of train", fraction)
+    model: str = option("simple", "one of the seeds' models", choices=tuple(sorted(IMDB_MODELS)))
+    epochs: int | None = option(None, "default: the model's seed's", positive_int)
+    batch_size: int | None = option(None, "default: the model's seed's", positive_int)
+    maxlen: int | None = option(None, "tokens kept per review; default: the seed's", positive_int)
+    vocab_size: int | None = option(
+        None, "most frequent words kept; default: the seed's", positive_int
+    )
+    bucket_width: int = option(50, "batch by length (0: pad all to maxlen)", non_negative_int)
+    data_dir: str | None = option(None, "TFDS data directory (default: $TFDS_DATA_DIR)", str)
+    cache_dir: str | None = option(
+        None, "where encoded reviews are cached (default: ~/.cache/flaxlstm)", str
+    )
+    limit: int | None = option(
+        None, "use the first N reviews of each split (a quick try)", positive_int
+    )
+
+    def resolved(self) -> ImdbConfig:
+        """This config with every unset size taken from the model's seed."""
+        seed = IMDB_MODELS[self.model]
+        sizes = ("epochs", "batch_size", "maxlen", "vocab_size")
+        filled = {k: getattr(self, k) or getattr(seed, k) for k in sizes}
+        return dataclasses.replace(self, out=self.out or f"runs/imdb-{self.model}", **filled)
+
+
+@dataclass(frozen=True)
+class InspectCumsumConfig:
+    """``flaxlstm inspect cumsum``: a cumsum model trained in seconds (fewer sequences than
+    the seed's, at a larger learning rate; about 99.5% of steps right), then drawn."""
+
+    samples: int = option(4000, "training sequences", positive_int)
+    epochs: int = option(10, "passes over them", positive_int)
+    hidden: int = option(20, "LSTM units", positive_int)
+    learning_rate: float = learning_rate_option(1e-2)
+    seed: int = option(0, "of the data, initialisation and order", int)
+    sequence: int = option(0, "which held-out sequence to draw", int)
+    out: str = option("runs/inspect-cumsum", "directory for the PNGs", str)
+
+
+def add_options(parser: argparse.ArgumentParser, config) -> None:
+    """One ``--option`` per field of the dataclass ``config`` (defaults from the instance)."""
+    for f in dataclasses.fields(config):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(config, f.name)
+        meta = f.metadata
+        if isinstance(default, bool):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=meta["help"]
+            )
+        else:
+            parser.add_argument(
+                flag,
+                type=meta["parse"],
+                choices=meta["choices"],
+                default=default,
+                help=meta["help"],
+            )
+
+
+def from_options(config_type: type, args: argparse.Namespace):
+    """The ``config_type`` that the parsed ``args`` describe."""
+    return config_type(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_type)})

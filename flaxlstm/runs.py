@@ -1,0 +1,80 @@
+"""Runs on disk and the tasks' small trained models: load a ``flaxlstm train imdb`` run
+directory (its model, vocabulary and config), read a run's history, train a cumsum model in
+seconds. Nothing here draws (flaxlstm.plots does)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import NamedTuple
+
+from flax import nnx
+
+from flaxlstm import train
+from flaxlstm.checkpoint import Checkpointer
+from flaxlstm.config import InspectCumsumConfig, Recipe
+from flaxlstm.data import imdb as imdb_data
+from flaxlstm.data import synthetic
+from flaxlstm.models import MODELS, CumsumModel, SentimentClassifier
+
+
+class Run(NamedTuple):
+    """A ``flaxlstm train imdb`` run directory, loaded: the trained model, the vocabulary it
+    encodes reviews with, and its config (model, vocab_size, maxlen, ...)."""
+
+    model: SentimentClassifier
+    vocabulary: imdb_data.Vocabulary
+    config: dict
+
+
+def imdb_model(config: dict) -> SentimentClassifier:
+    """A seed's model at a run's vocabulary size and seed (its parameters initialised)."""
+    return MODELS[config["model"]](vocab_size=config["vocab_size"], rngs=nnx.Rngs(config["seed"]))
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """The model, vocabulary and config of a ``train imdb`` run directory (config.json,
+    vocabulary.json, model/), or a one-line ValueError saying what is missing."""
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{str(run_dir)!r} holds no 'train imdb' run (no config.json)")
+    with open(config_path) as f:
+        config = json.load(f)
+    vocabulary = imdb_data.Vocabulary.load(os.path.join(run_dir, "vocabulary.json"))
+    model = imdb_model(config)
+    params = nnx.state(model, nnx.Param)
+    restored = Checkpointer(os.path.join(run_dir, "model")).restore_latest(params)
+    if restored is None:
+        raise ValueError(f"no usable model in {str(run_dir)!r}/model")
+    nnx.update(model, restored[0])
+    return Run(model, vocabulary, config)
+
+
+def read_history(run_dir: str | os.PathLike) -> train.History:
+    """A run directory's history.json (written by ``fit``): metric name → one value per epoch."""
+    path = os.path.join(run_dir, "history.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{str(run_dir)!r} holds no history.json (not a training run)")
+    with open(path) as f:
+        return json.load(f)
+
+
+_QUICK = InspectCumsumConfig()
+
+
+def train_cumsum_model(
+    samples: int = _QUICK.samples,
+    epochs: int = _QUICK.epochs,
+    hidden: int = _QUICK.hidden,
+    steps: int = 10,
+    learning_rate: float = _QUICK.learning_rate,
+    seed: int = _QUICK.seed,
+) -> CumsumModel:
+    """A ``CumsumModel`` trained on ``flaxlstm train cumsum``'s task and data stream, in
+    seconds: fewer sequences than the seed's, at a larger learning rate (about 99.5% of the
+    steps right on held-out sequences); defaults from ``config.InspectCumsumConfig``."""
+    x, y = synthetic.cumsum_sequences(samples, steps, seed=[seed, 0])
+    model = CumsumModel(hidden, rngs=nnx.Rngs(seed))
+    recipe = Recipe(learning_rate=learning_rate)
+    train.fit(model, x, y, epochs=epochs, seed=seed, recipe=recipe, quiet=True)
+    return model

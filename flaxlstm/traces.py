@@ -1,0 +1,93 @@
+"""Look inside a model: every LSTM layer's gates and states over time, and what a model
+predicts step by step. Numbers only (flaxlstm.plots draws them).
+
+    trace_model(model, inputs)        {"lstm": Trace} or {"lstm/forward", "lstm/backward"}
+    review_prefixes(model, vocab, t)  P(positive) after each word of a review
+    cumsum_crossings(model, x, y)     where the prediction and the label first cross
+
+Traces come from each LSTM layer's own time loop, recording every step
+(``flaxlstm.capture_intermediates``).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+
+from flaxlstm import train
+from flaxlstm.cell import Trace
+from flaxlstm.data import imdb as imdb_data
+from flaxlstm.data.batches import Batch, check_data
+from flaxlstm.layers import capture_intermediates
+from flaxlstm.models import CumsumModel, SentimentClassifier
+
+
+def trace_model(model: nnx.Module, inputs: jax.Array, lengths=None, mask=None) -> dict[str, Trace]:
+    """Every LSTM layer's gates and states at every step, in eval mode (no dropout).
+
+    Args:
+      model: any NNX module whose LSTM layers are ``flaxlstm.LSTM`` (or variants), e.g. an
+        ``LSTM``, a ``Bidirectional`` or a model of ``flaxlstm.models``.
+      inputs: the model's inputs, [B, T, F] features or [B, T] token ids.
+      lengths, mask: padding as the model takes it ([B] or [B, T] booleans).
+    Returns:
+      ``{layer path: Trace}``, e.g. ``{"lstm": Trace}``, or ``{"lstm/forward": Trace,
+      "lstm/backward": Trace}`` for a bidirectional layer (a model that is itself an LSTM:
+      ``"lstm"``); each field [B, T', H] (T' = T // 2 after the CNN's pooling), zero at
+      padded steps. The backward direction's steps stay aligned with the inputs.
+    """
+    # Checked on the host: inside jit, token ids out of range would be clamped silently.
+    data = check_data(model, Batch(inputs, None, lengths))
+    traces = _traces(train.mode_view(model, training=False), data.inputs, data.lengths, mask)
+    if not traces:
+        raise TypeError(f"no flaxlstm LSTM layer in a {type(model).__name__} to trace")
+    # Paths come sorted; a bidirectional layer's forward direction goes before its backward.
+    forward_first = lambda name: name.replace("/forward", "/0").replace("/backward", "/1")  # noqa: E731
+    return {name: traces[name] for name in sorted(traces, key=forward_first)}
+
+
+@nnx.jit  # one compilation per model and shape, instead of one per operation
+def _traces(model: nnx.Module, inputs, lengths, mask) -> dict[str, Trace]:
+    padding = {k: v for k, v in (("lengths", lengths), ("mask", mask)) if v is not None}
+    _, recorded = capture_intermediates(model, inputs, **padding)
+    traces = {}
+    for path, value in nnx.to_flat_state(recorded):
+        if path[-1] == "trace":
+            traces["/".join(map(str, path[:-1])) or "lstm"] = value.get_value()
+    return traces
+
+
+def first_step(above: np.ndarray) -> np.ndarray:
+    """[N, T] booleans → [N]: the first step that is True, or T where none is."""
+    return np.where(above.any(axis=1), above.argmax(axis=1), above.shape[1])
+
+
+def cumsum_crossings(
+    model: CumsumModel, x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For cumsum sequences x [N, T, 1] and labels y [N, T]: the step where the prediction first
+    exceeds 0.5 and the step where the label first turns 1 (the running sum reaches T/4), each
+    [N] (T where it never does)."""
+    return first_step(train.predict(model, x) > 0.5), first_step(np.asarray(y) == 1)
+
+
+def review_prefixes(
+    model: SentimentClassifier,
+    vocabulary: imdb_data.Vocabulary,
+    text: str,
+    max_words: int = 60,
+) -> tuple[list[str], np.ndarray]:
+    """The first ``max_words`` words of a review and P(positive) after each of them [n]: the
+    prediction if the review ended there.
+
+    Every prefix is scored as a review of its own (``train.predict`` with lengths 2, 3, ...
+    after the START id), so this holds for any model: bidirectional and CNN ones included.
+    """
+    words = imdb_data.tokenize(text)[:max_words]
+    if not words:
+        raise ValueError(f"the review has no words after tokenisation: {text[:40]!r}")
+    (ids,) = vocabulary.encode_tokens([words])  # [1 + n]: START, then the words
+    n = len(words)
+    prefixes = np.broadcast_to(ids, (n, n + 1))  # padding past each length is masked
+    return words, train.predict(model, prefixes, lengths=np.arange(2, n + 2, dtype=np.int32))

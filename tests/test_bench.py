@@ -1,0 +1,63 @@
+"""The train-step benchmark (benchmarks/, outside the installed package) runs end to end on a
+tiny shape, and the installed package imports neither of the frameworks it compares with."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from benchmarks import bench, runners  # noqa: E402
+
+TINY = dict(batch=2, time=3, embed=4, hidden=5, vocab=7)
+
+
+def test_bench_runs_and_writes_json(tmp_path, monkeypatch, capsys):
+    """The benchmark end to end on a tiny shape (timings are not checked)."""
+    monkeypatch.setitem(bench.SHAPES, "tiny", TINY)
+    out = tmp_path / "bench.json"
+    peers = "flax,flaxlstm-autodiff,flaxlstm-unroll8,cudnn"
+    argv = ["--shapes", "tiny", "--peers", peers, "--repeats", "1"]
+    assert bench.main(argv + ["--budget", "0", "--no-rss", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    names = ["flaxlstm", "flax", "flaxlstm-autodiff", "flaxlstm-unroll8"]
+    if jax.default_backend() == "gpu":
+        names.append("cudnn")
+    else:
+        assert "cudnn: needs a GPU (cuDNN), skipped" in capsys.readouterr().out
+    assert [r["name"] for r in rows] == names
+    assert rows[0]["ratio"] == 1.0 and all(r["step_ms"] > 0 for r in rows)
+
+
+def test_peak_memory_comes_from_a_fresh_process():
+    """benchmarks/bench.py run as its own ``--memory-child``: peak resident and GPU memory."""
+    rss_mib, gpu_mib = bench.peak_memory_mib(TINY, "flaxlstm", 1)
+    assert rss_mib > 0
+    assert gpu_mib > 0 if jax.default_backend() == "gpu" else gpu_mib is None
+
+
+def test_bench_refuses_unknown_names():
+    with pytest.raises(SystemExit):
+        bench.main(["--shapes", "huge"])
+
+
+def test_the_ablation_runners_build_their_layer_with_the_option():
+    ids, labels = bench.make_data(TINY)
+    autodiff = runners.RUNNERS["flaxlstm-autodiff"](TINY, ids, labels)
+    assert autodiff.name == "flaxlstm-autodiff"
+    assert autodiff.model.lstm.hand_written_backward is False
+    assert runners.flaxlstm_runner(TINY, ids, labels).model.lstm.hand_written_backward is True
+
+
+def test_the_library_imports_neither_torch_nor_keras():
+    code = (
+        "import sys, flaxlstm, flaxlstm.train, flaxlstm.cli; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'keras')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
