@@ -16,6 +16,7 @@ import optax
 from flax import nnx
 
 from flaxlstm import train
+from flaxlstm.data.batches import Batch, batches
 from flaxlstm.data.imdb import load_imdb
 from flaxlstm.models import MODELS
 
@@ -26,7 +27,7 @@ def one_pass(model, data, bucket_width):
     graphdef, state = train.create_train_state(model, TX)
     order = np.random.default_rng(0).permutation(len(data.inputs))
     start = time.perf_counter()
-    for batch in train.batches(data, 64, order, bucket_width=bucket_width):
+    for batch in batches(data, 64, order, bucket_width=bucket_width):
         state, sums = train.train_step(state, batch, graphdef=graphdef, tx=TX)
     jax.block_until_ready(sums)
     return time.perf_counter() - start
@@ -40,7 +41,7 @@ def main():
     args = parser.parse_args()
     imdb = load_imdb(5000, 500)
     ids, lengths, labels = (a[: args.reviews] for a in imdb.train)
-    data = train.Batch(ids, labels, lengths)
+    data = Batch(ids, labels, lengths)
     model = MODELS["simple"](rngs=nnx.Rngs(0))
     width = args.bucket_width
     bucketed = f"bucketed (width {width})"

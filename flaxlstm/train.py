@@ -236,11 +236,13 @@ class Progress:
 
 
 class Run(NamedTuple):
-    """What stays fixed while ``fit`` trains: the training data, the compiled step's static
+    """What stays fixed while ``fit`` trains: the data, the compiled steps' static
     arguments, and the plan."""
 
     train: Batch
-    graphdef: nnx.GraphDef
+    evaluations: dict[str, Batch]  # scored after every epoch: "val" and any reported data
+    graphdef: nnx.GraphDef  # the model in training mode
+    eval_graphdef: nnx.GraphDef  # and in eval mode
     tx: optax.GradientTransformation
     batch_sharding: NamedSharding
     batch_size: int
@@ -248,6 +250,7 @@ class Run(NamedTuple):
     seed: int
     shuffle: bool
     bucket_width: int | None
+    patience: int | None
     checkpoints: Checkpointer | None
     checkpoint_every: int | None
     quiet: bool
@@ -335,45 +338,52 @@ def fit(
     train, evaluations = prepare_data(
         model, Batch(x, y, lengths), validation_split, validation_data, report_data
     )
-    steps = epochs * -(-len(train.inputs) // batch_size)
-    tx = transformation(optimizer, clip_norm, recipe, steps)
+    tx = transformation(optimizer, clip_norm, recipe, epochs * -(-len(train.inputs) // batch_size))
     graphdef, state = create_train_state(model, tx)
-    checkpoints = None if checkpoint_dir is None else Checkpointer(checkpoint_dir)
     run = Run(
-        train, graphdef, tx, batch_sharding, batch_size, epochs, seed, shuffle, bucket_width,
-        checkpoints, checkpoint_every, quiet,
+        train, evaluations, graphdef, split_model(model, training=False)[0], tx,
+        batch_sharding, batch_size, epochs, seed, shuffle, bucket_width, patience,
+        None if checkpoint_dir is None else Checkpointer(checkpoint_dir), checkpoint_every,
+        quiet,
     )  # fmt: skip
     progress = Progress(settings=[len(train.inputs), batch_size, seed, shuffle, bucket_width])
     best_params = jax.tree.map(jnp.copy, state.params)  # its own buffers: steps donate state's
     state, best_params, progress = restore_or_refuse(run, state, best_params, progress, resume)
-    state = jax.device_put(state, replicated)
-    eval_graphdef = split_model(model, training=False)[0]
-    while progress.epoch <= epochs and not progress.stopped:
-        start = time.perf_counter()
-        state, sums = train_epoch(run, state, best_params, progress)
-        metrics = epoch_metrics(sums)
-        for name, data in evaluations.items():
-            scores = run_eval(
-                eval_graphdef, state.params, state.non_params, data, batch_size, bucket_width
-            )
-            metrics |= {f"{name}_{key}": value for key, value in scores.items()}
-        progress, improved = end_of_epoch(progress, metrics, patience)
-        if improved:
-            best_params = jax.tree.map(jnp.copy, state.params)
-        run.save(int(state.step), state, best_params, progress)
-        if not quiet:
-            line = " - ".join(f"{name} {value:.4f}" for name, value in metrics.items())
-            print(
-                f"Epoch {progress.epoch - 1}/{epochs} - {line} - {time.perf_counter() - start:.1f}s"
-            )
-            if progress.stopped:
-                print(f"Early stopping: val_loss has not improved for {patience} epochs")
+    state, best_params, progress = train_epochs(
+        run, jax.device_put(state, replicated), best_params, progress
+    )
     keep_best = "val" in evaluations and restore_best
     final = jax.device_get((best_params if keep_best else state.params, state.non_params))
     nnx.update(model, *jax.tree.map(jnp.asarray, final))
     if history_path is not None:
         save_json(history_path, progress.history)
     return progress.history
+
+
+def train_epochs(run: Run, state: TrainState, best_params, progress: Progress):
+    """Train, evaluate and checkpoint epoch after epoch until the last (or early stopping);
+    returns the final state, the best parameters and the progress."""
+    while progress.epoch <= run.epochs and not progress.stopped:
+        start = time.perf_counter()
+        state, sums = train_epoch(run, state, best_params, progress)
+        metrics = epoch_metrics(sums)
+        for name, data in run.evaluations.items():
+            scores = run_eval(
+                run.eval_graphdef, state.params, state.non_params, data, run.batch_size,
+                run.bucket_width,
+            )  # fmt: skip
+            metrics |= {f"{name}_{key}": value for key, value in scores.items()}
+        progress, improved = end_of_epoch(progress, metrics, run.patience)
+        if improved:
+            best_params = jax.tree.map(jnp.copy, state.params)
+        run.save(int(state.step), state, best_params, progress)
+        if not run.quiet:
+            line = " - ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+            seconds = time.perf_counter() - start
+            print(f"Epoch {progress.epoch - 1}/{run.epochs} - {line} - {seconds:.1f}s")
+            if progress.stopped:
+                print(f"Early stopping: val_loss has not improved for {run.patience} epochs")
+    return state, best_params, progress
 
 
 def _check_fit_options(

@@ -6,7 +6,8 @@ outside the vocabulary, and the words take 3, 4, ... by falling frequency in the
 A vocabulary of size N (Keras's ``num_words``) uses the ids [0, N), so it holds N − 3 words.
 (Keras also leaves 3 unused and starts its words at 4; here the most frequent word is 3.)
 
-Shapes: N reviews, T = ``maxlen`` padded steps. Length-bucketed batches: ``flaxlstm.train.batches``.
+Shapes: N reviews, T = ``maxlen`` padded steps. Length-bucketed batches:
+``flaxlstm.data.batches``.
 """
 
 from __future__ import annotations

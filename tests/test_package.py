@@ -1,0 +1,41 @@
+"""Package boundaries: what importing flaxlstm pulls in, and what it offers."""
+
+import subprocess
+import sys
+
+import pytest
+
+import flaxlstm
+
+
+def imported_after(statement: str, roots: tuple[str, ...]) -> list[str]:
+    """The modules under ``roots`` that a fresh interpreter holds after ``statement``."""
+    code = f"import sys; {statement}; print(sorted({{m.split('.')[0] for m in sys.modules}}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    loaded = eval(done.stdout.splitlines()[-1])
+    return [root for root in roots if root in loaded]
+
+
+def test_the_library_imports_neither_torch_nor_keras():
+    everything = "import flaxlstm, flaxlstm.train, flaxlstm.cli, flaxlstm.plots, flaxlstm.variants"
+    assert imported_after(everything, ("torch", "keras", "tensorflow")) == []
+
+
+@pytest.mark.parametrize(
+    "path", ["flaxlstm.train", "flaxlstm.cli", "flaxlstm.runs", "flaxlstm.traces"]
+)
+def test_training_and_prediction_do_not_import_matplotlib(path):
+    assert imported_after(f"import {path}", ("matplotlib",)) == []
+
+
+def test_the_pictures_do():  # so the check above can fail
+    assert imported_after("import flaxlstm.plots", ("matplotlib",)) == ["matplotlib"]
+
+
+def test_all_names_the_public_api():
+    assert all(not name.startswith("_") for name in flaxlstm.__all__)
+    assert all(hasattr(flaxlstm, name) for name in flaxlstm.__all__)
+    public = {name for name in vars(flaxlstm) if not name.startswith("_")}
+    modules = {name for name in public if type(getattr(flaxlstm, name)).__name__ == "module"}
+    assert public - modules - {"annotations"} == set(flaxlstm.__all__)
