@@ -1,5 +1,5 @@
 """Pictures of what a model does inside, as matplotlib Figures made without pyplot (no global
-state, no GUI): ``figure.savefig("x.png")`` draws them with Agg.
+state, no GUI): ``figure.savefig("x.png")`` draws them with Agg::
 
     plot_gates(trace)                     heatmaps of i, f, g, o and c over one sequence
     plot_cumsum(model, x, y)              cumsum task: cell state and prediction at every step

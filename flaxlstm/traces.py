@@ -1,5 +1,5 @@
 """Look inside a model: every LSTM layer's gates and states over time, and what a model
-predicts step by step. Numbers only (flaxlstm.plots draws them).
+predicts step by step. Numbers only (flaxlstm.plots draws them)::
 
     trace_model(model, inputs)        {"lstm": Trace} or {"lstm/forward", "lstm/backward"}
     review_prefixes(model, vocab, t)  P(positive) after each word of a review
@@ -32,10 +32,10 @@ def trace_model(model: nnx.Module, inputs: jax.Array, lengths=None, mask=None) -
       inputs: the model's inputs, [B, T, F] features or [B, T] token ids.
       lengths, mask: padding as the model takes it ([B] or [B, T] booleans).
     Returns:
-      ``{layer path: Trace}``, e.g. ``{"lstm": Trace}``, or ``{"lstm/forward": Trace,
-      "lstm/backward": Trace}`` for a bidirectional layer (a model that is itself an LSTM:
-      ``"lstm"``); each field [B, T', H] (T' = T // 2 after the CNN's pooling), zero at
-      padded steps. The backward direction's steps stay aligned with the inputs.
+      ``{layer path: Trace}``, e.g. ``{"lstm": Trace}``, or
+      ``{"lstm/forward": Trace, "lstm/backward": Trace}`` for a bidirectional layer (a model
+      that is itself an LSTM: ``"lstm"``); each field [B, T', H] (T' = T // 2 after the CNN's
+      pooling), zero at padded steps. The backward direction's steps stay aligned with the inputs.
     """
     # Checked on the host: inside jit, token ids out of range would be clamped silently.
     data = check_data(model, Batch(inputs, None, lengths))

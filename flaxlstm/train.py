@@ -1,9 +1,12 @@
 """Training: a train state, jitted train and eval steps, and Keras-like ``fit``, ``evaluate``
 and ``predict``.
 
-Models output logits: [B] for one binary label per sequence, or [B, T] for one per step.
-Losses are computed from the logits (``optax.sigmoid_binary_cross_entropy``), and ``predict``
-returns probabilities σ(logits). Data is checked and batched by ``flaxlstm.data.batches``.
+Models output logits or values: [B] for one binary label per sequence, [B, T] for one per
+step, or with a last axis of C classes. The loss (``flaxlstm.losses``: binary or sparse
+categorical cross-entropy from logits, mse, or any callable) sets the metric (accuracy or mean
+absolute error) and what ``predict`` returns. Data is checked and batched by
+``flaxlstm.data.batches``; the targets are checked against the loss and the model's output
+shape (``check_targets``) before anything is compiled.
 
 The model is split once, ``graphdef, params, non_params = nnx.split(model, nnx.Param, ...)``;
 the steps are pure functions of the train state that ``nnx.merge`` the model inside
@@ -23,6 +26,7 @@ import dataclasses
 import functools
 import os
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -39,6 +43,7 @@ from flaxlstm.config import Recipe
 from flaxlstm.data.batches import Batch, batches, check_batching, check_data, hold_out
 from flaxlstm.data.batches import split_point as split_point
 from flaxlstm.files import save_json
+from flaxlstm.losses import LOSSES, Loss, get_loss
 from flaxlstm.recurrent import make_mask
 
 History = dict[str, list[float]]
@@ -88,14 +93,18 @@ def binary_cross_entropy(
     return (weights * losses).sum() / jnp.maximum(weights.sum(), 1e-12)
 
 
-def metric_sums(logits: jax.Array, batch: Batch) -> jax.Array:
-    """[3]: the weighted sums of the loss and of the correct predictions, and the total weight."""
-    if logits.shape != batch.labels.shape:
-        raise ValueError(f"the model gives logits {logits.shape} for labels {batch.labels.shape}")
+def metric_sums(outputs: jax.Array, batch: Batch, loss: Loss) -> jax.Array:
+    """[3]: the weighted sums of the loss and of the metric (0 without one) over ``batch``'s
+    labels, and their total weight."""
+    if loss.label_shape(outputs.shape) != batch.labels.shape:
+        raise ValueError(f"the model gives outputs {outputs.shape} for labels {batch.labels.shape}")
     weights = example_weights(batch)
-    losses = optax.sigmoid_binary_cross_entropy(logits, batch.labels)
-    correct = (logits > 0) == (batch.labels > 0)
-    return jnp.stack([(weights * losses).sum(), (weights * correct).sum(), weights.sum()])
+    # Labels of weight 0 (padding) count for nothing, even where their values are not valid
+    # targets (a class id out of range gives a NaN loss there).
+    weighted = lambda values: jnp.where(weights > 0, weights * values, 0).sum()  # noqa: E731
+    losses = loss.per_label(outputs, batch.labels)
+    metric = 0.0 if loss.metric is None else weighted(loss.metric(outputs, batch.labels))
+    return jnp.stack([weighted(losses), metric, weights.sum()])
 
 
 def apply_model(graphdef: nnx.GraphDef, params: nnx.State, non_params: nnx.State, batch: Batch):
@@ -109,19 +118,24 @@ def apply_model(graphdef: nnx.GraphDef, params: nnx.State, non_params: nnx.State
     return logits, nnx.state(model, nnx.Not(nnx.Param))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "tx"), donate_argnames="state")
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "loss"), donate_argnames="state")
 def train_step(
-    state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef, tx: optax.GradientTransformation
+    state: TrainState,
+    batch: Batch,
+    *,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    loss: Loss = LOSSES["binary_crossentropy"],
 ) -> tuple[TrainState, jax.Array]:
     """One optimizer step on the mean loss over ``batch``'s real examples (or steps).
 
-    Returns the new state and the batch's metric sums [3] (loss, correct, weight); the loss sum
+    Returns the new state and the batch's metric sums [3] (loss, metric, weight); the loss sum
     is NaN when the step leaves the parameters non-finite.
     """
 
     def loss_fn(params):
-        logits, non_params = apply_model(graphdef, params, state.non_params, batch)
-        sums = metric_sums(logits, batch)
+        outputs, non_params = apply_model(graphdef, params, state.non_params, batch)
+        sums = metric_sums(outputs, batch, loss)
         return sums[0] / jnp.maximum(sums[2], 1e-12), (sums, non_params)
 
     grads, (sums, non_params) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -134,18 +148,51 @@ def train_step(
     return TrainState(state.step + 1, params, non_params, opt_state), sums
 
 
-@functools.partial(jax.jit, static_argnames="graphdef")
+@functools.partial(jax.jit, static_argnames=("graphdef", "loss"))
 def eval_step(
-    params: nnx.State, non_params: nnx.State, batch: Batch, *, graphdef: nnx.GraphDef
+    params: nnx.State,
+    non_params: nnx.State,
+    batch: Batch,
+    *,
+    graphdef: nnx.GraphDef,
+    loss: Loss = LOSSES["binary_crossentropy"],
 ) -> jax.Array:
-    """The metric sums [3] (loss, correct, weight) of ``batch``; ``graphdef`` in eval mode."""
-    return metric_sums(apply_model(graphdef, params, non_params, batch)[0], batch)
+    """The metric sums [3] (loss, metric, weight) of ``batch``; ``graphdef`` in eval mode."""
+    return metric_sums(apply_model(graphdef, params, non_params, batch)[0], batch, loss)
 
 
-@functools.partial(jax.jit, static_argnames="graphdef")
-def probabilities_step(params, non_params, batch: Batch, *, graphdef: nnx.GraphDef) -> jax.Array:
-    """σ(logits) of ``batch``; ``graphdef`` in eval mode."""
-    return jax.nn.sigmoid(apply_model(graphdef, params, non_params, batch)[0])
+@functools.partial(jax.jit, static_argnames=("graphdef", "loss"))
+def output_step(
+    params, non_params, batch: Batch, *, graphdef: nnx.GraphDef, loss: Loss
+) -> jax.Array:
+    """What ``predict`` returns for ``batch`` (σ(logits), softmax, or the values);
+    ``graphdef`` in eval mode."""
+    return loss.output(apply_model(graphdef, params, non_params, batch)[0])
+
+
+def output_shape(model: nnx.Module, data: Batch) -> tuple[int, ...]:
+    """The shape of ``model``'s outputs for the (checked) ``data``, found without computing."""
+    graphdef, params, non_params = split_model(model, training=False)
+    one = Batch(data.inputs[:1], None, None if data.lengths is None else data.lengths[:1])
+    shape = jax.eval_shape(
+        lambda p, r, b: apply_model(graphdef, p, r, b)[0], params, non_params, one
+    ).shape
+    return (len(data.inputs), *shape[1:])
+
+
+def check_targets(model: nnx.Module, data: Batch, loss: Loss) -> None:
+    """Raise a one-line ValueError unless ``data``'s labels fit ``loss`` and the model's
+    outputs: their shape, and their values at real labels (class ids in range, 0/1, ...)."""
+    shape = output_shape(model, data)
+    if loss.label_shape(shape) != data.labels.shape:
+        raise ValueError(
+            f"the model gives outputs {shape} for labels {data.labels.shape}"
+            f" ({loss.name} takes labels {loss.label_shape(shape)})"
+        )
+    real = data.labels
+    if real.ndim == 2 and data.lengths is not None:
+        real = real[np.arange(real.shape[1]) < data.lengths[:, None]]
+    loss.check_targets(real, shape)
 
 
 # ----------------------------------------------------------------------------- model and state
@@ -181,14 +228,20 @@ def create_train_state(
 
 
 def run_eval(
-    graphdef, params, non_params, data: Batch, batch_size: int, bucket_width: int | None = None
+    graphdef,
+    params,
+    non_params,
+    data: Batch,
+    batch_size: int,
+    bucket_width: int | None = None,
+    loss: Loss = LOSSES["binary_crossentropy"],
 ) -> dict[str, float]:
-    """``{"loss", "accuracy"}`` over all of ``data`` (checked), with eval-mode ``graphdef``."""
-    sums = sum(
-        np.asarray(eval_step(params, non_params, batch, graphdef=graphdef), np.float64)
+    """The loss and metric over all of ``data`` (checked), with eval-mode ``graphdef``."""
+    sums = [
+        eval_step(params, non_params, batch, graphdef=graphdef, loss=loss)
         for batch in batches(data, batch_size, bucket_width=bucket_width)
-    )
-    return {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2]}
+    ]
+    return epoch_metrics(jax.device_get(sums), loss)
 
 
 def data_parallel(devices=None) -> tuple[NamedSharding, NamedSharding]:
@@ -244,6 +297,7 @@ class Run(NamedTuple):
     graphdef: nnx.GraphDef  # the model in training mode
     eval_graphdef: nnx.GraphDef  # and in eval mode
     tx: optax.GradientTransformation
+    loss: Loss
     batch_sharding: NamedSharding
     batch_size: int
     epochs: int
@@ -279,6 +333,7 @@ def fit(
     report_data: dict[str, tuple] | None = None,
     shuffle: bool = True,
     seed: int = 0,
+    loss: str | Callable | Loss = "binary_crossentropy",
     optimizer: optax.GradientTransformation | None = None,
     clip_norm: float | None = None,
     recipe: Recipe | None = None,
@@ -293,9 +348,12 @@ def fit(
     history_path: str | os.PathLike | None = None,
 ) -> History:
     """Train ``model`` in place on inputs ``x`` ([N, T] ids or [N, T, F]) and labels ``y``
-    ([N] or [N, T] in {0, 1}), with optional ``lengths`` [N] of padded sequences.
+    ([N] or [N, T]: 0/1, class ids or values, as ``loss`` takes them), with optional
+    ``lengths`` [N] of padded sequences.
 
     Args:
+      loss: ``"binary_crossentropy"``, ``"sparse_categorical_crossentropy"``, ``"mse"``, or a
+        callable ``(outputs, targets) -> per-label losses`` (``flaxlstm.losses``).
       validation_split: the fraction of examples, taken from the end before shuffling (as
         Keras), held out to validate on after every epoch.
       validation_data: ``(x, y)`` or ``(x, y, lengths)`` to validate on instead.
@@ -320,9 +378,10 @@ def fit(
       quiet: print nothing (no progress bar, no epoch lines).
       history_path: also write the history there as JSON.
     Returns:
-      the history: ``loss`` and ``accuracy`` per epoch, and ``val_loss`` and ``val_accuracy``
-      when validating. Loss and accuracy are means over every example (every real step for
-      per-step labels) of the epoch, measured during training as Keras does.
+      the history: ``loss`` and the loss's metric (``accuracy``, ``mae``) per epoch, and
+      ``val_loss`` and ``val_accuracy`` (...) when validating. They are means over every label
+      (every real step for per-step labels) of the epoch, measured during training as Keras
+      does.
     """
     _check_fit_options(
         epochs, patience, checkpoint_every, validation_split, validation_data, clip_norm,
@@ -335,13 +394,14 @@ def fit(
             f"batch_size {batch_size} must be a multiple of the {batch_sharding.mesh.size}"
             " devices it is split over"
         )
+    loss = get_loss(loss)
     train, evaluations = prepare_data(
-        model, Batch(x, y, lengths), validation_split, validation_data, report_data
+        model, Batch(x, y, lengths), validation_split, validation_data, report_data, loss
     )
     tx = transformation(optimizer, clip_norm, recipe, epochs * -(-len(train.inputs) // batch_size))
     graphdef, state = create_train_state(model, tx)
     run = Run(
-        train, evaluations, graphdef, split_model(model, training=False)[0], tx,
+        train, evaluations, graphdef, split_model(model, training=False)[0], tx, loss,
         batch_sharding, batch_size, epochs, seed, shuffle, bucket_width, patience,
         None if checkpoint_dir is None else Checkpointer(checkpoint_dir), checkpoint_every,
         quiet,
@@ -366,11 +426,11 @@ def train_epochs(run: Run, state: TrainState, best_params, progress: Progress):
     while progress.epoch <= run.epochs and not progress.stopped:
         start = time.perf_counter()
         state, sums = train_epoch(run, state, best_params, progress)
-        metrics = epoch_metrics(sums)
+        metrics = epoch_metrics(sums, run.loss)
         for name, data in run.evaluations.items():
             scores = run_eval(
                 run.eval_graphdef, state.params, state.non_params, data, run.batch_size,
-                run.bucket_width,
+                run.bucket_width, run.loss,
             )  # fmt: skip
             metrics |= {f"{name}_{key}": value for key, value in scores.items()}
         progress, improved = end_of_epoch(progress, metrics, run.patience)
@@ -406,19 +466,27 @@ def _check_fit_options(
 
 
 def prepare_data(
-    model, data: Batch, validation_split: float, validation_data, report_data
+    model, data: Batch, validation_split: float, validation_data, report_data, loss: Loss
 ) -> tuple[Batch, dict[str, Batch]]:
     """The checked training data and the data sets scored after every epoch: ``val`` (held
     out or given) and the ``report_data``."""
-    train = check_data(model, data)
+    train = checked(model, data, loss)
     evaluations = {}
     if validation_data is not None:
-        evaluations["val"] = check_data(model, Batch(*validation_data))
+        evaluations["val"] = checked(model, Batch(*validation_data), loss)
     elif validation_split:
         train, evaluations["val"] = hold_out(train, validation_split)
     for name, extra in (report_data or {}).items():
-        evaluations[name] = check_data(model, Batch(*extra))
+        evaluations[name] = checked(model, Batch(*extra), loss)
     return train, evaluations
+
+
+def checked(model: nnx.Module, data: Batch, loss: Loss) -> Batch:
+    """``data`` checked as inputs (``check_data``) and as targets of ``loss``."""
+    data = check_data(model, data)
+    if data.labels is not None:
+        check_targets(model, data, loss)
+    return data
 
 
 def transformation(optimizer, clip_norm, recipe: Recipe | None, steps: int):
@@ -477,7 +545,9 @@ def train_epoch(run: Run, state: TrainState, best_params, progress: Progress):
         if i < first:
             continue
         batch = jax.device_put(batch, run.batch_sharding)
-        state, batch_sums = train_step(state, batch, graphdef=run.graphdef, tx=run.tx)
+        state, batch_sums = train_step(
+            state, batch, graphdef=run.graphdef, tx=run.tx, loss=run.loss
+        )
         step += 1
         sums.append(batch_sums)
         last = i == run.steps_per_epoch - 1
@@ -493,10 +563,14 @@ def train_epoch(run: Run, state: TrainState, best_params, progress: Progress):
     return state, sums
 
 
-def epoch_metrics(sums: list[np.ndarray]) -> dict[str, float]:
-    """The epoch's training loss and accuracy from its batches' metric sums."""
+def epoch_metrics(sums: list[np.ndarray], loss: Loss) -> dict[str, float]:
+    """The mean loss and metric (``accuracy``, ``mae``; none for a callable loss) from
+    batches' metric sums [3]."""
     total = np.sum(sums, axis=0, dtype=np.float64)
-    return {"loss": total[0] / total[2], "accuracy": total[1] / total[2]}
+    metrics = {"loss": total[0] / total[2]}
+    if loss.metric_name is not None:
+        metrics[loss.metric_name] = total[1] / total[2]
+    return metrics
 
 
 def end_of_epoch(
@@ -539,24 +613,35 @@ def evaluate(
     lengths=None,
     batch_size: int = 32,
     bucket_width: int | None = None,
+    loss: str | Callable | Loss = "binary_crossentropy",
 ) -> dict[str, float]:
-    """``{"loss", "accuracy"}`` of ``model`` in eval mode (no dropout) over all of (x, y): the
-    mean over examples, or over real steps for per-step labels [N, T]. ``bucket_width`` as in
-    ``fit``."""
+    """The loss and its metric (``{"loss", "accuracy"}`` by default) of ``model`` in eval mode
+    (no dropout) over all of (x, y): the mean over examples, or over real steps for per-step
+    labels [N, T]. ``bucket_width`` and ``loss`` as in ``fit``."""
     check_batching(batch_size, bucket_width, lengths)
-    data = check_data(model, Batch(x, y, lengths))
+    loss = get_loss(loss)
+    data = checked(model, Batch(x, y, lengths), loss)
     graphdef, params, non_params = split_model(model, training=False)
-    return run_eval(graphdef, params, non_params, data, batch_size, bucket_width)
+    return run_eval(graphdef, params, non_params, data, batch_size, bucket_width, loss)
 
 
-def predict(model: nnx.Module, x, *, lengths=None, batch_size: int = 32) -> np.ndarray:
-    """Probabilities σ(logits) of ``model`` in eval mode: [N] or [N, T] (0.5 at padded steps of
-    a model that outputs zero logits there, as ``PerStep`` does)."""
+def predict(
+    model: nnx.Module,
+    x,
+    *,
+    lengths=None,
+    batch_size: int = 32,
+    loss: str | Callable | Loss = "binary_crossentropy",
+) -> np.ndarray:
+    """What ``model`` in eval mode predicts for ``loss``: probabilities σ(logits) [N] or
+    [N, T] (0.5 at padded steps of a model that outputs zero logits there, as ``PerStep``
+    does), softmax probabilities [N(, T), C], or the values."""
     check_batching(batch_size, None, lengths)
+    loss = get_loss(loss)
     data = check_data(model, Batch(x, None, lengths))
     graphdef, params, non_params = split_model(model, training=False)
     out = [
-        probabilities_step(params, non_params, b, graphdef=graphdef)
+        output_step(params, non_params, b, graphdef=graphdef, loss=loss)
         for b in batches(data, batch_size)
     ]
     return np.concatenate(jax.device_get(out))[: len(data.inputs)]

@@ -2,7 +2,8 @@
 validation slice, and cut it into batches of one shape (length-bucketed when asked).
 
 Data enters as numpy arrays and is checked here before anything is compiled: lengths agree,
-labels in {0, 1}, token ids in the model's vocabulary (inside jit, JAX's gather would clamp
+labels [N] or [N, T] (their values are checked against the loss by ``flaxlstm.train``), token
+ids in the model's vocabulary (inside jit, JAX's gather would clamp
 them silently). Batches keep one shape: the last batch of a pass is topped up with repeated
 examples of weight 0, so every example is seen and counted once and the padding counts for
 nothing.
@@ -23,7 +24,7 @@ from flaxlstm.layers import Embedding, check_token_ids
 class Batch(NamedTuple):
     """Examples, each array with leading dimension B (a whole data set is one big Batch).
 
-    inputs: [B, T, F] floats or [B, T] token ids. labels: [B] or [B, T] in {0, 1}, or None
+    inputs: [B, T, F] floats or [B, T] token ids. labels: [B] or [B, T] targets, or None
     (predict). lengths: [B] ints, the real steps of padded sequences, or None. weights: [B],
     1.0 for real examples and 0.0 for the padding of the last batch (``batches`` fills it).
     """
@@ -43,7 +44,7 @@ def check_data(model: nnx.Module, data: Batch) -> Batch:
     if inputs.ndim < 2:
         raise ValueError(f"x must be [N, T] token ids or [N, T, F] features, got {inputs.shape}")
     lengths = None if data.lengths is None else _checked_lengths(data.lengths, n, inputs.shape[1])
-    labels = None if data.labels is None else _checked_labels(data.labels, inputs, lengths)
+    labels = None if data.labels is None else _checked_labels(data.labels, inputs)
     if np.issubdtype(inputs.dtype, np.integer):
         for _, module in nnx.iter_modules(model):
             if isinstance(module, Embedding):
@@ -60,18 +61,12 @@ def _checked_lengths(lengths, n: int, time: int) -> np.ndarray:
     return lengths
 
 
-def _checked_labels(labels, inputs: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+def _checked_labels(labels, inputs: np.ndarray) -> np.ndarray:
     labels, n = np.asarray(labels), len(inputs)
     if labels.ndim == 0 or len(labels) != n:
         raise ValueError(f"x has {n} examples but y has {len(labels) if labels.ndim else 0}")
     if labels.shape not in ((n,), inputs.shape[:2]):
         raise ValueError(f"y must be [N] or [N, T] = {inputs.shape[:2]} labels, got {labels.shape}")
-    real = labels
-    if labels.ndim == 2 and lengths is not None:
-        real = labels[np.arange(labels.shape[1]) < lengths[:, None]]
-    bad = real[~np.isin(real, (0, 1))]
-    if bad.size:
-        raise ValueError(f"labels must be 0 or 1, got {bad.size} others such as {bad[0]}")
     return labels
 
 

@@ -1,0 +1,127 @@
+"""Losses and the metric that goes with each, by Keras's names or as any callable.
+
+A model outputs ``outputs``: logits or values. A loss compares them with ``targets`` per label,
+where a label is one per sequence ([B]) or one per step ([B, T]):
+
+    ================================  ===================  ==================  =============
+    loss                              outputs              targets             metric
+    ================================  ===================  ==================  =============
+    ``"binary_crossentropy"``         logits [B] / [B, T]  0 or 1, same shape  accuracy
+    ``"sparse_categorical_            logits [B, C] /      class ids [B] /     accuracy
+    crossentropy"``                   [B, T, C]            [B, T] in [0, C)
+    ``"mse"``                         values [B] / [B, T]  floats, same shape  mae
+    a callable ``(outputs, targets)   any                  any                 none
+    -> losses [B] or [B, T]``
+    ================================  ===================  ==================  =============
+
+Every loss is computed from logits (stably), weighted per label (padding and topped-up
+examples weigh 0) and averaged over the real labels. ``predict`` returns σ(logits), softmax
+probabilities, or the values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PerLabel = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class Loss(NamedTuple):
+    """A loss and its metric, each ``(outputs, targets) -> [B] or [B, T]`` per label.
+
+    ``metric`` is None for a user's callable (then only the loss is reported); ``metric_name``
+    names it in histories (``accuracy``, ``mae``). ``classes`` says the outputs carry one more
+    axis than the targets (C class logits). ``output`` turns outputs into what ``predict``
+    returns.
+    """
+
+    name: str
+    per_label: PerLabel
+    metric: PerLabel | None
+    metric_name: str | None
+    output: Callable[[jax.Array], jax.Array]
+    classes: bool = False
+
+    def label_shape(self, output_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape the targets must have for outputs of ``output_shape``."""
+        return output_shape[:-1] if self.classes else output_shape
+
+    def check_targets(self, targets: np.ndarray, output_shape: tuple[int, ...]) -> None:
+        """Raise a one-line ValueError unless the real ``targets`` fit this loss (their shape is
+        checked against the outputs by the caller)."""
+        if self.name == "binary_crossentropy":
+            bad = targets[~np.isin(targets, (0, 1))]
+            if bad.size:
+                raise ValueError(f"labels must be 0 or 1, got {bad.size} others such as {bad[0]}")
+        elif self.name == "sparse_categorical_crossentropy":
+            classes = output_shape[-1]
+            if not np.issubdtype(targets.dtype, np.integer):
+                raise ValueError(
+                    f"sparse_categorical_crossentropy takes integer class ids, got {targets.dtype}"
+                )
+            if targets.size and (targets.min() < 0 or targets.max() >= classes):
+                raise ValueError(
+                    f"class ids must lie in [0, {classes}) (the model gives {classes} logits),"
+                    f" got values from {targets.min()} to {targets.max()}"
+                )
+        elif self.name == "mse" and not np.all(np.isfinite(targets.astype(np.float64))):
+            raise ValueError("mse targets must be finite numbers")
+
+
+def _binary_correct(logits, labels):
+    return (logits > 0) == (labels > 0)
+
+
+def _sparse_cross_entropy(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
+
+
+def _sparse_correct(logits, labels):
+    return jnp.argmax(logits, axis=-1) == labels
+
+
+LOSSES: dict[str, Loss] = {
+    "binary_crossentropy": Loss(
+        "binary_crossentropy",
+        optax.sigmoid_binary_cross_entropy,  # −[y·log σ(z) + (1 − y)·log(1 − σ(z))]
+        _binary_correct,
+        "accuracy",
+        jax.nn.sigmoid,
+    ),
+    "sparse_categorical_crossentropy": Loss(
+        "sparse_categorical_crossentropy",
+        _sparse_cross_entropy,  # −log softmax(z)_y
+        _sparse_correct,
+        "accuracy",
+        jax.nn.softmax,
+        classes=True,
+    ),
+    "mse": Loss(
+        "mse",
+        lambda values, targets: (values - targets) ** 2,
+        lambda values, targets: jnp.abs(values - targets),
+        "mae",
+        lambda values: values,
+    ),
+}
+
+
+def get_loss(loss: str | PerLabel | Loss) -> Loss:
+    """The ``Loss`` for a Keras name, a ``Loss``, or a callable ``(outputs, targets) -> per-label
+    losses`` (its outputs must have the targets' shape; ``predict`` returns them as they are)."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose from {sorted(LOSSES)} or a callable")
+        return LOSSES[loss]
+    if callable(loss):
+        name = getattr(loss, "__name__", type(loss).__name__)
+        return Loss(name, loss, None, None, lambda outputs: outputs)
+    raise TypeError(f"loss must be a name, a Loss or a callable, got {type(loss).__name__}")
