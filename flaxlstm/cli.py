@@ -1,6 +1,6 @@
 """The ``flaxlstm`` command: parses arguments, calls the library, prints and writes results.
 
-    flaxlstm train cumsum|parity|imdb [options]   options: flaxlstm.config's task configs
+    flaxlstm train cumsum|parity|adding|imdb [options]   options: flaxlstm.config's task configs
     flaxlstm predict --model-dir DIR [REVIEW ...] [--file F]
     flaxlstm summary MODEL
     flaxlstm inspect curves|cumsum|review|gates ...
@@ -28,6 +28,7 @@ from flax import nnx
 from flaxlstm import models, train
 from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.config import (
+    AddingConfig,
     CumsumConfig,
     ImdbConfig,
     InspectCumsumConfig,
@@ -40,7 +41,7 @@ from flaxlstm.config import (
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
 from flaxlstm.files import save_json
-from flaxlstm.models import MODELS, CumsumModel, ParityModel
+from flaxlstm.models import MODELS, AddingModel, CumsumModel, ParityModel
 from flaxlstm.runs import imdb_model, load_run
 
 # flaxlstm.plots (matplotlib) is imported where it is used: training and prediction never
@@ -62,6 +63,7 @@ def build_parser() -> Parser:
     for name, config, run, help_text in (
         ("cumsum", CumsumConfig, train_cumsum, "seed 001: per-step label, running sum >= T/4"),
         ("parity", ParityConfig, train_parity, "seed 000: is the sum of 10 ints in [0, 100) odd"),
+        ("adding", AddingConfig, train_adding, "the adding problem: sum of 2 marked numbers (mse)"),
         ("imdb", ImdbConfig, train_imdb, "seeds 002/003: IMDB sentiment (reads TFDS)"),
     ):
         task = tasks.add_parser(
@@ -104,7 +106,14 @@ def output_directory(out: str) -> str:
 
 
 def fit_and_test(
-    config: RunConfig, model, train_data, test_data, *, report_test=False, bucket_width=None
+    config: RunConfig,
+    model,
+    train_data,
+    test_data,
+    *,
+    report_test=False,
+    bucket_width=None,
+    loss: str = "binary_crossentropy",
 ) -> dict:
     """Train ``model`` on ``train_data`` (x, y[, lengths]) as ``config`` says, score the final
     model on ``test_data`` (also after every epoch with ``report_test``), and write
@@ -123,6 +132,7 @@ def fit_and_test(
         validation_split=config.validation_split,
         report_data={"test": test_data} if report_test else None,
         seed=config.seed,
+        loss=loss,
         recipe=config.recipe,
         bucket_width=bucket_width,
         restore_best=config.restore_best,
@@ -142,12 +152,12 @@ def fit_and_test(
         lengths=lengths[0] if lengths else None,
         batch_size=config.batch_size,
         bucket_width=bucket_width,
+        loss=loss,
     )
     Checkpointer(os.path.join(out, "model")).save(0, nnx.state(model, nnx.Param), {})
     metrics = {
         "task": type(config).__name__.removesuffix("Config").lower(),
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
+        **{f"test_{name}": value for name, value in test.items()},
         "test_sequences": len(x),
         "train_seconds": round(seconds, 2),
         "seconds_per_epoch": round(seconds / config.epochs, 2),
@@ -155,7 +165,7 @@ def fit_and_test(
     }
     save_json(os.path.join(out, "metrics.json"), metrics)
     if not config.quiet:
-        print(f"test_loss {test['loss']:.4f} - test_accuracy {test['accuracy']:.4f}")
+        print(" - ".join(f"test_{name} {value:.4f}" for name, value in test.items()))
         print(f"wrote {out}/metrics.json, history.json, checkpoints/, model/")
     return metrics
 
@@ -186,6 +196,15 @@ def train_parity(config: ParityConfig) -> None:
     fresh = np.array([row.tobytes() not in seen for row in x], dtype=bool)
     model = ParityModel(100, config.embedding, config.hidden, rngs=nnx.Rngs(seed))
     fit_and_test(config, model, (train_x, train_y, lengths), (x[fresh], y[fresh]))
+
+
+def train_adding(config: AddingConfig) -> None:
+    output_directory(config.out)
+    seed, steps = config.seed, config.steps
+    train_data = synthetic.adding_sequences(config.samples, steps, seed=[seed, 0])
+    test_data = synthetic.adding_sequences(config.test_samples, steps, seed=[seed, 1])
+    model = AddingModel(config.hidden, rngs=nnx.Rngs(seed))
+    fit_and_test(config, model, train_data, test_data, loss="mse")
 
 
 def train_imdb(config: ImdbConfig) -> None:

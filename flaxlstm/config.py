@@ -163,6 +163,23 @@ class ParityConfig(RunConfig):
 
 
 @dataclass(frozen=True)
+class AddingConfig(RunConfig):
+    """The adding problem (Hochreiter & Schmidhuber 1997): the sum of the two marked numbers
+    of a long sequence, trained with mean squared error."""
+
+    learning_rate: float = learning_rate_option(3e-3)
+    lr_schedule: Literal["constant", "cosine"] = schedule_option("cosine")
+    clip_norm: float = clip_norm_option(1.0)
+    epochs: int = option(10, "passes over the training data", positive_int)
+    batch_size: int = option(64, "sequences per step", positive_int)
+    hidden: int = option(64, "LSTM units", positive_int)
+    samples: int = option(20_000, "training sequences", positive_int)
+    test_samples: int = option(2000, "held-out sequences", positive_int)
+    steps: int = option(200, "sequence length T", positive_int)
+    out: str = out_option("runs/adding")
+
+
+@dataclass(frozen=True)
 class ImdbModelConfig:
     """One of the seeds' IMDB models: its data, layers and training length."""
 

@@ -158,7 +158,8 @@ class LSTM(nnx.Module):
         return (result, state) if self.return_state else result
 
     def trace(self, x, lengths=None, mask=None, initial_state=None) -> Trace:
-        """Every step's gates i, f, g, o and states c, h [B, T, H], from the training code path."""
+        """Every step's gates i, f, g, o and states c, h [B, T, H], computed by the same cell
+        functions as training (on ``scan_cell``; equal to the fast path up to rounding)."""
         return self.run(x, lengths, mask, initial_state, return_trace=True)[2]
 
     def run(self, x, lengths=None, mask=None, initial_state=None, *, return_trace: bool = False):

@@ -3,16 +3,13 @@
 A model outputs ``outputs``: logits or values. A loss compares them with ``targets`` per label,
 where a label is one per sequence ([B]) or one per step ([B, T]):
 
-    ================================  ===================  ==================  =============
-    loss                              outputs              targets             metric
-    ================================  ===================  ==================  =============
-    ``"binary_crossentropy"``         logits [B] / [B, T]  0 or 1, same shape  accuracy
-    ``"sparse_categorical_            logits [B, C] /      class ids [B] /     accuracy
-    crossentropy"``                   [B, T, C]            [B, T] in [0, C)
-    ``"mse"``                         values [B] / [B, T]  floats, same shape  mae
-    a callable ``(outputs, targets)   any                  any                 none
-    -> losses [B] or [B, T]``
-    ================================  ===================  ==================  =============
+- ``"binary_crossentropy"``: logits [B] or [B, T]; targets 0 or 1 of the same shape; metric
+  ``accuracy``.
+- ``"sparse_categorical_crossentropy"``: logits [B, C] or [B, T, C]; targets class ids [B] or
+  [B, T] in [0, C); metric ``accuracy``.
+- ``"mse"``: values [B] or [B, T]; float targets of the same shape; metric ``mae`` (mean
+  absolute error).
+- a callable ``(outputs, targets) -> losses`` [B] or [B, T]: no metric.
 
 Every loss is computed from logits (stably), weighted per label (padding and topped-up
 examples weigh 0) and averaged over the real labels. ``predict`` returns σ(logits), softmax

@@ -24,7 +24,7 @@ from flaxlstm.layers import (
 from flaxlstm.recurrent import make_mask
 
 # ============================================================================================
-# Synthetic tasks (seeds 000 and 001): flaxlstm.data.synthetic
+# Synthetic tasks (seeds 000, 001, adding, first token): flaxlstm.data.synthetic
 # ============================================================================================
 
 
@@ -57,6 +57,38 @@ class ParityModel(nnx.Module):
 
     def __call__(self, ids: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
         return self.head(self.lstm(self.embed(ids), lengths))[..., 0]
+
+
+class AddingModel(nnx.Module):
+    """The adding problem: LSTM(2 → H, last step) → Linear(H → 1), a value per sequence.
+
+    ``model(x [B, T, 2], lengths=None)`` → values [B] (trained with ``loss="mse"``).
+    """
+
+    def __init__(self, hidden: int = 64, *, rngs: nnx.Rngs):
+        self.lstm = LSTM(2, hidden, rngs=rngs)
+        self.head = nnx.Linear(hidden, 1, rngs=rngs)
+
+    def __call__(self, x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        return self.head(self.lstm(x, lengths))[..., 0]
+
+
+class TokenClassifier(nnx.Module):
+    """Embedding(V → E) → LSTM(E → H, last step) → Linear(H → C): C class logits per sequence.
+
+    ``model(ids [B, T], lengths=None)`` → logits [B, C]
+    (``loss="sparse_categorical_crossentropy"``).
+    """
+
+    def __init__(
+        self, vocabulary: int, embedding: int, hidden: int, classes: int, *, rngs: nnx.Rngs
+    ):
+        self.embed = Embedding(vocabulary, embedding, rngs=rngs)
+        self.lstm = LSTM(embedding, hidden, rngs=rngs)
+        self.head = nnx.Linear(hidden, classes, rngs=rngs)
+
+    def __call__(self, ids: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        return self.head(self.lstm(self.embed(ids), lengths))
 
 
 # ============================================================================================

@@ -30,7 +30,6 @@ from flaxlstm.cell import (
     LSTMState,
     Trace,
     activate_all,
-    activate_fused,
     cell_update,
     is_default,
     lstm_step_backward,
@@ -136,7 +135,8 @@ def lstm_scan(
       reverse: scan from the last step to the first (outputs stay aligned with the inputs).
       unroll: passed to ``jax.lax.scan``.
       recurrent_dropout_mask: [B, H], multiplies h where it enters h·U (variational dropout).
-      return_trace: also return every step's gates and states, computed by this same step.
+      return_trace: also return every step's gates and states; the loop then runs on
+        ``scan_cell`` (the same cell functions, differentiated by jax).
       remat: save nothing of the time loop for the backward pass but its inputs, and run the
         forward again there: the per-step gates and states ([T, B, 6H]) are not held between
         the forward and the backward pass, for one more forward pass of time.
@@ -240,7 +240,7 @@ def scan_cell(
 # The time loop with a hand-written backward (default activations σ and tanh).
 #
 # Forward, per step: z = [x_t, h, 1]·[W; U; b] (one matrix product), the four gates by one
-# tanh (``cell.activate_fused``), then ``cell.cell_update``. It saves only the activated gates
+# tanh (``cell.activate_all``), then ``cell.cell_update``. It saves only the activated gates
 # a [B, 4H] and the state the step started from, (c, h) [B, H] each. The input projection x·W
 # is done inside the loop, stacked with h·U: a [T, B, 4H] buffer for all steps costs more to
 # allocate and touch than the small products cost (docs/PERFORMANCE.md).
@@ -278,7 +278,7 @@ def _fused_forward(
     def step(state: LSTMState, inputs):
         x_t, m_t = inputs
         h_in = state.h if recurrent_mask is None else state.h * recurrent_mask
-        a = activate_fused(_with_one(x_t, h_in) @ WUb)  # [B, 4H]: σ(i), σ(f), tanh(g), σ(o)
+        a = activate_all(_with_one(x_t, h_in) @ WUb)  # [B, 4H]: σ(i), σ(f), tanh(g), σ(o)
         new = cell_update(a, state.c)
         new, out = keep_state_where_padded(m_t, new, state, new.h)
         return new, (out, (a, state.c, state.h) if save else None)

@@ -20,7 +20,9 @@ from flaxlstm.recurrent import scan_cell, time_major
 
 class VariantLSTM(LSTM):
     """An ``LSTM`` whose cell is ``cell_step``: subclasses define it (and may widen h,
-    ``state_features``, or change the input projection, ``project``)."""
+    ``state_features``, or change the input projection, ``project``). Variants are always
+    differentiated by jax: ``hand_written_backward`` and ``accumulate_above_bytes`` do not
+    apply to them."""
 
     def cell_step(self, dtype):
         """``step(state, xw_t) -> (new_state, Trace of this step)`` in ``dtype``."""

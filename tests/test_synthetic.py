@@ -5,8 +5,15 @@ import optax
 import pytest
 from flax import nnx
 
-from flaxlstm.data.synthetic import cumsum_sequences, parity_prefixes, parity_sequences
-from flaxlstm.models import ParityModel
+from flaxlstm.config import Recipe
+from flaxlstm.data.synthetic import (
+    adding_sequences,
+    cumsum_sequences,
+    first_token_sequences,
+    parity_prefixes,
+    parity_sequences,
+)
+from flaxlstm.models import AddingModel, ParityModel, TokenClassifier
 from flaxlstm.runs import train_cumsum_model
 from flaxlstm.train import evaluate, fit, predict
 
@@ -79,3 +86,42 @@ def test_parity_model_reaches_99_percent_on_held_out_sequences():
     )
     result = evaluate(model, test_x, test_y, batch_size=250)
     assert result["accuracy"] >= 0.99, result
+
+
+def test_adding_sequences_mark_one_number_in_each_half():
+    x, y = adding_sequences(300, 20, seed=3)
+    assert x.shape == (300, 20, 2) and y.shape == (300,) and x.dtype == y.dtype == np.float32
+    marked = x[..., 1] == 1
+    assert (marked[:, :10].sum(1) == 1).all() and (marked[:, 10:].sum(1) == 1).all()
+    np.testing.assert_allclose(y, (x[..., 0] * marked).sum(1), rtol=1e-6)
+    # Always answering 1.0 scores about 1/6: the variance of a sum of two uniforms.
+    assert abs(np.mean((y - 1.0) ** 2) - 1 / 6) < 0.03
+
+
+def test_first_token_sequences_label_the_first_class_token():
+    x, y = first_token_sequences(300, 8, classes=4, vocabulary=12, seed=3)
+    assert x.shape == (300, 8) and (y == x[:, 0]).all() and set(y) == {0, 1, 2, 3}
+    assert (x[:, 1:] < 4).any()  # distractor class tokens later in the sequences
+
+
+def test_adding_model_beats_the_constant_answer_by_far():
+    """At CI size (T = 10): far below the 1/6 of always answering 1.0 (T = 200 is in
+    docs/SYNTHETIC.md, ``flaxlstm train adding``)."""
+    x, y = adding_sequences(3000, 10, seed=[0, 0])
+    test_x, test_y = adding_sequences(500, 10, seed=[0, 1])
+    model = AddingModel(32, rngs=nnx.Rngs(0))
+    recipe = Recipe(learning_rate=1e-2, lr_schedule="cosine", clip_norm=1.0)
+    fit(model, x, y, epochs=6, batch_size=32, loss="mse", recipe=recipe, quiet=True)
+    result = evaluate(model, test_x, test_y, loss="mse", batch_size=250)
+    assert result["loss"] < 0.01, result
+    assert predict(model, test_x[:3], loss="mse").shape == (3,)
+
+
+def test_token_classifier_remembers_the_first_token_class():
+    x, y = first_token_sequences(3000, 8, classes=4, vocabulary=12, seed=[0, 0])
+    test_x, test_y = first_token_sequences(500, 8, classes=4, vocabulary=12, seed=[0, 1])
+    model = TokenClassifier(12, 8, 32, 4, rngs=nnx.Rngs(0))
+    loss = "sparse_categorical_crossentropy"
+    fit(model, x, y, epochs=4, batch_size=32, loss=loss, recipe=Recipe(1e-2), quiet=True)
+    result = evaluate(model, test_x, test_y, loss=loss, batch_size=250)
+    assert result["accuracy"] >= 0.99, result  # chance: 0.25
