@@ -56,7 +56,7 @@ SHAPES = {
     "large": dict(batch=128, time=200, embed=256, hidden=512, vocab=10000),
 }
 PEERS = ("flax", "keras", "torch", "cudnn")
-EXTRA = ("flaxlstm-autodiff", "flaxlstm-lengths", "flaxlstm-unroll8")
+EXTRA = ("flaxlstm-autodiff", "flaxlstm-lengths", "flaxlstm-unroll8", "flaxlstm-bf16")
 # Environment variables that change the timings; recorded with the results.
 ENVIRONMENT = ("XLA_FLAGS", "GLIBC_TUNABLES", "OMP_NUM_THREADS", "LD_PRELOAD", "KERAS_BACKEND")
 

@@ -241,6 +241,7 @@ RUNNERS = {
     "flaxlstm-autodiff": _flaxlstm("flaxlstm-autodiff", hand_written_backward=False),
     "flaxlstm-lengths": _flaxlstm("flaxlstm-lengths", with_lengths=True),
     "flaxlstm-unroll8": _flaxlstm("flaxlstm-unroll8", unroll=8),
+    "flaxlstm-bf16": _flaxlstm("flaxlstm-bf16", dtype="bfloat16"),
     "flax": flax_runner,
     "keras": keras_runner,
     "torch": torch_runner,

@@ -56,6 +56,8 @@ LR_TRIALS = {  # what each adds to clip-buckets-cosine
     "lr2e-3": ["--learning-rate", "2e-3"],
 }
 RECIPES.update({name: RECIPES["clip-buckets-cosine"] + extra for name, extra in LR_TRIALS.items()})
+# Mixed precision: the LSTM's matrix products in bfloat16, everything else float32.
+RECIPES["bf16"] = RECIPES["clip-buckets-cosine"] + ["--dtype", "bfloat16"]
 RECIPE_TEXT = {
     "keras": "the seeds' own: Adam 1e-3, every review padded to maxlen",
     "clip": "+ gradients clipped to global norm 1.0",
@@ -63,6 +65,7 @@ RECIPE_TEXT = {
     "clip-buckets": "+ clipping + buckets",
     "buckets-cosine": "+ buckets + cosine decay of the learning rate to 0",
     "clip-buckets-cosine": "+ clipping + buckets + cosine decay",
+    "bf16": "clipping + buckets + cosine decay, the LSTM's products in bfloat16",
 }
 MAIN_RECIPE = "clip-buckets-cosine"  # the first table's, and `flaxlstm train imdb`'s defaults
 RUNS = Path("runs/results")

@@ -10,6 +10,7 @@ from flaxlstm.cell import (
     lstm_step,
     unit_forget_bias,
 )
+from flaxlstm.keras_models import from_keras
 from flaxlstm.layers import (
     LSTM,
     Bidirectional,
@@ -20,6 +21,7 @@ from flaxlstm.layers import (
     load_torch_weights,
 )
 from flaxlstm.recurrent import lstm_scan, make_mask, scan_cell
+from flaxlstm.stacked import StackedLSTM
 
 __all__ = [
     "LSTM",
@@ -28,12 +30,14 @@ __all__ = [
     "Gates",
     "LSTMState",
     "PerStep",
+    "StackedLSTM",
     "Trace",
     "activate",
     "activate_all",
     "capture_intermediates",
     "cell_update",
     "check_token_ids",
+    "from_keras",
     "load_torch_weights",
     "lstm_scan",
     "lstm_step",

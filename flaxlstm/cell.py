@@ -130,6 +130,14 @@ def cell_update(a: jax.Array, c_prev: jax.Array, activation: Activation = jnp.ta
     return LSTMState(c, o * activation(c))
 
 
+def matmul(a: jax.Array, b: jax.Array, dtype=None) -> jax.Array:
+    """a @ b; with ``dtype`` (e.g. ``jnp.bfloat16``) the operands are cast to it and the
+    products accumulate in a's dtype (float32): the mixed-precision matrix product."""
+    if dtype is None:
+        return a @ b
+    return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=a.dtype)
+
+
 def lstm_step(
     recurrent_kernel: jax.Array,
     state: LSTMState,

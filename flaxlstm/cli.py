@@ -218,7 +218,8 @@ def train_imdb(config: ImdbConfig) -> None:
         limit=config.limit,
     )
     data.vocabulary.save(os.path.join(out, "vocabulary.json"))
-    run_config = {name: getattr(config, name) for name in ("model", "vocab_size", "maxlen", "seed")}
+    names = ("model", "vocab_size", "maxlen", "seed", "dtype")
+    run_config = {name: getattr(config, name) for name in names}
     save_json(os.path.join(out, "config.json"), run_config)
     model = imdb_model(run_config)
     as_xy = lambda split: (split.ids, split.labels, split.lengths)  # noqa: E731

@@ -167,11 +167,11 @@ class AddingConfig(RunConfig):
     """The adding problem (Hochreiter & Schmidhuber 1997): the sum of the two marked numbers
     of a long sequence, trained with mean squared error."""
 
-    learning_rate: float = learning_rate_option(3e-3)
+    learning_rate: float = learning_rate_option(1e-2)
     lr_schedule: Literal["constant", "cosine"] = schedule_option("cosine")
     clip_norm: float = clip_norm_option(1.0)
-    epochs: int = option(10, "passes over the training data", positive_int)
-    batch_size: int = option(64, "sequences per step", positive_int)
+    epochs: int = option(8, "passes over the training data", positive_int)
+    batch_size: int = option(32, "sequences per step", positive_int)
     hidden: int = option(64, "LSTM units", positive_int)
     samples: int = option(20_000, "training sequences", positive_int)
     test_samples: int = option(2000, "held-out sequences", positive_int)
@@ -234,6 +234,11 @@ class ImdbConfig(RunConfig):
         None, "most frequent words kept; default: the seed's", positive_int
     )
     bucket_width: int = option(50, "batch by length (0: pad all to maxlen)", non_negative_int)
+    dtype: str = option(
+        "float32",
+        "the LSTM's matrix products: float32, or bfloat16 (mixed precision: float32 state)",
+        choices=("float32", "bfloat16"),
+    )
     data_dir: str | None = option(None, "TFDS data directory (default: $TFDS_DATA_DIR)", str)
     cache_dir: str | None = option(
         None, "where encoded reviews are cached (default: ~/.cache/flaxlstm)", str

@@ -7,6 +7,7 @@ sequence reused at every step (variational dropout, Gal & Ghahramani 2016). As w
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import jax
@@ -59,6 +60,11 @@ class LSTM(nnx.Module):
     [B, H], or every step's h [B, T, H] with ``return_sequences``; with ``return_state`` also
     the final ``LSTMState(c, h)``. Under ``capture_intermediates`` it records its ``Trace``.
 
+    ``dtype`` (e.g. ``jnp.bfloat16``) is mixed precision, Flax's convention beside
+    ``param_dtype``: the matrix products take operands of that dtype and accumulate in float32,
+    while the gates, the states, the outputs, the parameters and their gradients stay float32
+    (``lstm_scan``'s ``matmul_dtype``; the standard cell only).
+
     ``hand_written_backward`` and ``accumulate_above_bytes`` choose how the time loop is
     differentiated (``flaxlstm.recurrent.lstm_scan``); they are fields of the layer, so a
     jitted step compiled for one setting is never reused for another.
@@ -87,6 +93,7 @@ class LSTM(nnx.Module):
         recurrent_kernel_init: Initializer = orthogonal,
         bias_init: Initializer = unit_forget_bias,
         param_dtype=jnp.float32,
+        dtype=None,
         hand_written_backward: bool = True,
         accumulate_above_bytes: int = ACCUMULATE_ABOVE_BYTES,
         rngs: nnx.Rngs,
@@ -110,16 +117,20 @@ class LSTM(nnx.Module):
         self.remat = remat  # recompute the loop in the backward pass (jax.checkpoint)
         self.gate_activation = gate_activation
         self.activation = activation
+        self.dtype = dtype  # the matrix products' dtype (mixed precision); None: the inputs'
         self.hand_written_backward = hand_written_backward
         self.accumulate_above_bytes = accumulate_above_bytes
         self.deterministic = False
         self.sow_intermediates = False
         width = self.gates * hidden_features
-        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, width), param_dtype))
-        self.recurrent_kernel = nnx.Param(
-            recurrent_kernel_init(rngs.params(), (self.state_features, width), param_dtype)
-        )
-        self.bias = nnx.Param(bias_init(rngs.params(), (width,), param_dtype))
+        # Initialised in float32 at least (the orthogonal initialiser's QR has no bfloat16),
+        # then cast to param_dtype.
+        init_dtype = jnp.promote_types(param_dtype, jnp.float32)
+        kernel = kernel_init(rngs.params(), (in_features, width), init_dtype)
+        recurrent = recurrent_kernel_init(rngs.params(), (self.state_features, width), init_dtype)
+        self.kernel = nnx.Param(kernel.astype(param_dtype))
+        self.recurrent_kernel = nnx.Param(recurrent.astype(param_dtype))
+        self.bias = nnx.Param(bias_init(rngs.params(), (width,), init_dtype).astype(param_dtype))
         uses_dropout = dropout > 0 or recurrent_dropout > 0
         self.rngs = rngs["dropout"].fork() if uses_dropout else nnx.data(None)
 
@@ -182,6 +193,15 @@ class LSTM(nnx.Module):
                 )
         if initial_state is None:
             initial_state = zero_state(batch, self.hidden_features, dtype, self.state_features)
+        is_pair = isinstance(initial_state, tuple | list) and len(initial_state) == 2
+        got = tuple(map(jnp.shape, initial_state)) if is_pair else jnp.shape(initial_state)
+        expected = ((batch, self.hidden_features), (batch, self.state_features))
+        if got != expected:
+            h = "H" if self.state_features == self.hidden_features else "P"
+            raise ValueError(
+                f"initial_state must be (c, h) of shapes [B, H] = {expected[0]} and"
+                f" [B, {h}] = {expected[1]}, got {got}"
+            )
         initial_state = LSTMState(*(jnp.asarray(s, dtype) for s in initial_state))
         return self.scan(x, steps, initial_state, recurrent_mask, return_trace=return_trace)
 
@@ -204,6 +224,7 @@ class LSTM(nnx.Module):
             remat=self.remat,
             hand_written_backward=self.hand_written_backward,
             accumulate_above_bytes=self.accumulate_above_bytes,
+            matmul_dtype=self.dtype,
         )
 
     def reversed_copy(self, rngs: nnx.Rngs) -> LSTM:
@@ -226,7 +247,8 @@ class Bidirectional(nnx.Module):
 
     The backward direction starts at each sequence's last real token, so padding never leaks
     into it; with ``return_sequences`` its outputs stay aligned with the inputs. With
-    ``return_state`` it returns ``(merged, (forward_state, backward_state))``.
+    ``return_state`` it returns ``(merged, (forward_state, backward_state))``, and
+    ``initial_state`` takes such a pair (either may be None: zeros), or None.
     """
 
     def __init__(self, layer: LSTM, merge: Merge = "concat", *, rngs: nnx.Rngs):
@@ -241,8 +263,17 @@ class Bidirectional(nnx.Module):
         hidden = self.forward.state_features
         return 2 * hidden if self.merge == "concat" else hidden
 
-    def __call__(self, x, lengths=None, mask=None):
-        fwd, bwd = self.forward(x, lengths, mask), self.backward(x, lengths, mask)
+    def __call__(self, x, lengths=None, mask=None, initial_state=None):
+        if initial_state is None:
+            initial_state = (None, None)
+        is_pair = isinstance(initial_state, tuple | list) and len(initial_state) == 2
+        if isinstance(initial_state, LSTMState) or not is_pair:
+            raise TypeError(
+                "Bidirectional takes initial_state as a pair (forward_state, backward_state),"
+                f" got a {type(initial_state).__name__}"
+            )
+        fwd = self.forward(x, lengths, mask, initial_state[0])
+        bwd = self.backward(x, lengths, mask, initial_state[1])
         if self.forward.return_state:
             (fwd, fwd_state), (bwd, bwd_state) = fwd, bwd
             return _MERGES[self.merge](fwd, bwd), (fwd_state, bwd_state)
@@ -289,28 +320,115 @@ def check_token_ids(ids, vocab_size: int) -> None:
         )
 
 
+# PyTorch's weights of one direction and the parameters they fill, transposed (``weight_hr``:
+# a projected LSTM's); its two biases add up to ``bias``.
+_TORCH_WEIGHTS = {"weight_ih": "kernel", "weight_hh": "recurrent_kernel", "weight_hr": "projection"}
+_TORCH_BIASES = ("bias_ih", "bias_hh")
+
+
 def torch_array(weights) -> jax.Array:
     """A PyTorch tensor (or any array) as a JAX array."""
     return jnp.asarray(weights.detach().numpy() if hasattr(weights, "detach") else weights)
 
 
-def load_torch_weights(layer: LSTM, weight_ih, weight_hh, bias_ih=None, bias_hh=None) -> LSTM:
-    """Copy one direction of a PyTorch ``nn.LSTM`` into ``layer`` (arrays or tensors).
+def torch_directions(module: nnx.Module) -> dict[str, LSTM]:
+    """Each direction of each layer of ``module``, by the suffix of its PyTorch weights' names:
+    ``{"_l0": layer}`` for an ``LSTM``, also ``"_l0_reverse"`` for a ``Bidirectional``, and
+    ``"_l1"``, … for a module with a ``torch_directions`` method (``flaxlstm.StackedLSTM``)."""
+    if isinstance(module, LSTM):
+        return {"_l0": module}
+    if isinstance(module, Bidirectional):
+        return {"_l0": module.forward, "_l0_reverse": module.backward}
+    if hasattr(module, "torch_directions"):
+        return module.torch_directions()
+    raise TypeError(
+        "PyTorch weights load into an LSTM, a Bidirectional or a StackedLSTM,"
+        f" not a {type(module).__name__}"
+    )
 
-    PyTorch stores ``weight_ih`` [4H, F] and ``weight_hh`` [4H, H] in the same gate order
-    (i, f, g, o), so ``kernel = weight_ihᵀ``, ``recurrent_kernel = weight_hhᵀ``, and its two
-    biases add up to ``bias``. Keras's weights need no conversion at all:
+
+def load_torch_weights(
+    module: nnx.Module, weight_ih, weight_hh=None, bias_ih=None, bias_hh=None, *, weight_hr=None
+) -> nnx.Module:
+    """Copy the weights of a PyTorch ``nn.LSTM`` into ``module`` (arrays or tensors).
+
+    ``load_torch_weights(module, state_dict)`` (or the ``nn.LSTM`` itself) loads every layer
+    and direction, ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``
+    and with ``proj_size`` ``weight_hr_l{k}`` (``..._l{k}_reverse``: the backward direction),
+    into a ``StackedLSTM`` of the same shape, or from an ``nn.LSTM`` of one layer into an
+    ``LSTM`` or a ``Bidirectional``. ``load_torch_weights(layer, weight_ih, weight_hh,
+    bias_ih, bias_hh, weight_hr=None)`` loads one direction into one ``LSTM``. A missing or
+    extra key or a wrong shape is a ValueError naming the key, and nothing is loaded.
+
+    PyTorch stores ``weight_ih`` [4H, F], ``weight_hh`` [4H, P] and ``weight_hr`` [P, H] in
+    the same gate order (i, f, g, o), so ``kernel = weight_ihᵀ``, ``recurrent_kernel =
+    weight_hhᵀ``, ``projection = weight_hrᵀ``, and its two biases add up to ``bias`` (zero
+    without them, as ``bias=False``). Keras's weights need no conversion at all:
     ``layer.kernel[...], layer.recurrent_kernel[...], layer.bias[...] = keras_layer.get_weights()``.
     """
-    kernel, recurrent = torch_array(weight_ih).T, torch_array(weight_hh).T
-    expected = (layer.kernel.shape, layer.recurrent_kernel.shape)
-    if (kernel.shape, recurrent.shape) != expected:
-        raise ValueError(
-            f"PyTorch weights of shapes {kernel.T.shape} and {recurrent.T.shape} do not fit an LSTM"
-            f" with {layer.in_features} inputs and {layer.hidden_features} units"
+    if hasattr(weight_ih, "state_dict"):  # the torch.nn.LSTM itself
+        weight_ih = weight_ih.state_dict()
+    if isinstance(weight_ih, Mapping):
+        if any(w is not None for w in (weight_hh, bias_ih, bias_hh, weight_hr)):
+            raise TypeError(
+                "give load_torch_weights a state dict alone, or one direction's weights"
+            )
+        weights, directions = weight_ih, torch_directions(module)
+    elif isinstance(module, LSTM):
+        names = ("weight_ih", "weight_hh", *_TORCH_BIASES, "weight_hr")
+        given = zip(names, (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr), strict=True)
+        weights, directions = {name: w for name, w in given if w is not None}, {"": module}
+    else:
+        raise TypeError(
+            f"one direction's weights load into an LSTM, not a {type(module).__name__}:"
+            " give it the state dict"
         )
-    bias = sum(torch_array(b) for b in (bias_ih, bias_hh) if b is not None)
-    layer.kernel[...] = kernel.astype(layer.kernel.dtype)
-    layer.recurrent_kernel[...] = recurrent.astype(layer.recurrent_kernel.dtype)
+    arrays = {suffix: _torch_arrays(layer, weights, suffix) for suffix, layer in directions.items()}
+    used = {name + suffix for suffix, named in arrays.items() for name in named}
+    for key in weights:
+        if key not in used:
+            name = type(module).__name__
+            raise ValueError(f"unexpected PyTorch weight {key!r}: this {name} has no place for it")
+    for suffix, layer in directions.items():
+        _set_torch_arrays(layer, arrays[suffix])
+    return module
+
+
+def _torch_arrays(layer: LSTM, weights: Mapping, suffix: str) -> dict[str, jax.Array]:
+    """The PyTorch weights ``weights[name + suffix]`` that ``layer`` takes, by name, each
+    checked against the parameter it fills."""
+    names = [name for name, param in _TORCH_WEIGHTS.items() if hasattr(layer, param)]
+    if any(bias + suffix in weights for bias in _TORCH_BIASES):  # none: bias=False
+        names += _TORCH_BIASES
+    arrays = {}
+    for name in names:
+        key = name + suffix
+        if key not in weights:
+            raise ValueError(f"missing PyTorch weight {key!r} for {_describe(layer)}")
+        arrays[name] = torch_array(weights[key])
+        param = getattr(layer, _TORCH_WEIGHTS.get(name, "bias"))
+        expected = param.shape if name in _TORCH_BIASES else param.shape[::-1]
+        if arrays[name].shape != expected:
+            raise ValueError(
+                f"PyTorch weight {key!r} has shape {arrays[name].shape}, expected {expected}"
+                f" for {_describe(layer)}"
+            )
+    return arrays
+
+
+def _set_torch_arrays(layer: LSTM, arrays: dict[str, jax.Array]) -> None:
+    """Copy checked PyTorch weights into ``layer``: transposed, the two biases summed."""
+    for name, param in _TORCH_WEIGHTS.items():
+        if name in arrays:
+            target = getattr(layer, param)
+            target[...] = arrays[name].T.astype(target.dtype)
+    bias = sum(arrays.get(name, 0) for name in _TORCH_BIASES)
     layer.bias[...] = jnp.broadcast_to(bias, layer.bias.shape).astype(layer.bias.dtype)
-    return layer
+
+
+def _describe(layer: LSTM) -> str:
+    """``LSTM(in_features=3, hidden_features=5)``, with proj_size where h is projected."""
+    sizes = f"in_features={layer.in_features}, hidden_features={layer.hidden_features}"
+    if layer.state_features != layer.hidden_features:
+        sizes += f", proj_size={layer.state_features}"
+    return f"{type(layer).__name__}({sizes})"

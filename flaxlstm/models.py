@@ -140,6 +140,7 @@ class SentimentClassifier(nnx.Module):
     ``dropout`` is the rate of the Dropout layers after the embedding and after the LSTM;
     ``lstm_dropout`` and ``recurrent_dropout`` are the LSTM's own (see ``flaxlstm.LSTM``).
     ``conv_filters`` > 0 adds Conv1D(conv_filters, kernel 3, same, relu) → MaxPool1D(2).
+    ``dtype`` is the LSTM's mixed precision (``flaxlstm.LSTM``), e.g. ``jnp.bfloat16``.
     """
 
     def __init__(
@@ -153,6 +154,7 @@ class SentimentClassifier(nnx.Module):
         recurrent_dropout: float = 0.0,
         bidirectional: bool = False,
         conv_filters: int = 0,
+        dtype=None,
         rngs: nnx.Rngs,
     ):
         glorot = jax.nn.initializers.glorot_uniform()  # Keras's Conv1D and Dense default
@@ -169,7 +171,12 @@ class SentimentClassifier(nnx.Module):
         self.pool = MaxPool1D(2) if conv_filters else None
         features = conv_filters or embedding_dim
         lstm = LSTM(
-            features, hidden, dropout=lstm_dropout, recurrent_dropout=recurrent_dropout, rngs=rngs
+            features,
+            hidden,
+            dropout=lstm_dropout,
+            recurrent_dropout=recurrent_dropout,
+            dtype=dtype,
+            rngs=rngs,
         )
         self.lstm = Bidirectional(lstm, rngs=rngs) if bidirectional else lstm
         self.head_dropout = nnx.Dropout(dropout, rngs=rngs) if dropout else None

@@ -33,6 +33,7 @@ from flaxlstm.cell import (
     cell_update,
     is_default,
     lstm_step_backward,
+    matmul,
     zero_state,
 )
 
@@ -124,6 +125,7 @@ def lstm_scan(
     remat: bool = False,
     hand_written_backward: bool = True,
     accumulate_above_bytes: int = ACCUMULATE_ABOVE_BYTES,
+    matmul_dtype=None,
 ) -> tuple[LSTMState, jax.Array, Trace | None]:
     """Run the LSTM over a batch of sequences.
 
@@ -144,6 +146,9 @@ def lstm_scan(
         loop with its hand-written backward (False: jax autodiff of the plain scan).
       accumulate_above_bytes: the hand-written backward sums the weight gradients inside its
         loop when dz [T, B, 4H] would take more bytes than this, else forms them after it.
+      matmul_dtype: mixed precision: the matrix products take operands of this dtype (e.g.
+        ``jnp.bfloat16``) and accumulate in float32; gates, states and outputs stay in the
+        inputs' and weights' dtype (``cell.matmul``). None: everything in that dtype.
     Returns:
       the final state (c, h) [B, H] each, the outputs h_t [B, T, H] (zero at padded steps), and
       a ``Trace`` (i, f, g, o, c, h) [B, T, H] each when ``return_trace``, else None.
@@ -161,20 +166,23 @@ def lstm_scan(
     state = LSTMState(*map(cast, state))
     if hand_written_backward and not return_trace and is_default(gate_activation, activation):
         dz_bytes = time * batch * 4 * hidden * jnp.dtype(dtype).itemsize
-        options = _Options(reverse, unroll, dz_bytes > accumulate_above_bytes, remat)
+        accumulate = dz_bytes > accumulate_above_bytes
+        options = _Options(reverse, unroll, accumulate, remat, matmul_dtype)
         final, outputs = _fused_scan(
             options, W, U, b, time_major(x), _time_major_mask(mask), state, recurrent_mask
         )
         return final, time_major(outputs), None
 
+    U_mm = U if matmul_dtype is None else U.astype(matmul_dtype)
+
     def step(state: LSTMState, xw_t):
-        a = activate_all(xw_t + state.h @ U, gate_activation, activation)
+        a = activate_all(xw_t + matmul(state.h, U_mm, matmul_dtype), gate_activation, activation)
         new = cell_update(a, state.c, activation)
         return new, Trace(*jnp.split(a, 4, axis=-1), new.c, new.h)
 
     return scan_cell(
         step,
-        project_all(W, b, x),
+        project_all(W, b, x, matmul_dtype),
         mask,
         state,
         reverse=reverse,
@@ -185,13 +193,13 @@ def lstm_scan(
     )
 
 
-def project_all(W: jax.Array, b: jax.Array, x: jax.Array) -> jax.Array:
+def project_all(W: jax.Array, b: jax.Array, x: jax.Array, matmul_dtype=None) -> jax.Array:
     """The input projection for every step at once, time-major for the scan: x [B, T, F] →
     x·W + b [T, B, 4H]. x is made time-major first (F is small), so that XLA writes the one
     [T·B, F] × [F, 4H] product in place (docs/PERFORMANCE.md)."""
     batch, time, features = x.shape
     x = time_major(x).reshape(time * batch, features)
-    return (x @ W + b).reshape(time, batch, -1)
+    return (matmul(x, W, matmul_dtype) + b).reshape(time, batch, -1)
 
 
 def scan_cell(
@@ -255,11 +263,14 @@ class _Options(NamedTuple):
     unroll: int
     accumulate: bool  # sum the weight gradients inside the loop (see ACCUMULATE_ABOVE_BYTES)
     remat: bool  # save only the inputs; the backward runs the forward again first
+    matmul_dtype: object = None  # the matrix products' operand dtype (mixed precision)
 
 
-def _stack(W, U, b):
-    """[W; U; b] [F + H + 1, 4H], so that [x_t, h, 1]·[W; U; b] = x_t·W + h·U + b."""
-    return jnp.concatenate([W, U, b[None]], axis=0)
+def _stack(opt: _Options, W, U, b):
+    """[W; U; b] [F + H + 1, 4H], so that [x_t, h, 1]·[W; U; b] = x_t·W + h·U + b; in the
+    matrix products' dtype."""
+    WUb = jnp.concatenate([W, U, b[None]], axis=0)
+    return WUb if opt.matmul_dtype is None else WUb.astype(opt.matmul_dtype)
 
 
 def _with_one(x_t, h):
@@ -273,12 +284,13 @@ def _fused_forward(
     """The loop over time-major x [T, B, F]. Returns the final state, the outputs [T, B, H]
     (zero at padded steps) and, when ``save``, the per-step a [T, B, 4H] and the states each
     step started from, c_prev and h_prev [T, B, H]."""
-    WUb = _stack(W, U, b)
+    WUb = _stack(opt, W, U, b)
 
     def step(state: LSTMState, inputs):
         x_t, m_t = inputs
         h_in = state.h if recurrent_mask is None else state.h * recurrent_mask
-        a = activate_all(_with_one(x_t, h_in) @ WUb)  # [B, 4H]: σ(i), σ(f), tanh(g), σ(o)
+        z = matmul(_with_one(x_t, h_in), WUb, opt.matmul_dtype)  # [x_t, h, 1]·[W; U; b]
+        a = activate_all(z)  # [B, 4H]: σ(i), σ(f), tanh(g), σ(o)
         new = cell_update(a, state.c)
         new, out = keep_state_where_padded(m_t, new, state, new.h)
         return new, (out, (a, state.c, state.h) if save else None)
@@ -321,7 +333,7 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
         dx = ys
     else:
         dW, dU, db, dx, d_recurrent_mask = _weight_gradients_after(
-            W, U, x, h_prev, recurrent_mask, dz=ys
+            opt, W, U, x, h_prev, recurrent_mask, dz=ys
         )
     return dW, dU, db, dx, None, LSTMState(dc0, dh0), d_recurrent_mask
 
@@ -345,11 +357,13 @@ def _backward_loop(
     recurrent mask's gradient); returns the carry and, per step, dz [T, B, 4H] or, when
     accumulating, dx [T, B, F]."""
     features = W.shape[0]
-    WUb = _stack(W, U, b)
+    WUb = _stack(opt, W, U, b)
+    mm = partial(matmul, dtype=opt.matmul_dtype)
+    U_mm = U if opt.matmul_dtype is None else U.astype(opt.matmul_dtype)
     carry = (d_final.h, d_final.c)
     if opt.accumulate:
         zeros_mask = None if recurrent_mask is None else jnp.zeros_like(recurrent_mask)
-        carry += (jnp.zeros_like(WUb), zeros_mask)
+        carry += (jnp.zeros(WUb.shape, W.dtype), zeros_mask)
 
     def step(carry, inputs):
         dh, dc = carry[:2]
@@ -360,7 +374,7 @@ def _backward_loop(
         dz, dc_prev = lstm_step_backward(a_t, c_t, dh, dc)
         if m_t is not None:  # and pass the state on unchanged
             dz = jnp.where(m_t, dz, 0)
-        dxh = dz @ (WUb if opt.accumulate else U).T  # [dx_t, dh_in, d1], or dh_in
+        dxh = mm(dz, (WUb if opt.accumulate else U_mm).T)  # [dx_t, dh_in, d1], or dh_in
         dh_in = dxh[:, features:-1] if opt.accumulate else dxh
         dh_prev = dh_in if recurrent_mask is None else dh_in * recurrent_mask
         if m_t is not None:
@@ -369,7 +383,7 @@ def _backward_loop(
             return (dh_prev, dc_prev), dz
         dWUb, d_mask = carry[2:]
         h_in = h_t if recurrent_mask is None else h_t * recurrent_mask
-        dWUb = dWUb + _with_one(x_t, h_in).T @ dz
+        dWUb = dWUb + mm(_with_one(x_t, h_in).T, dz)
         d_mask = None if recurrent_mask is None else d_mask + h_t * dh_in
         return (dh_prev, dc_prev, dWUb, d_mask), dxh[:, :features]
 
@@ -387,18 +401,19 @@ def _split_stacked(dWUb, features: int, hidden: int):
     return dWUb[:features], dWUb[features : features + hidden], dWUb[-1]
 
 
-def _weight_gradients_after(W, U, x, h_prev, recurrent_mask, *, dz):
+def _weight_gradients_after(opt: _Options, W, U, x, h_prev, recurrent_mask, *, dz):
     """dW, dU, db, dx and the recurrent mask's gradient as products over all steps, from the
     per-step dz [T, B, 4H]."""
     time, batch, _ = x.shape
     dz_all = dz.reshape(time * batch, -1)
     h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask
-    dU = h_in.reshape(time * batch, -1).T @ dz_all
-    dW = x.reshape(time * batch, -1).T @ dz_all
-    dx = (dz_all @ W.T).reshape(x.shape)
+    mm = partial(matmul, dtype=opt.matmul_dtype)
+    dU = mm(h_in.reshape(time * batch, -1).T, dz_all)
+    dW = mm(x.reshape(time * batch, -1).T, dz_all)
+    dx = mm(dz_all, W.T).reshape(x.shape)
     d_mask = None
     if recurrent_mask is not None:
-        d_mask = (h_prev * (dz_all @ U.T).reshape(h_prev.shape)).sum(0)
+        d_mask = (h_prev * mm(dz_all, U.T).reshape(h_prev.shape)).sum(0)
     return dW, dU, dz_all.sum(0), dx, d_mask
 
 

@@ -29,7 +29,12 @@ class Run(NamedTuple):
 
 def imdb_model(config: dict) -> SentimentClassifier:
     """A seed's model at a run's vocabulary size and seed (its parameters initialised)."""
-    return MODELS[config["model"]](vocab_size=config["vocab_size"], rngs=nnx.Rngs(config["seed"]))
+    dtype = config.get("dtype", "float32")  # runs written before mixed precision: float32
+    return MODELS[config["model"]](
+        vocab_size=config["vocab_size"],
+        dtype=None if dtype == "float32" else dtype,
+        rngs=nnx.Rngs(config["seed"]),
+    )
 
 
 def load_run(run_dir: str | os.PathLike) -> Run:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flaxlstm.cell import LSTMState, Trace
-from flaxlstm.layers import LSTM, load_torch_weights, torch_array
+from flaxlstm.layers import LSTM, load_torch_weights
 from flaxlstm.recurrent import scan_cell, time_major
 
 
@@ -198,13 +198,6 @@ class ProjectedLSTM(VariantLSTM):
         return step
 
     def load_torch_weights(self, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr):
-        """One direction of a PyTorch ``nn.LSTM(..., proj_size=P)``: ``weight_hr`` [P, H]."""
-        load_torch_weights(self, weight_ih, weight_hh, bias_ih, bias_hh)
-        weight_hr = torch_array(weight_hr)
-        if weight_hr.shape != (self.proj_size, self.hidden_features):
-            raise ValueError(
-                f"weight_hr of shape {weight_hr.shape} does not fit proj_size {self.proj_size}"
-                f" and {self.hidden_features} units"
-            )
-        self.projection[...] = weight_hr.T.astype(self.projection.dtype)
-        return self
+        """One direction of a PyTorch ``nn.LSTM(..., proj_size=P)``: ``weight_hr`` [P, H]
+        (``flaxlstm.load_torch_weights`` with ``weight_hr``)."""
+        return load_torch_weights(self, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=weight_hr)
