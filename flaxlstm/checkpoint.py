@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -79,14 +81,29 @@ class Checkpointer:
         leaves, is_key = _host_leaves(state)
         meta = dict(meta, checksum=_digest(leaves), signature=_signature(leaves), is_key=is_key)
         items = {f"{k:05d}": leaf for k, leaf in enumerate(leaves)}
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(items), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(items), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+            self._manager.wait_until_finished()
+        except Exception as e:  # no space, no permission, ...: the earlier ones stay good
+            self.remove_incomplete()
+            raise CheckpointError(
+                f"could not save checkpoint {step} in {self.directory}: {_first_line(e)}"
+            ) from None
+
+    def remove_incomplete(self) -> list[str]:
+        """Delete what saves that never finished left behind (orbax's temporary directories);
+        call it only while no other process writes here (``files.DirectoryLock``). Returns
+        their names."""
+        names = [p.name for p in Path(self.directory).glob("*.orbax-checkpoint-tmp*")]
+        for name in names:
+            shutil.rmtree(Path(self.directory) / name, ignore_errors=True)
+        return names
 
     def restore(self, like: Any, step: int) -> tuple[Any, dict[str, Any]]:
         """Checkpoint ``step`` shaped as ``like`` (the live state), and its metadata."""

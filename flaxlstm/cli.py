@@ -14,19 +14,20 @@ status 2; bad data or an unwritable DIR with one line and exit status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import runpy
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from flax import nnx
 
 from flaxlstm import models, train
-from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.config import (
     AddingConfig,
     CumsumConfig,
@@ -40,7 +41,8 @@ from flaxlstm.config import (
 )
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
-from flaxlstm.files import save_json
+from flaxlstm.files import DirectoryLock, save_json
+from flaxlstm.interrupts import TrainingInterrupted
 from flaxlstm.models import MODELS, AddingModel, CumsumModel, ParityModel
 from flaxlstm.runs import imdb_model, load_run
 
@@ -105,6 +107,14 @@ def output_directory(out: str) -> str:
     return out
 
 
+@contextlib.contextmanager
+def run_directory(out: str) -> Iterator[str]:
+    """``output_directory(out)``, locked for the run's whole life: a second run into it is
+    refused at once (``files.DirectoryLock``)."""
+    with DirectoryLock(output_directory(out)):
+        yield out
+
+
 def fit_and_test(
     config: RunConfig,
     model,
@@ -117,8 +127,8 @@ def fit_and_test(
 ) -> dict:
     """Train ``model`` on ``train_data`` (x, y[, lengths]) as ``config`` says, score the final
     model on ``test_data`` (also after every epoch with ``report_test``), and write
-    metrics.json, history.json, the training checkpoints (DIR/checkpoints) and the model
-    (DIR/model) into ``config.out``."""
+    metrics.json, history.json, the training checkpoints (DIR/checkpoints) and the model after
+    every epoch (DIR/model) into ``config.out``."""
     out = config.out
     start = time.perf_counter()
     x, y, *lengths = train_data
@@ -140,6 +150,7 @@ def fit_and_test(
         checkpoint_dir=os.path.join(out, "checkpoints"),
         checkpoint_every=config.checkpoint_every,
         resume=config.resume,
+        model_dir=os.path.join(out, "model"),
         quiet=config.quiet,
         history_path=os.path.join(out, "history.json"),
     )
@@ -154,7 +165,6 @@ def fit_and_test(
         bucket_width=bucket_width,
         loss=loss,
     )
-    Checkpointer(os.path.join(out, "model")).save(0, nnx.state(model, nnx.Param), {})
     metrics = {
         "task": type(config).__name__.removesuffix("Config").lower(),
         **{f"test_{name}": value for name, value in test.items()},
@@ -171,45 +181,50 @@ def fit_and_test(
 
 
 def train_cumsum(config: CumsumConfig) -> None:
-    output_directory(config.out)
-    seed = config.seed
-    train_data = synthetic.cumsum_sequences(config.samples, config.steps, seed=[seed, 0])
-    test_data = synthetic.cumsum_sequences(config.test_samples, config.steps, seed=[seed, 1])
-    model = CumsumModel(config.hidden, rngs=nnx.Rngs(seed))
-    fit_and_test(config, model, train_data, test_data)
-    if not config.quiet:  # seed 001's listing, for the first held-out sequence
-        (x, y) = test_data
-        for label, p in zip(y[0], train.predict(model, x[:1])[0], strict=True):
-            print(f"Expected: {label} Predicted {p:.4f}")
+    with run_directory(config.out):
+        seed = config.seed
+        train_data = synthetic.cumsum_sequences(config.samples, config.steps, seed=[seed, 0])
+        test_data = synthetic.cumsum_sequences(config.test_samples, config.steps, seed=[seed, 1])
+        model = CumsumModel(config.hidden, rngs=nnx.Rngs(seed))
+        fit_and_test(config, model, train_data, test_data)
+        if not config.quiet:  # seed 001's listing, for the first held-out sequence
+            (x, y) = test_data
+            for label, p in zip(y[0], train.predict(model, x[:1])[0], strict=True):
+                print(f"Expected: {label} Predicted {p:.4f}")
 
 
 def train_parity(config: ParityConfig) -> None:
-    output_directory(config.out)
-    seed = config.seed
-    train_x, train_y = synthetic.parity_sequences(config.samples, seed=[seed, 0])
-    lengths = None
-    if config.train_lengths == "random":
-        lengths, train_y = synthetic.parity_prefixes(train_x, seed=[seed, 2])
-    x, y = synthetic.parity_sequences(config.test_samples, seed=[seed, 1])
-    # Held out means never seen in training: drop any test sequence that is also a training one.
-    seen = {row.tobytes() for row in train_x}
-    fresh = np.array([row.tobytes() not in seen for row in x], dtype=bool)
-    model = ParityModel(100, config.embedding, config.hidden, rngs=nnx.Rngs(seed))
-    fit_and_test(config, model, (train_x, train_y, lengths), (x[fresh], y[fresh]))
+    with run_directory(config.out):
+        seed = config.seed
+        train_x, train_y = synthetic.parity_sequences(config.samples, seed=[seed, 0])
+        lengths = None
+        if config.train_lengths == "random":
+            lengths, train_y = synthetic.parity_prefixes(train_x, seed=[seed, 2])
+        x, y = synthetic.parity_sequences(config.test_samples, seed=[seed, 1])
+        # Held out means never seen in training: drop any test sequence that is also a training one.
+        seen = {row.tobytes() for row in train_x}
+        fresh = np.array([row.tobytes() not in seen for row in x], dtype=bool)
+        model = ParityModel(100, config.embedding, config.hidden, rngs=nnx.Rngs(seed))
+        fit_and_test(config, model, (train_x, train_y, lengths), (x[fresh], y[fresh]))
 
 
 def train_adding(config: AddingConfig) -> None:
-    output_directory(config.out)
-    seed, steps = config.seed, config.steps
-    train_data = synthetic.adding_sequences(config.samples, steps, seed=[seed, 0])
-    test_data = synthetic.adding_sequences(config.test_samples, steps, seed=[seed, 1])
-    model = AddingModel(config.hidden, rngs=nnx.Rngs(seed))
-    fit_and_test(config, model, train_data, test_data, loss="mse")
+    with run_directory(config.out):
+        seed, steps = config.seed, config.steps
+        train_data = synthetic.adding_sequences(config.samples, steps, seed=[seed, 0])
+        test_data = synthetic.adding_sequences(config.test_samples, steps, seed=[seed, 1])
+        model = AddingModel(config.hidden, rngs=nnx.Rngs(seed))
+        fit_and_test(config, model, train_data, test_data, loss="mse")
 
 
 def train_imdb(config: ImdbConfig) -> None:
     config = config.resolved()
-    out = output_directory(config.out)
+    with run_directory(config.out):
+        _train_imdb(config)
+
+
+def _train_imdb(config: ImdbConfig) -> None:
+    out = config.out
     data = imdb_data.load_imdb(
         config.vocab_size,
         config.maxlen,
@@ -359,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config_type = getattr(args, "config_type", None)
         args.run(from_options(config_type, args) if config_type else args)
+    except TrainingInterrupted as stop:
+        parser.exit(stop.exit_status, f"flaxlstm: {stop}\n")
     except (ValueError, OSError) as error:
         message = " ".join(str(error).split())
         parser.exit(1, f"flaxlstm: error: {message}\n")

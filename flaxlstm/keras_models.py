@@ -247,7 +247,7 @@ def keras_layers(model) -> list:
     if type(model).__name__ != "Sequential":
         try:
             chain = len(model.inputs) == 1 and layers[-1].output is model.outputs[0]
-            chain = chain and all(b.input is a.output for a, b in pairwise(layers))
+            chain = chain and all(first_input(b) is a.output for a, b in pairwise(layers))
         except (AttributeError, ValueError):  # a layer called more than once
             chain = False
         if not chain:
@@ -258,6 +258,11 @@ def keras_layers(model) -> list:
     if not layers:
         raise ValueError("from_keras: the Keras model has no layers")
     return layers
+
+
+def first_input(layer):
+    """The tensor a Keras layer was called on (``layer.input`` also lists the mask it got)."""
+    return layer.input[0] if isinstance(layer.input, (list, tuple)) else layer.input
 
 
 def convert(layer, rngs: nnx.Rngs) -> nnx.Module:

@@ -22,11 +22,13 @@ is also each checkpoint's metadata.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -42,7 +44,8 @@ from flaxlstm.checks import check_positive_int
 from flaxlstm.config import Recipe
 from flaxlstm.data.batches import Batch, batches, check_batching, check_data, hold_out
 from flaxlstm.data.batches import split_point as split_point
-from flaxlstm.files import save_json
+from flaxlstm.files import DirectoryLock, save_json
+from flaxlstm.interrupts import TrainingInterrupted, deferred_signals
 from flaxlstm.losses import LOSSES, Loss, get_loss
 from flaxlstm.recurrent import make_mask
 
@@ -305,8 +308,11 @@ class Run(NamedTuple):
     shuffle: bool
     bucket_width: int | None
     patience: int | None
+    keep_best: bool  # the model is the epoch of lowest val_loss, not the last
     checkpoints: Checkpointer | None
     checkpoint_every: int | None
+    model_checkpoints: Checkpointer | None  # the model as it stands after every epoch
+    received: Callable[[], int | None]  # the SIGINT or SIGTERM that came, if any
     quiet: bool
 
     @property
@@ -314,10 +320,26 @@ class Run(NamedTuple):
         return -(-len(self.train.inputs) // self.batch_size)
 
     def save(self, step: int, state: TrainState, best_params, progress: Progress) -> None:
-        """Checkpoint the train state, the best parameters and ``progress`` as ``step``."""
+        """Checkpoint the train state, the best parameters and ``progress`` as ``step``; at
+        an epoch's end (``progress.batch`` 0) also the model as it stands."""
         if self.checkpoints is not None:
             trees = {"train": state, "best": best_params}
             self.checkpoints.save(step, trees, progress.to_meta())
+        if self.model_checkpoints is not None and progress.batch == 0:
+            params = best_params if self.keep_best else state.params
+            self.model_checkpoints.save(step, jax.device_get(params), {"epoch": progress.epoch - 1})
+
+    def interrupt(self, signum: int, step: int, progress: Progress) -> TrainingInterrupted:
+        """The exception that ends training on ``signum`` after ``step`` (checkpointed)."""
+        where = f"epoch {progress.epoch}, batch {progress.batch} of {self.steps_per_epoch}"
+        if self.checkpoints is None:
+            saved = "nothing saved (no checkpoint directory)"
+        else:
+            saved = f"checkpoint saved in {self.checkpoints.directory}; continue with --resume"
+        name = signal.Signals(signum).name
+        return TrainingInterrupted(
+            signum, f"interrupted by {name} at {where} (step {step}); {saved}"
+        )
 
 
 def fit(
@@ -343,6 +365,7 @@ def fit(
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    model_dir: str | os.PathLike | None = None,
     devices=None,
     quiet: bool = False,
     history_path: str | os.PathLike | None = None,
@@ -373,7 +396,11 @@ def fit(
       patience: when validating, stop after this many epochs without a lower ``val_loss``.
       checkpoint_dir: save the whole training state there (orbax) after every epoch, and
         every ``checkpoint_every`` steps; ``resume`` continues from the newest good one.
-        A resumed run ends exactly as an uninterrupted one with the same seed.
+        A resumed run ends exactly as an uninterrupted one with the same seed. The directory
+        is locked for the run (one run per directory), and SIGINT (Ctrl-C) or SIGTERM ends
+        the step under way, saves it and raises ``TrainingInterrupted``.
+      model_dir: also save the model's parameters there after every epoch (the best so far
+        with ``restore_best``): the last complete model, for readers while training goes on.
       devices: the devices to split each batch over (``data_parallel``); all by default.
       quiet: print nothing (no progress bar, no epoch lines).
       history_path: also write the history there as JSON.
@@ -400,19 +427,23 @@ def fit(
     )
     tx = transformation(optimizer, clip_norm, recipe, epochs * -(-len(train.inputs) // batch_size))
     graphdef, state = create_train_state(model, tx)
-    run = Run(
-        train, evaluations, graphdef, split_model(model, training=False)[0], tx, loss,
-        batch_sharding, batch_size, epochs, seed, shuffle, bucket_width, patience,
-        None if checkpoint_dir is None else Checkpointer(checkpoint_dir), checkpoint_every,
-        quiet,
-    )  # fmt: skip
-    progress = Progress(settings=[len(train.inputs), batch_size, seed, shuffle, bucket_width])
+    settings = [len(train.inputs), batch_size, seed, shuffle, bucket_width, epochs, loss.name]
+    progress = Progress(settings=settings)
     best_params = jax.tree.map(jnp.copy, state.params)  # its own buffers: steps donate state's
-    state, best_params, progress = restore_or_refuse(run, state, best_params, progress, resume)
-    state, best_params, progress = train_epochs(
-        run, jax.device_put(state, replicated), best_params, progress
-    )
     keep_best = "val" in evaluations and restore_best
+    with contextlib.ExitStack() as guard:
+        checkpoints = guard.enter_context(locked_checkpoints(checkpoint_dir))
+        run = Run(
+            train, evaluations, graphdef, split_model(model, training=False)[0], tx, loss,
+            batch_sharding, batch_size, epochs, seed, shuffle, bucket_width, patience,
+            keep_best, checkpoints, checkpoint_every,
+            None if model_dir is None else Checkpointer(model_dir),
+            guard.enter_context(deferred_signals()), quiet,
+        )  # fmt: skip
+        state, best_params, progress = restore_or_refuse(run, state, best_params, progress, resume)
+        state, best_params, progress = train_epochs(
+            run, jax.device_put(state, replicated), best_params, progress
+        )
     final = jax.device_get((best_params if keep_best else state.params, state.non_params))
     nnx.update(model, *jax.tree.map(jnp.asarray, final))
     if history_path is not None:
@@ -423,7 +454,11 @@ def fit(
 def train_epochs(run: Run, state: TrainState, best_params, progress: Progress):
     """Train, evaluate and checkpoint epoch after epoch until the last (or early stopping);
     returns the final state, the best parameters and the progress."""
+    if (progress.epoch > run.epochs or progress.stopped) and not run.quiet:
+        print(f"The run is complete ({progress.epoch - 1} epochs): nothing left to train")
     while progress.epoch <= run.epochs and not progress.stopped:
+        if signum := run.received():  # came while the last epoch was evaluated or saved
+            raise run.interrupt(signum, int(state.step), progress)
         start = time.perf_counter()
         state, sums = train_epoch(run, state, best_params, progress)
         metrics = epoch_metrics(sums, run.loss)
@@ -516,8 +551,8 @@ def restore_or_refuse(run: Run, state, best_params, progress: Progress, resume: 
     if meta["settings"] != progress.settings:
         raise ValueError(
             f"the checkpoints in {checkpoints.directory} are of a run with other data or"
-            " settings (examples, batch_size, seed, shuffle, bucket_width:"
-            f" {meta['settings']}, now {progress.settings})"
+            " settings (examples, batch_size, seed, shuffle, bucket_width, epochs, loss:"
+            f" {meta['settings']}, now {progress.settings}); resume it with its own"
         )
     return trees["train"], trees["best"], Progress.from_meta(meta)
 
@@ -552,14 +587,18 @@ def train_epoch(run: Run, state: TrainState, best_params, progress: Progress):
         sums.append(batch_sums)
         last = i == run.steps_per_epoch - 1
         checkpoint_now = bool(run.checkpoint_every) and step % run.checkpoint_every == 0
-        if i % 20 == 19 or last or (checkpoint_now and not last):
+        signum = run.received()
+        if i % 20 == 19 or last or checkpoint_now or signum:
             sums = [np.asarray(s) for s in jax.device_get(sums)]
-            check_finite(sums, epoch, step)
+            check_finite(sums, epoch, step, kept=run.checkpoints is not None)
             running = np.sum(sums, axis=0, dtype=np.float64)
             bar.set_postfix(loss=f"{running[0] / running[2]:.4f}")
-        if checkpoint_now and not last:
+        if (checkpoint_now and not last) or signum:
             done = dataclasses.replace(progress, batch=i + 1, sums=[s.tolist() for s in sums])
             run.save(step, state, best_params, done)
+            if signum:
+                bar.close()
+                raise run.interrupt(signum, step, done)
     return state, sums
 
 
@@ -593,15 +632,30 @@ def end_of_epoch(
     return after, improved
 
 
-def check_finite(sums: list[np.ndarray], epoch: int, last_step: int) -> None:
+@contextlib.contextmanager
+def locked_checkpoints(directory: str | os.PathLike | None) -> Iterator[Checkpointer | None]:
+    """A Checkpointer for ``directory`` (None without one), the directory locked for as long
+    as it is used (``files.DirectoryLock``); what interrupted saves left there is removed."""
+    if directory is None:
+        yield None
+        return
+    with DirectoryLock(directory):
+        checkpoints = Checkpointer(directory)
+        checkpoints.remove_incomplete()
+        yield checkpoints
+
+
+def check_finite(sums: list[np.ndarray], epoch: int, last_step: int, *, kept: bool) -> None:
     """Raise NonFiniteLossError naming the first step whose loss is NaN or infinite.
-    ``sums`` are the epoch's metric sums so far, batch by batch; the last is step ``last_step``."""
+    ``sums`` are the epoch's metric sums so far, batch by batch; the last is step ``last_step``;
+    ``kept``: there are checkpoints, and the last good one stays."""
     bad = np.flatnonzero(~np.isfinite([s[0] for s in sums]))
     if bad.size:
         k = int(bad[0])
+        after = "the last good checkpoint is kept" if kept else "no checkpoint directory was given"
         raise NonFiniteLossError(
             f"the loss is not finite at step {last_step - (len(sums) - 1 - k)} (epoch {epoch},"
-            f" batch {k + 1}); training stopped, the last good checkpoint is kept"
+            f" batch {k + 1}); training stopped, {after}"
         )
 
 

@@ -29,6 +29,10 @@ def torch_run(net, x=X, lengths=LENGTHS):
     return out.numpy(), h.numpy(), c.numpy()
 
 
+# One compilation per model structure and mode, however often it is called.
+run = nnx.jit(lambda model, x, lengths: model(x, lengths=lengths))
+
+
 def close(a, b):
     np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-5)
 
@@ -66,7 +70,7 @@ def test_stack_gives_torch_outputs_and_every_final_state(options):
     out, h, c = torch_run(net)
     stack = StackedLSTM(F, H, return_sequences=True, return_state=True, rngs=nnx.Rngs(0), **options)
     load_torch_weights(stack, net.state_dict())
-    got, state = stack(jnp.asarray(X), lengths=jnp.array(LENGTHS))
+    got, state = run(stack, jnp.asarray(X), jnp.array(LENGTHS))
     close(got, out)
     for n, length in enumerate(LENGTHS):
         assert not np.any(np.asarray(got[n, length:]))  # zeros at padded steps
@@ -83,31 +87,33 @@ def test_dropout_between_layers_is_random_in_training_and_torchs_in_eval():
     for stack in stacks:
         load_torch_weights(stack, net.state_dict())
     x, lengths = jnp.asarray(X), jnp.array(LENGTHS)
-    first, second = (np.asarray(stack(x, lengths=lengths)) for stack in stacks)
+    first, second = (np.asarray(run(stack, x, lengths)) for stack in stacks)
     assert not np.allclose(first, second)
     net.eval()
     out, *_ = torch_run(net)
     for stack in stacks:
         stack.eval()
-        close(stack(x, lengths=lengths), out)
-        close(stack(x, lengths=lengths), out)
+        close(run(stack, x, lengths), out)
+        close(run(stack, x, lengths), out)
 
 
 @pytest.mark.parametrize(
-    "source,target,message",
+    "source,target,drop,message",
     [
-        ({"num_layers": 2}, {}, r"unexpected PyTorch weight 'weight_ih_l1'"),
-        ({}, {"bidirectional": True}, r"missing PyTorch weight 'weight_ih_l0_reverse'"),
-        ({"proj_size": P}, {}, r"unexpected PyTorch weight 'weight_hr_l0'"),
-        ({}, {"proj_size": P}, r"missing PyTorch weight 'weight_hr_l0'"),
-        ({"num_layers": 2}, {"num_layers": 2, "in_features": 4}, r"'weight_ih_l0' has shape"),
+        ({"num_layers": 2}, {}, None, "unexpected PyTorch weight 'weight_ih_l1'"),
+        ({}, {"bidirectional": True}, None, "missing PyTorch weight 'weight_ih_l0_reverse'"),
+        ({"proj_size": P}, {"proj_size": P}, "weight_hr_l0", "missing .* 'weight_hr_l0'"),
+        ({"num_layers": 2}, {"num_layers": 2}, "bias_hh_l1", "missing .* 'bias_hh_l1'"),
+        ({"num_layers": 2}, {"num_layers": 2, "in_features": 4}, None, "'weight_ih_l0' has shape"),
     ],
 )
-def test_state_dicts_that_do_not_fit_are_refused_and_load_nothing(source, target, message):
+def test_state_dicts_that_do_not_fit_are_refused_and_load_nothing(source, target, drop, message):
     stack = StackedLSTM(target.pop("in_features", F), H, rngs=nnx.Rngs(0), **target)
     before = np.asarray(stack.lstms[0].kernel[...])
+    state = torch_lstm(**source).state_dict()
+    state.pop(drop, None)
     with pytest.raises(ValueError, match=message):
-        load_torch_weights(stack, torch_lstm(**source).state_dict())
+        load_torch_weights(stack, state)
     np.testing.assert_array_equal(np.asarray(stack.lstms[0].kernel[...]), before)
 
 

@@ -179,7 +179,9 @@ def test_resuming_with_another_model_or_settings_is_refused_and_harms_nothing(tm
         fit(CumsumModel(8, rngs=nnx.Rngs(0)), batch_size=12, checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(ValueError, match="already holds checkpoints of a run: resume it"):
         fit(CumsumModel(8, rngs=nnx.Rngs(0)), epochs=1, checkpoint_dir=tmp_path)  # a new run
+    with pytest.raises(ValueError, match="other data or settings"):  # a 1-epoch run
+        fit(CumsumModel(8, rngs=nnx.Rngs(0)), epochs=2, checkpoint_dir=tmp_path, resume=True)
     assert Checkpointer(tmp_path).steps() == steps
     model = CumsumModel(8, rngs=nnx.Rngs(0))
-    history = fit(model, epochs=2, checkpoint_dir=tmp_path, resume=True)
-    assert len(history["loss"]) == 2  # epoch 1 from the checkpoint, epoch 2 trained now
+    history = fit(model, epochs=1, checkpoint_dir=tmp_path, resume=True)
+    assert len(history["loss"]) == 1  # the run is complete: its history, nothing trained
