@@ -113,8 +113,8 @@ def global_average(x, mask, *, keepdims: bool) -> jax.Array:
 
 
 def carry_forward(y: jax.Array, mask: jax.Array) -> jax.Array:
-    """y [B, T, H] with each masked step replaced by the last real step before it (zeros
-    before the first): what Keras's LSTM outputs at masked steps."""
+    """y [B, T, H] with each step that ``mask`` [B, T] marks as padding replaced by the last
+    real step before it (zeros before the first): what Keras's LSTM outputs at masked steps."""
     last = jax.lax.cummax(jnp.where(mask, jnp.arange(y.shape[1]), -1), axis=1)  # [B, T]
     y = jnp.take_along_axis(y, jnp.maximum(last, 0)[..., None], axis=1)
     return jnp.where(last[..., None] >= 0, y, 0)
@@ -202,7 +202,8 @@ def from_keras(path_or_model, *, logits: bool = False) -> KerasSequential:
         Without it, the model outputs Keras's final activations (``predict`` with
         ``loss="mse"`` returns them unchanged).
     Raises:
-      ValueError naming the first layer or setting that has no equivalent here.
+      ValueError naming the first layer or setting that has no equivalent here;
+      FileNotFoundError for a path with no file.
     """
     keras_model = load_keras(path_or_model)
     rngs = nnx.Rngs(0)  # every parameter is then overwritten by Keras's
@@ -296,20 +297,17 @@ def activation(layer, function):
     return ACTIVATIONS[name]
 
 
-def with_weights(module: nnx.Module, layer) -> nnx.Module:
-    """``module`` with the kernel and, if it has one, the bias of the Keras ``layer``."""
-    kernel, *bias = layer.get_weights()
-    module.kernel[...] = jnp.asarray(kernel)
-    if bias:
-        module.bias[...] = jnp.asarray(bias[0])
+def with_weights(module: nnx.Module, layer, names=("kernel", "bias")) -> nnx.Module:
+    """``module`` with the Keras ``layer``'s weights as its parameters ``names``, in order
+    (a layer without a bias has one weight fewer)."""
+    for name, weight in zip(names, layer.get_weights(), strict=False):
+        getattr(module, name)[...] = jnp.asarray(weight)
     return module
 
 
 def embedding(layer, rngs: nnx.Rngs) -> Embedding:
-    (table,) = layer.get_weights()  # [V, E]
-    module = Embedding(*table.shape, rngs=rngs)
-    module.embedding[...] = jnp.asarray(table)
-    return module
+    module = Embedding(layer.input_dim, layer.output_dim, rngs=rngs)
+    return with_weights(module, layer, ("embedding",))  # [V, E]
 
 
 def lstm(layer, rngs: nnx.Rngs) -> LSTM:
@@ -317,9 +315,8 @@ def lstm(layer, rngs: nnx.Rngs) -> LSTM:
     flaxlstm's layout and gate order (i, f, g, o), as they are."""
     if layer.return_state or layer.stateful:
         unsupported(layer, "return_state or stateful")
-    kernel, recurrent, *bias = layer.get_weights()
     module = LSTM(
-        kernel.shape[0],
+        layer.cell.kernel.shape[0],
         layer.units,
         return_sequences=layer.return_sequences,
         reverse=layer.go_backwards,
@@ -330,10 +327,7 @@ def lstm(layer, rngs: nnx.Rngs) -> LSTM:
         bias_init=nnx.initializers.zeros,  # use_bias=False
         rngs=rngs,
     )
-    module.kernel[...], module.recurrent_kernel[...] = jnp.asarray(kernel), jnp.asarray(recurrent)
-    if bias:
-        module.bias[...] = jnp.asarray(bias[0])
-    return module
+    return with_weights(module, layer, ("kernel", "recurrent_kernel", "bias"))
 
 
 def bidirectional(layer, rngs: nnx.Rngs) -> Bidirectional:

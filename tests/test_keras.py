@@ -93,8 +93,9 @@ def test_lstm_outputs_at_masked_steps_and_go_backwards(go_backwards, zero_output
     # repeats the previous output at a masked step (zeros with zero_output_for_mask).
     options = dict(go_backwards=go_backwards, zero_output_for_mask=zero_output)
     sequences = lambda: kl.LSTM(HIDDEN, return_sequences=True, **options)  # noqa: E731
-    last = kl.LSTM(HIDDEN, activation="relu", recurrent_activation="hard_sigmoid", **options)
-    assert_loads_equal(keras_model(sequences(), last, kl.Dense(2)), tmp_path)
+    activations = dict(activation="relu", recurrent_activation="hard_sigmoid")
+    last = kl.LSTM(HIDDEN, use_bias=False, **activations, **options)
+    assert_loads_equal(keras_model(sequences(), last, kl.Dense(2, use_bias=False)), tmp_path)
     assert_loads_equal(keras_model(sequences(), kl.Dense(3, activation="tanh")), tmp_path)
 
 
@@ -114,7 +115,8 @@ def test_global_pooling(pool, tmp_path):
     sequences = kl.LSTM(HIDDEN, return_sequences=True)
     assert_loads_equal(keras_model(sequences, pool(), kl.Dense(2)), tmp_path)
     conv = kl.Conv1D(4, 3, padding="valid", activation="tanh")  # no mask after a convolution
-    assert_loads_equal(keras_model(conv, pool(keepdims=True), kl.Dense(2)), tmp_path)
+    maximum = kl.MaxPooling1D(3, strides=2, padding="same")
+    assert_loads_equal(keras_model(conv, maximum, pool(keepdims=True), kl.Dense(2)), tmp_path)
 
 
 def test_a_functional_chain_loads_and_a_graph_is_refused(tmp_path):
