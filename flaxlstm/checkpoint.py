@@ -6,10 +6,16 @@ comparing leaf shapes and dtypes. Orbax writes each checkpoint into a temporary 
 renames it when complete, so a run killed while saving leaves the previous checkpoints intact;
 a SHA-256 of every leaf, kept in the metadata, detects a checkpoint damaged after the fact,
 which is then reported in one line and skipped in favour of the previous good one.
+
+In a job of several processes (``jax.distributed``) every Checkpointer works on its own, as in
+one process: orbax waits for no other process. ``flaxlstm.train`` saves from process 0 only
+(the state is replicated, so its local copy is the whole state) and every process restores;
+the files are the same as one process writes, so either layout resumes the other's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -67,6 +73,18 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
         )
+        if jax.process_count() > 1:
+            # Several processes (jax.distributed): each Checkpointer works alone, waiting for
+            # no other process; flaxlstm.train writes from process 0 only, the others read.
+            os.makedirs(self.directory, exist_ok=True)
+            me = jax.process_index()
+            options = dataclasses.replace(
+                options,
+                create=False,  # orbax creates directories only with all processes
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    primary_host=me, active_processes={me}
+                ),
+            )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "meta")
         )

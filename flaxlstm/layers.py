@@ -252,6 +252,11 @@ class Bidirectional(nnx.Module):
     """
 
     def __init__(self, layer: LSTM, merge: Merge = "concat", *, rngs: nnx.Rngs):
+        if not isinstance(layer, LSTM):
+            raise TypeError(
+                "Bidirectional needs a flaxlstm LSTM layer (flaxlstm.LSTM or a variant),"
+                f" got a {type(layer).__name__}"
+            )
         if merge not in _MERGES:
             raise ValueError(f"merge must be one of {sorted(_MERGES)}, got {merge!r}")
         self.merge = merge
@@ -288,8 +293,10 @@ class PerStep(nnx.Module):
         self.module = module
 
     def __call__(self, x, lengths=None, mask=None):
-        y = self.module(x)
+        if jnp.ndim(x) != 3:
+            raise ValueError(f"PerStep expects inputs x [B, T, F], got shape {jnp.shape(x)}")
         steps = make_mask(x.shape[0], x.shape[1], lengths, mask)
+        y = self.module(x)
         if steps is None:
             return y
         return jnp.where(steps[..., None], y, 0)
@@ -301,6 +308,11 @@ class Embedding(nnx.Embed):
     JAX's gather clamps out-of-range ids silently inside jit, so ids are checked here whenever
     they are concrete, and by the training loop before they enter jit.
     """
+
+    def __init__(self, num_embeddings: int, features: int, **kwargs):
+        check_positive_int("num_embeddings", num_embeddings)
+        check_positive_int("features", features)
+        super().__init__(num_embeddings, features, **kwargs)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         check_token_ids(ids, self.num_embeddings)

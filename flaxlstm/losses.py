@@ -52,6 +52,11 @@ class Loss(NamedTuple):
     def check_targets(self, targets: np.ndarray, output_shape: tuple[int, ...]) -> None:
         """Raise a one-line ValueError unless the real ``targets`` fit this loss (their shape is
         checked against the outputs by the caller)."""
+        if not targets.size:  # the loss would be 0 / 0
+            raise ValueError("y holds no real labels (T = 0, or every step is padding)")
+        if jnp.issubdtype(targets.dtype, jnp.floating) and not np.isfinite(targets).all():
+            bad = targets.size - np.count_nonzero(np.isfinite(targets))
+            raise ValueError(f"y holds {bad} non-finite labels (NaN or infinity)")
         if self.name == "binary_crossentropy":
             bad = targets[~np.isin(targets, (0, 1))]
             if bad.size:
@@ -67,8 +72,6 @@ class Loss(NamedTuple):
                     f"class ids must lie in [0, {classes}) (the model gives {classes} logits),"
                     f" got values from {targets.min()} to {targets.max()}"
                 )
-        elif self.name == "mse" and not np.all(np.isfinite(targets.astype(np.float64))):
-            raise ValueError("mse targets must be finite numbers")
 
 
 def _binary_correct(logits, labels):

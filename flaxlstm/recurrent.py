@@ -155,6 +155,7 @@ def lstm_scan(
 
     Every input is cast to one dtype, the result type of x and the weights.
     """
+    _check_shapes(kernel, recurrent_kernel, bias, x, mask, initial_state, recurrent_dropout_mask)
     dtype = jnp.result_type(x, kernel, recurrent_kernel, bias)
     cast = lambda a: None if a is None else jnp.asarray(a, dtype)  # noqa: E731
     W, U, b, x, recurrent_mask = map(
@@ -193,13 +194,39 @@ def lstm_scan(
     )
 
 
+def _check_shapes(W, U, b, x, mask, state, recurrent_mask) -> None:
+    """Raise a one-line error unless ``lstm_scan``'s arguments have shapes that agree."""
+    if jnp.ndim(x) != 3:
+        raise ValueError(f"lstm_scan expects x [B, T, F], got shape {jnp.shape(x)}")
+    B, T, F = jnp.shape(x)
+    H = jnp.shape(U)[0] if jnp.ndim(U) else 0
+    expected = {
+        "kernel": (W, (F, 4 * H)),
+        "recurrent_kernel": (U, (H, 4 * H)),
+        "bias": (b, (4 * H,)),
+        "recurrent_dropout_mask": (recurrent_mask, (B, H)),
+    }
+    for name, (value, shape) in expected.items():
+        if value is not None and jnp.shape(value) != shape:
+            raise ValueError(
+                f"lstm_scan expects {name} of shape {shape} (B={B}, F={F}, H={H}),"
+                f" got {jnp.shape(value)}"
+            )
+    if state is not None and tuple(map(jnp.shape, state)) != ((B, H), (B, H)):
+        got = tuple(map(jnp.shape, state))
+        raise ValueError(
+            f"lstm_scan expects initial_state (c, h) of shape {(B, H)} each, got {got}"
+        )
+    make_mask(B, T, mask=mask)  # checks the mask's shape and dtype
+
+
 def project_all(W: jax.Array, b: jax.Array, x: jax.Array, matmul_dtype=None) -> jax.Array:
     """The input projection for every step at once, time-major for the scan: x [B, T, F] →
     x·W + b [T, B, 4H]. x is made time-major first (F is small), so that XLA writes the one
     [T·B, F] × [F, 4H] product in place (docs/PERFORMANCE.md)."""
     batch, time, features = x.shape
     x = time_major(x).reshape(time * batch, features)
-    return (matmul(x, W, matmul_dtype) + b).reshape(time, batch, -1)
+    return (matmul(x, W, matmul_dtype) + b).reshape(time, batch, W.shape[-1])
 
 
 def scan_cell(
@@ -344,7 +371,7 @@ def _forward_again(opt: _Options, W, U, b, x, mask, state, recurrent_mask, cotan
     # its elements), so that XLA cannot run this forward before the backward pass gets here,
     # e.g. all layers' at once, which would undo the saving. XLA on the CPU drops optimization
     # barriers before it schedules, so they do not do this.
-    first = lambda v: jnp.ravel(v)[0]  # noqa: E731
+    first = lambda v: jnp.ravel(v)[:1].sum()  # noqa: E731  (0 for an empty v: T = 0)
     zero = 0 * (first(cotangents[1]) + first(cotangents[0].h) + first(cotangents[0].c))
     state = LSTMState(state.c + zero.astype(state.c.dtype), state.h)
     return _fused_forward(opt, W, U, b, x, mask, state, recurrent_mask, save=True)[2]
@@ -404,12 +431,13 @@ def _split_stacked(dWUb, features: int, hidden: int):
 def _weight_gradients_after(opt: _Options, W, U, x, h_prev, recurrent_mask, *, dz):
     """dW, dU, db, dx and the recurrent mask's gradient as products over all steps, from the
     per-step dz [T, B, 4H]."""
-    time, batch, _ = x.shape
-    dz_all = dz.reshape(time * batch, -1)
+    # Every reshape names its last axis: with T = 0 (or B = 0), -1 would divide by zero.
+    rows = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  [T, B, n] → [T·B, n]
+    dz_all = rows(dz)
     h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask
     mm = partial(matmul, dtype=opt.matmul_dtype)
-    dU = mm(h_in.reshape(time * batch, -1).T, dz_all)
-    dW = mm(x.reshape(time * batch, -1).T, dz_all)
+    dU = mm(rows(h_in).T, dz_all)
+    dW = mm(rows(x).T, dz_all)
     dx = mm(dz_all, W.T).reshape(x.shape)
     d_mask = None
     if recurrent_mask is not None:

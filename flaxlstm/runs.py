@@ -37,15 +37,28 @@ def imdb_model(config: dict) -> SentimentClassifier:
     )
 
 
+RUN_FILES = ("config.json", "vocabulary.json")  # and the model checkpoints in model/
+
+
 def load_run(run_dir: str | os.PathLike) -> Run:
     """The model, vocabulary and config of a ``train imdb`` run directory (config.json,
     vocabulary.json, model/), or a one-line ValueError saying what is missing."""
-    config_path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(config_path):
-        raise ValueError(f"{str(run_dir)!r} holds no 'train imdb' run (no config.json)")
-    with open(config_path) as f:
-        config = json.load(f)
-    vocabulary = imdb_data.Vocabulary.load(os.path.join(run_dir, "vocabulary.json"))
+    config_path, vocabulary_path = (os.path.join(run_dir, f) for f in RUN_FILES)
+    for path in config_path, vocabulary_path:
+        if not os.path.isfile(path):
+            name = os.path.basename(path)
+            raise ValueError(f"{str(run_dir)!r} holds no 'train imdb' run (no {name})")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except ValueError as error:  # not UTF-8, or not JSON
+        raise ValueError(f"{config_path} is not a run's config: {error}") from None
+    if not isinstance(config, dict) or config.get("model") not in MODELS:
+        raise ValueError(f"{config_path} names no model of {sorted(MODELS)}")
+    for key in ("vocab_size", "seed"):
+        if not isinstance(config.get(key), int):
+            raise ValueError(f"{config_path} gives no integer {key}")
+    vocabulary = imdb_data.Vocabulary.load(vocabulary_path)
     model = imdb_model(config)
     params = nnx.state(model, nnx.Param)
     restored = Checkpointer(os.path.join(run_dir, "model")).restore_latest(params)

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
@@ -250,10 +251,40 @@ def run_eval(
 def data_parallel(devices=None) -> tuple[NamedSharding, NamedSharding]:
     """Shardings over a one-axis mesh ``data`` of ``devices`` (all that JAX sees by default):
     batches split along their first axis, parameters and optimizer state replicated. The same
-    code runs on one device or many; on several hosts, call ``jax.distributed.initialize()``
-    first and every host's devices join the mesh."""
+    code runs on one device or many, in one process or several: after
+    ``jax.distributed.initialize()`` every process's devices join the mesh, every process
+    holds the whole data and runs the same steps, and ``global_arrays`` places its part."""
     mesh = Mesh(np.array(devices if devices is not None else jax.devices()), ("data",))
     return NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+
+
+def global_arrays(tree, sharding: NamedSharding):
+    """``tree`` (a batch or a train state, the same on every process) as arrays laid out by
+    ``sharding``. In one process ``jax.device_put``; in several, each process places the
+    parts of ``tree`` that its own devices hold (``jax.make_array_from_process_local_data``)."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def place(leaf):
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            key_data = place(jax.random.key_data(leaf))
+            return jax.random.wrap_key_data(key_data, impl=jax.random.key_impl(leaf))
+        leaf = np.asarray(leaf)
+        return jax.make_array_from_process_local_data(sharding, leaf, leaf.shape)
+
+    return jax.tree.map(place, tree)
+
+
+def primary() -> bool:
+    """Whether this process writes the run's files (checkpoints, model, history): process 0,
+    the only one when there is one."""
+    return jax.process_index() == 0
+
+
+def sync_processes(name: str) -> None:
+    """Wait until every process of a ``jax.distributed`` job gets here (none in one)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 # ----------------------------------------------------------------------------- fit and friends
@@ -321,7 +352,10 @@ class Run(NamedTuple):
 
     def save(self, step: int, state: TrainState, best_params, progress: Progress) -> None:
         """Checkpoint the train state, the best parameters and ``progress`` as ``step``; at
-        an epoch's end (``progress.batch`` 0) also the model as it stands."""
+        an epoch's end (``progress.batch`` 0) also the model as it stands. Only process 0
+        writes: every process holds the same replicated state."""
+        if not primary():
+            return
         if self.checkpoints is not None:
             trees = {"train": state, "best": best_params}
             self.checkpoints.save(step, trees, progress.to_meta())
@@ -438,16 +472,17 @@ def fit(
             batch_sharding, batch_size, epochs, seed, shuffle, bucket_width, patience,
             keep_best, checkpoints, checkpoint_every,
             None if model_dir is None else Checkpointer(model_dir),
-            guard.enter_context(deferred_signals()), quiet,
+            guard.enter_context(deferred_signals()), quiet or not primary(),
         )  # fmt: skip
         state, best_params, progress = restore_or_refuse(run, state, best_params, progress, resume)
         state, best_params, progress = train_epochs(
-            run, jax.device_put(state, replicated), best_params, progress
+            run, global_arrays(state, replicated), best_params, progress
         )
     final = jax.device_get((best_params if keep_best else state.params, state.non_params))
     nnx.update(model, *jax.tree.map(jnp.asarray, final))
-    if history_path is not None:
+    if history_path is not None and primary():
         save_json(history_path, progress.history)
+    sync_processes("flaxlstm.fit: files written")  # every process returns after process 0 wrote
     return progress.history
 
 
@@ -579,7 +614,7 @@ def train_epoch(run: Run, state: TrainState, best_params, progress: Progress):
     for i, batch in enumerate(bar):
         if i < first:
             continue
-        batch = jax.device_put(batch, run.batch_sharding)
+        batch = global_arrays(batch, run.batch_sharding)
         state, batch_sums = train_step(
             state, batch, graphdef=run.graphdef, tx=run.tx, loss=run.loss
         )
@@ -635,13 +670,17 @@ def end_of_epoch(
 @contextlib.contextmanager
 def locked_checkpoints(directory: str | os.PathLike | None) -> Iterator[Checkpointer | None]:
     """A Checkpointer for ``directory`` (None without one), the directory locked for as long
-    as it is used (``files.DirectoryLock``); what interrupted saves left there is removed."""
+    as it is used (``files.DirectoryLock``); what interrupted saves left there is removed.
+    With several processes, process 0 (the writer) holds the lock and cleans up before any
+    process reads the directory."""
     if directory is None:
         yield None
         return
-    with DirectoryLock(directory):
+    with DirectoryLock(directory) if primary() else contextlib.nullcontext():
         checkpoints = Checkpointer(directory)
-        checkpoints.remove_incomplete()
+        if primary():
+            checkpoints.remove_incomplete()
+        sync_processes("flaxlstm.fit: checkpoints ready")
         yield checkpoints
 
 

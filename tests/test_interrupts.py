@@ -12,10 +12,11 @@ import sys
 import time
 
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
-from test_trust import X, Y, cli, fit, saved_params
+from test_trust import BREAKS_AT_8, X, Y, cli, fit, saved_params
 
 from flaxlstm import train
 from flaxlstm.checkpoint import Checkpointer, CheckpointError
@@ -194,8 +195,8 @@ def test_an_unwritable_file_is_one_line_naming_it(tmp_path):
         atomic_write(blocker / "x.json", lambda f: f.write(b"{}"))
 
 
-def test_fit_on_non_finite_data_without_checkpoints_does_not_promise_one():
-    x = X.copy()
-    x[5, 3] = np.nan
-    with pytest.raises(ValueError, match="no checkpoint directory was given"):
-        train.fit(CumsumModel(8, rngs=nnx.Rngs(0)), x, Y, epochs=1, quiet=True)
+def test_a_non_finite_loss_without_checkpoints_does_not_promise_one():
+    # (non-finite data is refused before training: tests/test_bad_input.py)
+    model, breaks = CumsumModel(8, rngs=nnx.Rngs(0)), optax.sgd(BREAKS_AT_8)
+    with pytest.raises(train.NonFiniteLossError, match="no checkpoint directory was given"):
+        train.fit(model, X, Y, epochs=1, optimizer=breaks, quiet=True)

@@ -231,3 +231,18 @@ def test_backward_choice_is_part_of_the_layer_graph():
     assert make() == make(hand_written_backward=True)
     assert make() != make(hand_written_backward=False)
     assert make() != make(accumulate_above_bytes=0)
+
+
+def test_forward_mode_autodiff_runs_on_the_autodiff_path():
+    """jax.jvp cannot enter a custom VJP (JAX's rule); with hand_written_backward=False the
+    layer is forward-differentiable, and the tangent equals the reverse-mode product."""
+    layer = LSTM(F, H, return_sequences=True, hand_written_backward=False, rngs=nnx.Rngs(0))
+    x = jnp.asarray(inputs(9)["x"])
+    v = jnp.asarray(inputs(10)["x"])  # a direction for x
+    w = jnp.asarray(inputs(11)["w_out"])  # weights of the outputs
+    out, tangent = jax.jvp(lambda x: layer(x, lengths=jnp.asarray(LENGTHS)), (x,), (v,))
+    _, pullback = jax.vjp(lambda x: layer(x, lengths=jnp.asarray(LENGTHS)), x)
+    np.testing.assert_allclose(
+        float(jnp.sum(tangent * w)), float(jnp.sum(pullback(w)[0] * v)), rtol=1e-5
+    )
+    assert np.abs(np.asarray(tangent)).max() > 1e-3

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -43,6 +44,12 @@ def check_data(model: nnx.Module, data: Batch) -> Batch:
         raise ValueError("the data set is empty (no examples in x)")
     if inputs.ndim < 2:
         raise ValueError(f"x must be [N, T] token ids or [N, T, F] features, got {inputs.shape}")
+    floats = jnp.issubdtype(inputs.dtype, jnp.floating)  # bfloat16 too (numpy: not floating)
+    if not floats and not np.issubdtype(inputs.dtype, np.integer):
+        raise TypeError(f"x must be integer token ids or float features, got {inputs.dtype}")
+    if floats and not np.isfinite(inputs).all():
+        bad = inputs.size - np.count_nonzero(np.isfinite(inputs))
+        raise ValueError(f"x holds {bad} non-finite values (NaN or infinity)")
     lengths = None if data.lengths is None else _checked_lengths(data.lengths, n, inputs.shape[1])
     labels = None if data.labels is None else _checked_labels(data.labels, inputs)
     if np.issubdtype(inputs.dtype, np.integer):
@@ -67,6 +74,8 @@ def _checked_labels(labels, inputs: np.ndarray) -> np.ndarray:
         raise ValueError(f"x has {n} examples but y has {len(labels) if labels.ndim else 0}")
     if labels.shape not in ((n,), inputs.shape[:2]):
         raise ValueError(f"y must be [N] or [N, T] = {inputs.shape[:2]} labels, got {labels.shape}")
+    if labels.dtype.kind not in "biuf" and not jnp.issubdtype(labels.dtype, jnp.floating):
+        raise TypeError(f"y must be numbers (0/1, class ids or values), got {labels.dtype}")
     return labels
 
 

@@ -26,6 +26,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from flaxlstm.checks import check_positive_int
 from flaxlstm.files import atomic_write
 
 PAD, START, OOV = 0, 1, 2
@@ -102,6 +103,8 @@ def tokenize(text: str | bytes) -> list[str]:
     off: ``b"Great!<br />Don't"`` → ``["great", "!", "don't"]``."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
+    if not isinstance(text, str):
+        raise TypeError(f"a text must be str or bytes, got {type(text).__name__}")
     return _TOKEN.findall(text.lower().replace("<br />", " "))
 
 
@@ -154,6 +157,8 @@ class Vocabulary:
 
     def encode(self, texts: Sequence[str | bytes]) -> list[np.ndarray]:
         """``tokenize`` then ``encode_tokens``: each review's ids [1 + its token count] int32."""
+        if isinstance(texts, str | bytes):
+            raise TypeError("texts must be a list of texts, got a single one: encode([text])")
         return self.encode_tokens([tokenize(text) for text in texts])
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -170,13 +175,22 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocabulary:
-        data = json.loads(Path(path).read_text("utf-8"))
+        """The vocabulary saved at ``path``; a one-line ValueError for a file that is not one."""
+        try:
+            data = json.loads(Path(path).read_text("utf-8"))
+        except ValueError as error:  # not UTF-8, or not JSON
+            raise ValueError(f"{path} is not a vocabulary file: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} is not a vocabulary file (a JSON object with its words)")
         if data.get("tokenizer_version") != TOKENIZER_VERSION:
             raise ValueError(
                 f"{path} was built by tokenizer version {data.get('tokenizer_version')}, this is"
                 f" version {TOKENIZER_VERSION}: rebuild the vocabulary"
             )
-        return cls(data["words"])
+        words = data.get("words")
+        if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
+            raise ValueError(f"{path} is not a vocabulary file (its words are not a list of str)")
+        return cls(words)
 
 
 # ----------------------------------------------------------------------------- encoding + cache
@@ -217,6 +231,9 @@ def encode_imdb(
     Read from the cache when a sound cache file exists (under a second); otherwise built (10 to
     20 seconds on two cores) and cached. A cache file that cannot be read is rebuilt.
     """
+    if not isinstance(vocab_size, int) or vocab_size < FIRST_WORD:
+        raise ValueError(f"vocab_size must be an integer ≥ {FIRST_WORD}, got {vocab_size!r}")
+    check_positive_int("limit", limit, optional=True)
     data_dir = resolve_data_dir(data_dir)
     cache_dir = Path(cache_dir or default_cache_dir()).expanduser().resolve()
     if cache_dir.is_relative_to(data_dir):
@@ -291,10 +308,13 @@ def pad_sequences(
     for name, side in (("padding", padding), ("truncating", truncating)):
         if side not in ("pre", "post"):
             raise ValueError(f'{name} must be "pre" or "post", got {side!r}')
+    if not isinstance(sequences, Iterable) or isinstance(sequences, str | bytes):
+        raise TypeError(f"sequences must be a list of id sequences, got {type(sequences).__name__}")
+    sequences = [_token_ids(row, sequence) for row, sequence in enumerate(sequences)]
     if maxlen is None:
         maxlen = max(map(len, sequences), default=0)
-    if maxlen < 0:
-        raise ValueError(f"maxlen must be non-negative, got {maxlen}")
+    if not isinstance(maxlen, int | np.integer) or maxlen < 0:
+        raise ValueError(f"maxlen must be a non-negative integer, got {maxlen!r}")
     ids = np.full((len(sequences), maxlen), PAD, np.int32)
     lengths = np.zeros(len(sequences), np.int32)
     for row, sequence in enumerate(sequences):
@@ -305,7 +325,26 @@ def pad_sequences(
             ids[row, maxlen - n :] = kept
         else:
             ids[row, :n] = kept
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"token ids must be non-negative, got {ids.min()}")
     return ids, lengths
+
+
+def _token_ids(row: int, sequence) -> np.ndarray:
+    """One of ``pad_sequences``'s sequences as integer ids in [0, 2³¹), or a one-line error
+    naming it (numpy would truncate floats and wrap large ids silently)."""
+    ids = np.asarray(sequence)
+    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+        raise TypeError(
+            f"sequences[{row}] must be a list of integer token ids, got {ids.dtype} {ids.shape}"
+        )
+    # Wider ids would wrap when copied into int32: check them here (int32 ones: once padded).
+    wide = not np.can_cast(ids.dtype, np.int32)
+    if ids.size and wide and (ids.min() < 0 or ids.max() > np.iinfo(np.int32).max):
+        raise ValueError(
+            f"token ids must lie in [0, 2**31), sequences[{row}] holds {ids.min()} to {ids.max()}"
+        )
+    return ids
 
 
 def padding_mask(ids: np.ndarray) -> np.ndarray:
@@ -348,7 +387,12 @@ def load_imdb(
     Padding goes after the tokens by default so that ``lengths`` describe them and batches can
     be cut to buckets; the models mask padding either way, so its side does not change results
     of the LSTM models. Truncation keeps each review's end, as in the seeds.
+
+    Raises FileNotFoundError when ``data_dir`` holds no prepared copy (and not ``download``),
+    and a one-line ValueError for a bad option, before anything is read.
     """
+    check_positive_int("maxlen", maxlen)
+    pad_sequences([], maxlen, padding, truncating)  # checks padding and truncating
     vocabulary, splits = encode_imdb(
         vocab_size, data_dir=data_dir, cache_dir=cache_dir, download=download, limit=limit
     )
