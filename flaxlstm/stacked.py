@@ -89,6 +89,7 @@ class StackedLSTM(nnx.Module):
         return self.directions * self.lstms[0].state_features
 
     def __call__(self, x: jax.Array, lengths=None, mask=None, initial_state=None):
+        self.lstms[0].check_inputs(x)  # before reading B from x
         starts = self._layer_states(initial_state, jnp.shape(x)[0])
         finals = []
         for k, (layer, start) in enumerate(zip(self.layers, starts, strict=True)):

@@ -287,6 +287,16 @@ def sync_processes(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def agreed(received: Callable[[], int | None]) -> Callable[[], int | None]:
+    """``received`` (the SIGINT or SIGTERM that came to this process, if any) agreed on by
+    every process of a ``jax.distributed`` job: the largest that came to any, asked of all at
+    each call, so that every process stops at the same step (one that stopped alone would
+    leave the others waiting in the next step's collectives)."""
+    if jax.process_count() == 1:
+        return received
+    return lambda: int(np.max(multihost_utils.process_allgather(np.int32(received() or 0)))) or None
+
+
 # ----------------------------------------------------------------------------- fit and friends
 
 
@@ -472,7 +482,7 @@ def fit(
             batch_sharding, batch_size, epochs, seed, shuffle, bucket_width, patience,
             keep_best, checkpoints, checkpoint_every,
             None if model_dir is None else Checkpointer(model_dir),
-            guard.enter_context(deferred_signals()), quiet or not primary(),
+            agreed(guard.enter_context(deferred_signals())), quiet or not primary(),
         )  # fmt: skip
         state, best_params, progress = restore_or_refuse(run, state, best_params, progress, resume)
         state, best_params, progress = train_epochs(

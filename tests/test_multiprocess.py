@@ -8,7 +8,9 @@ with a few lines after it that write each process's model and history for the te
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -78,11 +80,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def job(tmp_path: Path, run_dir: Path, processes: int, *extra: str) -> list[dict]:
-    """Run ``TRAIN`` in ``processes`` processes (one without jax.distributed) and return each
-    one's {"params": [...], "history": {...}}."""
-    script = tmp_path / "train.py"
-    script.write_text(TRAIN + REPORT)
+def start(script: Path, run_dir: Path, processes: int, *extra: str):
+    """Start ``script`` in ``processes`` processes on a free port (one process runs without
+    jax.distributed); returns them and their log files."""
     port = str(free_port())
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     logs = [run_dir.with_name(f"{run_dir.name}.process{i}.log") for i in range(processes)]
@@ -94,16 +94,37 @@ def job(tmp_path: Path, run_dir: Path, processes: int, *extra: str) -> list[dict
                 procs.append(
                     subprocess.Popen([*argv, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
                 )
-        deadline = time.monotonic() + TIMEOUT
+    except BaseException:
+        stop(procs)
+        raise
+    return procs, logs
+
+
+def wait(procs, logs: list[Path], deadline: float) -> None:
+    """Wait for every process until ``deadline`` (time.monotonic); kill what is left."""
+    try:
         for proc in procs:
             proc.wait(timeout=max(deadline - time.monotonic(), 1))
     except subprocess.TimeoutExpired:
-        pytest.fail(f"{processes} processes did not finish in {TIMEOUT} s:\n{tails(logs)}")
+        pytest.fail(f"{len(procs)} processes did not finish in {TIMEOUT} s:\n{tails(logs)}")
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop(procs)
+
+
+def stop(procs) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def job(tmp_path: Path, run_dir: Path, processes: int, *extra: str) -> list[dict]:
+    """Run ``TRAIN`` in ``processes`` processes and return each one's
+    {"params": [...], "history": {...}}."""
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN + REPORT)
+    procs, logs = start(script, run_dir, processes, *extra)
+    wait(procs, logs, time.monotonic() + TIMEOUT)
     failed = [i for i, proc in enumerate(procs) if proc.returncode != 0]
     assert not failed, f"process(es) {failed} failed:\n{tails(logs)}"
     results = []
@@ -177,3 +198,32 @@ def test_two_processes_train_as_one_and_resume_each_others_checkpoints(tmp_path)
     assert resumed_by_two[0]["history"] == resumed_by_two[1]["history"]
     assert_same_training(resumed_by_two[0], one)
     assert Checkpointer(tmp_path / "one-then-two" / "checkpoints").steps() == KEPT
+
+
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
+    from flaxlstm.checkpoint import Checkpointer
+
+    script = tmp_path / "long.py"  # long enough to be stopped in the middle
+    script.write_text(TRAIN.replace("epochs=2,", "epochs=100,"))
+    run_dir = tmp_path / "stopped"
+    checkpoints = run_dir / "checkpoints"
+    deadline = time.monotonic() + TIMEOUT
+    procs, logs = start(script, run_dir, 2)
+    try:
+        while time.monotonic() < deadline and all(proc.poll() is None for proc in procs):
+            if checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+                procs[1].send_signal(signal.SIGTERM)  # to the process that writes nothing
+                break
+            time.sleep(0.05)
+    finally:
+        wait(procs, logs, deadline)
+    # Both processes stop after the same step, which process 0 saved.
+    found = [
+        re.search(r"TrainingInterrupted: (interrupted by SIGTERM .*)", log.read_text())
+        for log in logs
+    ]
+    assert all(found), tails(logs)
+    assert found[0].group(1) == found[1].group(1)
+    step = int(re.search(r"\(step (\d+)\)", found[0].group(1)).group(1))
+    assert Checkpointer(checkpoints).steps()[-1] == step
+    assert not (run_dir / "history.json").exists()
