@@ -428,7 +428,10 @@ BAD_IMDB = {
 def test_load_imdb_refuses_bad_options_before_reading(tmp_path_factory, option_and_kwargs):
     option, kwargs = option_and_kwargs
     nowhere = tmp_path_factory.getbasetemp() / "no-imdb-here"  # never read, never written
-    call = lambda: load_imdb(data_dir=nowhere, cache_dir=nowhere.with_name("cache"), **kwargs)  # noqa: E731
+
+    def call():
+        load_imdb(data_dir=nowhere, cache_dir=nowhere.with_name("no-cache"), **kwargs)
+
     assert_refused(call, [option])
 
 
@@ -479,6 +482,12 @@ def test_a_batch_of_no_steps_has_outputs_of_no_steps_and_zero_gradients(options)
         np.testing.assert_array_equal(g, 0)
     np.testing.assert_array_equal(d_start.c, 3)
     np.testing.assert_array_equal(d_start.h, 5)
+
+
+def test_predict_on_sequences_of_no_steps_gives_no_steps():
+    """x [N, 0, F] is a documented result for predict: [N, 0] (fit and evaluate refuse it: no
+    labels to score)."""
+    assert predict(CUMSUM, features((N, 0, 1))).shape == (N, 0)
 
 
 def test_layers_that_once_failed_deep_inside_are_one_line_errors():
