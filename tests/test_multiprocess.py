@@ -1,6 +1,7 @@
 """Data parallelism over processes: ``jax.distributed`` with 2 processes on 127.0.0.1 (CPU
 collectives over gloo) trains as one process does; process 0 alone writes the checkpoints, and
-a run of either layout resumes the other's checkpoints to the same result.
+a run of either layout resumes the other's checkpoints to the same result; a SIGTERM to one
+process stops both after the same step.
 
 The processes run ``TRAIN``, the script README.md quotes ("Several devices, several hosts"),
 with a few lines after it that write each process's model and history for the test to read.
