@@ -95,11 +95,14 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        """Save ``state`` (a pytree of arrays) and ``meta`` (JSON) as checkpoint ``step``."""
+        """Save ``state`` (a pytree of arrays) and ``meta`` (JSON) as checkpoint ``step``,
+        replacing one of that number (left by a run that is now resumed from before it)."""
         leaves, is_key = _host_leaves(state)
         meta = dict(meta, checksum=_digest(leaves), signature=_signature(leaves), is_key=is_key)
         items = {f"{k:05d}": leaf for k, leaf in enumerate(leaves)}
         try:
+            if step in self._manager.all_steps():  # a run resumed from before it: replace it
+                self._manager.delete(step)
             self._manager.save(
                 step,
                 args=ocp.args.Composite(

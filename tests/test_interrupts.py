@@ -200,3 +200,19 @@ def test_a_non_finite_loss_without_checkpoints_does_not_promise_one():
     model, breaks = CumsumModel(8, rngs=nnx.Rngs(0)), optax.sgd(BREAKS_AT_8)
     with pytest.raises(train.NonFiniteLossError, match="no checkpoint directory was given"):
         train.fit(model, X, Y, epochs=1, optimizer=breaks, quiet=True)
+
+
+def test_resuming_from_an_earlier_checkpoint_replaces_the_later_saves(tmp_path, capsys):
+    """The newest checkpoint damaged: the run resumes from the one before and saves the same
+    steps again (the model directory, too) instead of failing on "already exists"."""
+    fit(CumsumModel(8, rngs=nnx.Rngs(0)), epochs=2, checkpoint_dir=tmp_path / "c",
+        model_dir=tmp_path / "m")  # fmt: skip
+    assert Checkpointer(tmp_path / "c").steps() == [10, 20]
+    for leaf in (tmp_path / "c" / "20").rglob("*"):
+        if leaf.is_file() and leaf.stat().st_size > 100:
+            leaf.write_bytes(b"\0" * leaf.stat().st_size)  # damage the newest
+    history = fit(CumsumModel(8, rngs=nnx.Rngs(0)), epochs=2, checkpoint_dir=tmp_path / "c",
+                  model_dir=tmp_path / "m", resume=True)  # fmt: skip
+    assert "using the previous checkpoint" in capsys.readouterr().err  # resumed from step 10
+    assert len(history["loss"]) == 2 and Checkpointer(tmp_path / "m").steps() == [10, 20]
+    assert Checkpointer(tmp_path / "c").steps() == [10, 20]
