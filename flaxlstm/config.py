@@ -60,6 +60,22 @@ def clip_norm_option(default: float):
     )
 
 
+def epochs_option(default: int | None, help: str = "passes over the training data"):
+    return option(default, help, positive_int)
+
+
+def batch_size_option(default: int | None, help: str = "sequences per step"):
+    return option(default, help, positive_int)
+
+
+def hidden_option(default: int):
+    return option(default, "LSTM units", positive_int)
+
+
+def sequences_option(default: int, which: str = "training"):
+    return option(default, f"{which} sequences", positive_int)
+
+
 def out_option(default: str | None):
     return option(default, "run directory: metrics, history, checkpoints, model", str)
 
@@ -133,11 +149,11 @@ class RunConfig(Recipe):
 class CumsumConfig(RunConfig):
     """Seed 001: a per-step label, whether the running sum of uniform numbers is ≥ T/4."""
 
-    epochs: int = option(20, "passes over the training data", positive_int)
-    batch_size: int = option(32, "sequences per step", positive_int)
-    hidden: int = option(20, "LSTM units", positive_int)
-    samples: int = option(10_000, "training sequences", positive_int)
-    test_samples: int = option(1000, "held-out sequences", positive_int)
+    epochs: int = epochs_option(20)
+    batch_size: int = batch_size_option(32)
+    hidden: int = hidden_option(20)
+    samples: int = sequences_option(10_000)
+    test_samples: int = sequences_option(1000, "held-out")
     steps: int = option(10, "sequence length", positive_int)
     out: str = out_option("runs/cumsum")
 
@@ -147,11 +163,11 @@ class ParityConfig(RunConfig):
     """Seed 000: is the sum of 10 integers in [0, 100) odd."""
 
     learning_rate: float = learning_rate_option(1e-2)
-    epochs: int = option(5, "passes over the training data", positive_int)
-    batch_size: int = option(32, "sequences per step", positive_int)
-    hidden: int = option(64, "LSTM units", positive_int)
-    samples: int = option(20_000, "training sequences", positive_int)
-    test_samples: int = option(10_000, "held-out sequences", positive_int)
+    epochs: int = epochs_option(5)
+    batch_size: int = batch_size_option(32)
+    hidden: int = hidden_option(64)
+    samples: int = sequences_option(20_000)
+    test_samples: int = sequences_option(10_000, "held-out")
     embedding: int = option(16, "embedding size", positive_int)
     train_lengths: Literal["random", "full"] = option(
         "random",
@@ -170,11 +186,11 @@ class AddingConfig(RunConfig):
     learning_rate: float = learning_rate_option(1e-2)
     lr_schedule: Literal["constant", "cosine"] = schedule_option("cosine")
     clip_norm: float = clip_norm_option(1.0)
-    epochs: int = option(8, "passes over the training data", positive_int)
-    batch_size: int = option(32, "sequences per step", positive_int)
-    hidden: int = option(64, "LSTM units", positive_int)
-    samples: int = option(20_000, "training sequences", positive_int)
-    test_samples: int = option(2000, "held-out sequences", positive_int)
+    epochs: int = epochs_option(8)
+    batch_size: int = batch_size_option(32)
+    hidden: int = hidden_option(64)
+    samples: int = sequences_option(20_000)
+    test_samples: int = sequences_option(2000, "held-out")
     steps: int = option(200, "sequence length T", positive_int)
     out: str = out_option("runs/adding")
 
@@ -260,9 +276,9 @@ class InspectCumsumConfig:
     """``flaxlstm inspect cumsum``: a cumsum model trained in seconds (fewer sequences than
     the seed's, at a larger learning rate; about 99.5% of steps right), then drawn."""
 
-    samples: int = option(4000, "training sequences", positive_int)
+    samples: int = sequences_option(4000)
     epochs: int = option(10, "passes over them", positive_int)
-    hidden: int = option(20, "LSTM units", positive_int)
+    hidden: int = hidden_option(20)
     learning_rate: float = learning_rate_option(1e-2)
     seed: int = option(0, "of the data, initialisation and order", int)
     sequence: int = option(0, "which held-out sequence to draw", int)
