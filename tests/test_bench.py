@@ -2,7 +2,6 @@
 tiny shape, and the installed package imports neither of the frameworks it compares with."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -51,4 +50,3 @@ def test_the_ablation_runners_build_their_layer_with_the_option():
     assert autodiff.name == "flaxlstm-autodiff"
     assert autodiff.model.lstm.hand_written_backward is False
     assert runners.flaxlstm_runner(TINY, ids, labels).model.lstm.hand_written_backward is True
-
