@@ -454,25 +454,21 @@ def fit(
       (every real step for per-step labels) of the epoch, measured during training as Keras
       does.
     """
+    batch_sharding, replicated = data_parallel(devices)
     _check_fit_options(
         epochs, patience, checkpoint_every, validation_split, validation_data, clip_norm,
-        resume, checkpoint_dir, optimizer, recipe,
+        resume, checkpoint_dir, optimizer, recipe, batch_size, batch_sharding.mesh.size,
     )  # fmt: skip
     check_batching(batch_size, bucket_width, lengths)
-    batch_sharding, replicated = data_parallel(devices)
-    if batch_size % batch_sharding.mesh.size:
-        raise ValueError(
-            f"batch_size {batch_size} must be a multiple of the {batch_sharding.mesh.size}"
-            " devices it is split over"
-        )
     loss = get_loss(loss)
     train, evaluations = prepare_data(
         model, Batch(x, y, lengths), validation_split, validation_data, report_data, loss
     )
     tx = transformation(optimizer, clip_norm, recipe, epochs * -(-len(train.inputs) // batch_size))
     graphdef, state = create_train_state(model, tx)
-    settings = [len(train.inputs), batch_size, seed, shuffle, bucket_width, epochs, loss.name]
-    progress = Progress(settings=settings)
+    progress = Progress(
+        [len(train.inputs), batch_size, seed, shuffle, bucket_width, epochs, loss.name]
+    )
     best_params = jax.tree.map(jnp.copy, state.params)  # its own buffers: steps donate state's
     keep_best = "val" in evaluations and restore_best
     with contextlib.ExitStack() as guard:
@@ -528,7 +524,7 @@ def train_epochs(run: Run, state: TrainState, best_params, progress: Progress):
 
 def _check_fit_options(
     epochs, patience, checkpoint_every, validation_split, validation_data, clip_norm, resume,
-    checkpoint_dir, optimizer, recipe,
+    checkpoint_dir, optimizer, recipe, batch_size, devices,
 ) -> None:  # fmt: skip
     check_positive_int("epochs", epochs)
     check_positive_int("patience", patience, optional=True)
@@ -543,6 +539,10 @@ def _check_fit_options(
         raise ValueError("give a recipe, or an optimizer and clip_norm, not both")
     if (resume or checkpoint_every) and checkpoint_dir is None:
         raise ValueError("resume and checkpoint_every need a checkpoint_dir")
+    if isinstance(batch_size, int) and batch_size % devices:
+        raise ValueError(
+            f"batch_size {batch_size} must be a multiple of the {devices} devices it is split over"
+        )
 
 
 def prepare_data(
