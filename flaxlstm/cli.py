@@ -370,7 +370,11 @@ def inspect_gates(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "bench":  # its options are benchmarks/bench.py's, passed on whole
+        args.options = unknown + args.options
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         config_type = getattr(args, "config_type", None)
         args.run(from_options(config_type, args) if config_type else args)

@@ -168,3 +168,8 @@ def test_cosine_schedule_spans_every_training_step():
     for step in range(76):
         updates, state = tx.update(grads, state, params)
         assert (np.abs(updates).max() == 0) == (step == 75), step
+
+
+def test_bench_passes_its_options_to_the_checkouts_benchmark(capsys):
+    code, _, stderr = run_main(["bench", "--shapes", "nope"], capsys)
+    assert code == 2 and "unknown shape or peer 'nope'" in stderr, stderr
