@@ -130,6 +130,12 @@ def cell_update(a: jax.Array, c_prev: jax.Array, activation: Activation = jnp.ta
     return LSTMState(c, o * activation(c))
 
 
+def operand(a: jax.Array, dtype=None) -> jax.Array:
+    """``a`` cast to the matrix products' dtype (``matmul``'s ``dtype``; None: as it is),
+    once, outside a loop that multiplies by it at every step."""
+    return a if dtype is None else a.astype(dtype)
+
+
 def matmul(a: jax.Array, b: jax.Array, dtype=None) -> jax.Array:
     """a @ b; with ``dtype`` (e.g. ``jnp.bfloat16``) the operands are cast to it and the
     products accumulate in a's dtype (float32): the mixed-precision matrix product."""

@@ -131,12 +131,12 @@ def fit_and_test(
     every epoch (DIR/model) into ``config.out``."""
     out = config.out
     start = time.perf_counter()
-    x, y, *lengths = train_data
+    x, y, lengths = (*train_data, None)[:3]
     train.fit(
         model,
         x,
         y,
-        lengths=lengths[0] if lengths else None,
+        lengths=lengths,
         epochs=config.epochs,
         batch_size=config.batch_size,
         validation_split=config.validation_split,
@@ -155,20 +155,21 @@ def fit_and_test(
         history_path=os.path.join(out, "history.json"),
     )
     seconds = time.perf_counter() - start
-    x, y, *lengths = test_data
+    x, y, lengths = (*test_data, None)[:3]
     test = train.evaluate(
-        model,
-        x,
-        y,
-        lengths=lengths[0] if lengths else None,
-        batch_size=config.batch_size,
-        bucket_width=bucket_width,
+        model, x, y, lengths=lengths, batch_size=config.batch_size, bucket_width=bucket_width,
         loss=loss,
-    )
+    )  # fmt: skip
+    return write_metrics(config, test, len(x), seconds)
+
+
+def write_metrics(config: RunConfig, test: dict, sequences: int, seconds: float) -> dict:
+    """DIR/metrics.json of a finished run: the test scores, the time, the options."""
+    out = config.out
     metrics = {
         "task": type(config).__name__.removesuffix("Config").lower(),
         **{f"test_{name}": value for name, value in test.items()},
-        "test_sequences": len(x),
+        "test_sequences": sequences,
         "train_seconds": round(seconds, 2),
         "seconds_per_epoch": round(seconds / config.epochs, 2),
         "options": dataclasses.asdict(config),

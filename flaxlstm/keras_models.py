@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from flaxlstm.data.imdb import padding_mask
 from flaxlstm.layers import LSTM, Bidirectional, Embedding, sow_output
 from flaxlstm.recurrent import make_mask
 
@@ -168,7 +169,7 @@ class KerasSequential(nnx.Module):
     def __call__(self, x: jax.Array, lengths=None, mask=None) -> jax.Array:
         mask = make_mask(*jnp.shape(x)[:2], lengths, mask)
         if mask is None and self.mask_zero:
-            mask = x != 0
+            mask = padding_mask(x)
         for name in self.names:
             x, mask = self.call_layer(name, x, mask)
             sow_output(self, f"{name}_output", x)

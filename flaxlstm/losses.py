@@ -35,7 +35,8 @@ class Loss(NamedTuple):
     ``metric`` is None for a user's callable (then only the loss is reported); ``metric_name``
     names it in histories (``accuracy``, ``mae``). ``classes`` says the outputs carry one more
     axis than the targets (C class logits). ``output`` turns outputs into what ``predict``
-    returns.
+    returns. ``check_values(targets, output_shape)`` raises a one-line ValueError for target
+    values this loss cannot take (None: any finite value).
     """
 
     name: str
@@ -44,6 +45,7 @@ class Loss(NamedTuple):
     metric_name: str | None
     output: Callable[[jax.Array], jax.Array]
     classes: bool = False
+    check_values: Callable[[np.ndarray, tuple[int, ...]], None] | None = None
 
     def label_shape(self, output_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The shape the targets must have for outputs of ``output_shape``."""
@@ -57,21 +59,31 @@ class Loss(NamedTuple):
         if jnp.issubdtype(targets.dtype, jnp.floating) and not np.isfinite(targets).all():
             bad = targets.size - np.count_nonzero(np.isfinite(targets))
             raise ValueError(f"y holds {bad} non-finite labels (NaN or infinity)")
-        if self.name == "binary_crossentropy":
-            bad = targets[~np.isin(targets, (0, 1))]
-            if bad.size:
-                raise ValueError(f"labels must be 0 or 1, got {bad.size} others such as {bad[0]}")
-        elif self.name == "sparse_categorical_crossentropy":
-            classes = output_shape[-1]
-            if not np.issubdtype(targets.dtype, np.integer):
-                raise ValueError(
-                    f"sparse_categorical_crossentropy takes integer class ids, got {targets.dtype}"
-                )
-            if targets.size and (targets.min() < 0 or targets.max() >= classes):
-                raise ValueError(
-                    f"class ids must lie in [0, {classes}) (the model gives {classes} logits),"
-                    f" got values from {targets.min()} to {targets.max()}"
-                )
+        if self.check_values is not None:
+            self.check_values(targets, output_shape)
+
+
+def _check_binary(labels: np.ndarray, output_shape) -> None:
+    bad = labels[~np.isin(labels, (0, 1))]
+    if bad.size:
+        raise ValueError(f"labels must be 0 or 1, got {bad.size} others such as {bad[0]}")
+
+
+def _check_class_ids(labels: np.ndarray, output_shape) -> None:
+    classes = output_shape[-1]
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"sparse_categorical_crossentropy takes integer class ids, got {labels.dtype}"
+        )
+    if labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(
+            f"class ids must lie in [0, {classes}) (the model gives {classes} logits),"
+            f" got values from {labels.min()} to {labels.max()}"
+        )
+
+
+def _identity(values: jax.Array) -> jax.Array:
+    return values
 
 
 def _binary_correct(logits, labels):
@@ -93,6 +105,7 @@ LOSSES: dict[str, Loss] = {
         _binary_correct,
         "accuracy",
         jax.nn.sigmoid,
+        check_values=_check_binary,
     ),
     "sparse_categorical_crossentropy": Loss(
         "sparse_categorical_crossentropy",
@@ -101,13 +114,14 @@ LOSSES: dict[str, Loss] = {
         "accuracy",
         jax.nn.softmax,
         classes=True,
+        check_values=_check_class_ids,
     ),
     "mse": Loss(
         "mse",
         lambda values, targets: (values - targets) ** 2,
         lambda values, targets: jnp.abs(values - targets),
         "mae",
-        lambda values: values,
+        _identity,
     ),
 }
 
@@ -123,5 +137,5 @@ def get_loss(loss: str | PerLabel | Loss) -> Loss:
         return LOSSES[loss]
     if callable(loss):
         name = getattr(loss, "__name__", type(loss).__name__)
-        return Loss(name, loss, None, None, lambda outputs: outputs)
+        return Loss(name, loss, None, None, _identity)
     raise TypeError(f"loss must be a name, a Loss or a callable, got {type(loss).__name__}")

@@ -34,6 +34,7 @@ from flaxlstm.cell import (
     is_default,
     lstm_step_backward,
     matmul,
+    operand,
     zero_state,
 )
 
@@ -173,25 +174,23 @@ def lstm_scan(
             options, W, U, b, time_major(x), _time_major_mask(mask), state, recurrent_mask
         )
         return final, time_major(outputs), None
+    step = _standard_step(U, gate_activation, activation, matmul_dtype)
+    xw = project_all(W, b, x, matmul_dtype)
+    options = dict(reverse=reverse, unroll=unroll, return_trace=return_trace, remat=remat)
+    return scan_cell(step, xw, mask, state, recurrent_dropout_mask=recurrent_mask, **options)
 
-    U_mm = U if matmul_dtype is None else U.astype(matmul_dtype)
+
+def _standard_step(U, gate_activation, activation, matmul_dtype):
+    """The standard cell's ``step(state, xw_t) -> (new_state, Trace of the step)`` for
+    ``scan_cell`` (the autodiff path): ``xw_t`` is this step's x_t·W + b [B, 4H]."""
+    U = operand(U, matmul_dtype)
 
     def step(state: LSTMState, xw_t):
-        a = activate_all(xw_t + matmul(state.h, U_mm, matmul_dtype), gate_activation, activation)
+        a = activate_all(xw_t + matmul(state.h, U, matmul_dtype), gate_activation, activation)
         new = cell_update(a, state.c, activation)
         return new, Trace(*jnp.split(a, 4, axis=-1), new.c, new.h)
 
-    return scan_cell(
-        step,
-        project_all(W, b, x, matmul_dtype),
-        mask,
-        state,
-        reverse=reverse,
-        unroll=unroll,
-        recurrent_dropout_mask=recurrent_mask,
-        return_trace=return_trace,
-        remat=remat,
-    )
+    return step
 
 
 def _check_shapes(W, U, b, x, mask, state, recurrent_mask) -> None:
@@ -296,8 +295,7 @@ class _Options(NamedTuple):
 def _stack(opt: _Options, W, U, b):
     """[W; U; b] [F + H + 1, 4H], so that [x_t, h, 1]·[W; U; b] = x_t·W + h·U + b; in the
     matrix products' dtype."""
-    WUb = jnp.concatenate([W, U, b[None]], axis=0)
-    return WUb if opt.matmul_dtype is None else WUb.astype(opt.matmul_dtype)
+    return operand(jnp.concatenate([W, U, b[None]], axis=0), opt.matmul_dtype)
 
 
 def _with_one(x_t, h):
@@ -386,7 +384,7 @@ def _backward_loop(
     features = W.shape[0]
     WUb = _stack(opt, W, U, b)
     mm = partial(matmul, dtype=opt.matmul_dtype)
-    U_mm = U if opt.matmul_dtype is None else U.astype(opt.matmul_dtype)
+    U_mm = operand(U, opt.matmul_dtype)
     carry = (d_final.h, d_final.c)
     if opt.accumulate:
         zeros_mask = None if recurrent_mask is None else jnp.zeros_like(recurrent_mask)

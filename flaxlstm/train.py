@@ -312,7 +312,8 @@ class Progress:
     epoch: the epoch under way (from 1); batch: its batches already trained; sums: their
     metric sums [3] each; history: the finished epochs' metrics; best: the lowest val_loss so
     far; waited: epochs since it; stopped: early stopping has ended the run; settings:
-    [examples, batch_size, seed, shuffle, bucket_width], which a resumed run must share.
+    [examples, batch_size, seed, shuffle, bucket_width, epochs, loss name], which a resumed
+    run must share.
     """
 
     settings: list
