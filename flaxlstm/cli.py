@@ -27,24 +27,28 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from flaxlstm import models, train
+from flaxlstm import lm, models, train
 from flaxlstm.config import (
     AddingConfig,
+    Recipe,
     CumsumConfig,
     ImdbConfig,
     InspectCumsumConfig,
+    LmConfig,
     ParityConfig,
     RunConfig,
     add_options,
     from_options,
+    non_negative_float,
     positive_int,
 )
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
+from flaxlstm.data import text as text_data
 from flaxlstm.files import DirectoryLock, save_json
 from flaxlstm.interrupts import TrainingInterrupted
 from flaxlstm.models import MODELS, AddingModel, CumsumModel, ParityModel
-from flaxlstm.runs import imdb_model, load_run
+from flaxlstm.runs import imdb_model, language_model, load_lm_run, load_run
 
 # flaxlstm.plots (matplotlib) is imported where it is used: training and prediction never
 # import it.
@@ -67,6 +71,7 @@ def build_parser() -> Parser:
         ("parity", ParityConfig, train_parity, "seed 000: is the sum of 10 ints in [0, 100) odd"),
         ("adding", AddingConfig, train_adding, "the adding problem: sum of 2 marked numbers (mse)"),
         ("imdb", ImdbConfig, train_imdb, "seeds 002/003: IMDB sentiment (reads TFDS)"),
+        ("lm", LmConfig, train_language_model, "a language model on a text file or IMDB"),
     ):
         task = tasks.add_parser(
             name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -81,6 +86,19 @@ def build_parser() -> Parser:
     predict.add_argument("reviews", nargs="*", help="reviews; none: one per line from stdin")
     predict.add_argument("--file", help="read reviews from this file, one per line")
     predict.set_defaults(run=predict_reviews)
+
+    generate = commands.add_parser(
+        "generate", help="sample text from a 'train lm' model",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
+    generate.add_argument("--model-dir", required=True, help="a 'train lm' run directory")
+    generate.add_argument("--prompt", default="", help="the text to go on from")
+    generate.add_argument("--tokens", type=positive_int, default=200, help="tokens to sample")
+    generate.add_argument(
+        "--temperature", type=non_negative_float, default=1.0, help="0: the likeliest token"
+    )
+    generate.add_argument("--seed", type=int, default=0, help="of the sampling")
+    generate.set_defaults(run=generate_text)
 
     bench = commands.add_parser(
         "bench", help="time the training step against PyTorch, Keras and Flax (a checkout's"
@@ -248,6 +266,76 @@ def _train_imdb(config: ImdbConfig) -> None:
         report_test=True,
         bucket_width=config.bucket_width or None,
     )
+
+
+def train_language_model(config: LmConfig) -> None:
+    config = config.resolved()
+    with run_directory(config.out):
+        _train_language_model(config)
+
+
+def _train_language_model(config: LmConfig) -> None:
+    out, start = config.out, time.perf_counter()
+    if config.imdb:
+        texts, held = text_data.imdb_texts(config.validation_split, config.data_dir, config.limit)
+    else:
+        train_text, held_text = text_data.text_file(config.text, config.validation_split)
+        texts, held = [train_text], [held_text]
+    tokenize = imdb_data.TOKENIZERS[config.level]
+    vocabulary = imdb_data.Vocabulary.fit(map(tokenize, texts), config.vocab_size, config.level)
+    vocabulary.save(os.path.join(out, "vocabulary.json"))
+    documents, validation = vocabulary.encode(texts), vocabulary.encode(held)
+    if not config.imdb:  # one long text: a contiguous piece per row
+        documents = text_data.pieces(documents[0], config.batch_size)
+        rows = max(1, min(config.batch_size, len(validation[0]) // (2 * config.bptt)))
+        validation = text_data.pieces(validation[0], rows)
+    names = ("level", "embedding", "hidden", "layers", "tie", "dropout", "seed")
+    run_config = {"task": "lm", "vocab_size": vocabulary.size} | {
+        name: getattr(config, name) for name in names
+    }
+    save_json(os.path.join(out, "config.json"), run_config)
+    model = language_model(run_config)
+    if not config.quiet:
+        tokens = sum(map(len, documents))
+        print(
+            f"{len(documents)} documents, {tokens} tokens ({config.level}s), vocabulary"
+            f" {vocabulary.size}; validation: {len(held)} documents"
+        )
+    history = lm.train_lm(
+        model, documents, validation, batch_size=config.batch_size, bptt=config.bptt,
+        epochs=config.epochs, max_steps=config.max_steps, samples=config.samples,
+        recipe=Recipe(config.learning_rate, config.lr_schedule, config.clip_norm),
+        seed=config.seed, eval_every=config.eval_every,
+        checkpoint_dir=os.path.join(out, "checkpoints"), checkpoint_every=config.checkpoint_every,
+        resume=config.resume, model_dir=os.path.join(out, "model"),
+        history_path=os.path.join(out, "history.json"), quiet=config.quiet,
+    )  # fmt: skip
+    last = {name: values[-1] for name, values in history.items()}
+    speeds = history["tokens_per_second"][1:] or history["tokens_per_second"]  # past compiling
+    metrics = {
+        "task": "lm",
+        **{name: last[name] for name in ("val_loss", "val_perplexity", "val_bits")},
+        "steps": int(last["step"]),
+        "tokens_trained": int(last["tokens"]),
+        "tokens_per_second": float(np.median(speeds)),
+        "seconds": round(time.perf_counter() - start, 1),
+        "options": dataclasses.asdict(config),
+    }
+    save_json(os.path.join(out, "metrics.json"), metrics)
+    if not config.quiet:
+        unit = "bits per character" if config.level == "char" else "perplexity"
+        value = last["val_bits"] if config.level == "char" else last["val_perplexity"]
+        print(f"validation {unit} {value:.4f}; wrote {out}/metrics.json, history.json, model/")
+
+
+def generate_text(args: argparse.Namespace) -> None:
+    run = load_lm_run(args.model_dir)
+    prompt = run.vocabulary.encode([args.prompt])[0]
+    ids = lm.generate(
+        run.model, prompt, tokens=args.tokens, temperature=args.temperature, seed=args.seed
+    )
+    joiner = "" if run.vocabulary.level == "char" or not args.prompt else " "
+    print(args.prompt + joiner + run.vocabulary.decode(ids))
 
 
 def predict_reviews(args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -269,6 +270,68 @@ class ImdbConfig(RunConfig):
         sizes = ("epochs", "batch_size", "maxlen", "vocab_size")
         filled = {k: getattr(self, k) or getattr(seed, k) for k in sizes}
         return dataclasses.replace(self, out=self.out or f"runs/imdb-{self.model}", **filled)
+
+
+@dataclass(frozen=True)
+class LmConfig(Recipe):
+    """``flaxlstm train lm``: a language model on a text file or on IMDB's 75,000 training
+    reviews (``train`` + ``unsupervised``, never ``test``), trained chunk by chunk with the
+    state carried over (``flaxlstm.lm``). Unset sizes depend on ``level``."""
+
+    learning_rate: float = learning_rate_option(2e-3)
+    lr_schedule: Literal["constant", "cosine"] = schedule_option("cosine")
+    clip_norm: float = clip_norm_option(1.0)
+    text: str | None = option(None, "train on this UTF-8 text file", str)
+    imdb: bool = option(False, "train on IMDB's train + unsupervised reviews")
+    level: str = option("char", "what a token is", choices=("char", "word"))
+    vocab_size: int | None = option(
+        None, "tokens kept (by frequency; default 256 characters, 20000 words)", positive_int
+    )
+    embedding: int = option(64, "embedding features", positive_int)
+    hidden: int = hidden_option(512)
+    layers: int = option(1, "stacked LSTM layers", positive_int)
+    tie: bool = option(False, "tie the output layer to the embedding")
+    dropout: float = option(0.0, "on embeddings, between layers and on outputs", fraction)
+    samples: int | None = option(
+        None,
+        "sampled-softmax classes per step (0: full softmax; default 0 for characters, 1024 for"
+        " words)",
+        non_negative_int,
+    )
+    bptt: int = option(100, "steps per chunk (backpropagation through time)", positive_int)
+    batch_size: int = batch_size_option(64, "rows read side by side")
+    epochs: int = epochs_option(1)
+    max_steps: int | None = option(None, "stop after N steps", positive_int)
+    eval_every: int | None = option(
+        None, "also validate every N steps (always after each epoch)", positive_int
+    )
+    checkpoint_every: int | None = option(200, "also checkpoint every N steps", positive_int)
+    validation_split: float = option(
+        0.02, "held out of the text (the end) or of the reviews (a fixed draw)", fraction
+    )
+    limit: int | None = option(None, "use the first N of the 75,000 reviews", positive_int)
+    data_dir: str | None = option(None, "TFDS data directory (default: $TFDS_DATA_DIR)", str)
+    resume: bool = option(False, "continue from DIR/checkpoints")
+    seed: int = option(0, "of the initialisation, order and samples", int)
+    out: str | None = out_option(None)
+    quiet: bool = option(False, "print nothing")
+
+    def resolved(self) -> LmConfig:
+        """This config checked, every unset option filled in for its ``level``."""
+        if (self.text is None) == (not self.imdb):
+            raise ValueError("give one of --text FILE or --imdb")
+        if self.limit is not None and not self.imdb:
+            raise ValueError("--limit applies to --imdb")
+        if not self.validation_split:
+            raise ValueError("a language model needs validation: --validation-split > 0")
+        words = self.level == "word"
+        source = "imdb" if self.imdb else os.path.splitext(os.path.basename(self.text))[0]
+        return dataclasses.replace(
+            self,
+            vocab_size=self.vocab_size or (20000 if words else 256),
+            samples=(1024 if words else 0) if self.samples is None else self.samples,
+            out=self.out or f"runs/lm-{source}-{self.level}",
+        )
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from flaxlstm.layers import (
     sow_output,
 )
 from flaxlstm.recurrent import make_mask
+from flaxlstm.stacked import StackedLSTM
 
 # ============================================================================================
 # Synthetic tasks (seeds 000, 001, adding, first token): flaxlstm.data.synthetic
@@ -257,3 +258,61 @@ def summary(model: str | SentimentClassifier, maxlen: int | None = None) -> str:
         )
     lines += ["=" * 66, f"Total params: {count_params(model):,}", rule]
     return "\n".join(lines)
+
+
+# ============================================================================================
+# Language models (flaxlstm.lm trains them)
+# ============================================================================================
+
+
+class LanguageModel(nnx.Module):
+    """Embedding(V → E) → StackedLSTM(E → H, L layers, every step) → logits over the V tokens
+    at every step: Linear(H → V), or with ``tie`` the embedding matrix itself, Eᵀ (after a
+    Linear(H → E) when H ≠ E). ``dropout`` applies to the embeddings, between the layers and
+    to the last layer's outputs (until ``model.eval()``).
+
+    ``model(ids [B, T], lengths=None, initial_state=None)`` → ``(features, state)``: features
+    [B, T, D] (D = E when tied, else H) that ``logits(features)`` turns into [B, T, V], and the
+    final state ``LSTMState(c, h)`` of every layer, each [L, B, H], which the rows' next chunk
+    takes as ``initial_state`` (None: zeros).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding: int = 64,
+        hidden: int = 256,
+        *,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        tie: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        self.embed = Embedding(vocab_size, embedding, rngs=rngs)
+        self.lstm = StackedLSTM(
+            embedding, hidden, num_layers=num_layers, dropout=dropout, return_sequences=True,
+            return_state=True, rngs=rngs,
+        )  # fmt: skip
+        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        self.project = nnx.Linear(hidden, embedding, rngs=rngs) if tie and hidden != embedding else None
+        self.head = None if tie else nnx.Linear(hidden, vocab_size, rngs=rngs)
+        self.head_bias = nnx.Param(jnp.zeros(vocab_size)) if tie else None
+
+    def __call__(self, ids: jax.Array, lengths=None, initial_state=None):
+        x = self.drop(self.embed(ids))
+        features, state = self.lstm(x, lengths, None, initial_state)
+        features = self.drop(features)
+        if self.project is not None:
+            features = self.project(features)
+        return features, state
+
+    def output_layer(self) -> tuple[jax.Array, jax.Array]:
+        """The output layer's kernel [D, V] and bias [V]: logits = features · kernel + bias."""
+        if self.head is not None:
+            return self.head.kernel[...], self.head.bias[...]
+        return self.embed.embedding[...].T, self.head_bias[...]
+
+    def logits(self, features: jax.Array) -> jax.Array:
+        """[..., V] logits of features [..., D]."""
+        kernel, bias = self.output_layer()
+        return features @ kernel + bias

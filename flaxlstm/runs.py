@@ -15,7 +15,7 @@ from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.config import InspectCumsumConfig, Recipe
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
-from flaxlstm.models import MODELS, CumsumModel, SentimentClassifier
+from flaxlstm.models import MODELS, CumsumModel, LanguageModel, SentimentClassifier
 
 
 class Run(NamedTuple):
@@ -43,29 +43,72 @@ RUN_FILES = ("config.json", "vocabulary.json")  # and the model checkpoints in m
 def load_run(run_dir: str | os.PathLike) -> Run:
     """The model, vocabulary and config of a ``train imdb`` run directory (config.json,
     vocabulary.json, model/), or a one-line ValueError saying what is missing."""
+    config, vocabulary = _read_run_files(run_dir, "train imdb")
+    if config.get("model") not in MODELS:
+        raise ValueError(f"{run_dir}/config.json names no model of {sorted(MODELS)}")
+    for key in ("vocab_size", "seed"):
+        if not isinstance(config.get(key), int):
+            raise ValueError(f"{run_dir}/config.json gives no integer {key}")
+    model = imdb_model(config)
+    _restore_model(model, run_dir)
+    return Run(model, vocabulary, config)
+
+
+class LmRun(NamedTuple):
+    """A ``flaxlstm train lm`` run directory, loaded: the model, its vocabulary, its config."""
+
+    model: LanguageModel
+    vocabulary: imdb_data.Vocabulary
+    config: dict
+
+
+def language_model(config: dict) -> LanguageModel:
+    """The ``LanguageModel`` that a ``train lm`` run's config describes (initialised)."""
+    return LanguageModel(
+        config["vocab_size"], config["embedding"], config["hidden"],
+        num_layers=config["layers"], dropout=config["dropout"], tie=config["tie"],
+        rngs=nnx.Rngs(config["seed"]),
+    )  # fmt: skip
+
+
+def load_lm_run(run_dir: str | os.PathLike) -> LmRun:
+    """The model, vocabulary and config of a ``train lm`` run directory, or a one-line
+    ValueError saying what is missing."""
+    config, vocabulary = _read_run_files(run_dir, "train lm")
+    if config.get("task") != "lm":
+        raise ValueError(f"{str(run_dir)!r} holds no 'train lm' run (its config is not an LM's)")
+    try:
+        model = language_model(config)
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{run_dir}/config.json is not an LM's config: {error}") from None
+    _restore_model(model, run_dir)
+    return LmRun(model, vocabulary, config)
+
+
+def _read_run_files(run_dir, command: str) -> tuple[dict, imdb_data.Vocabulary]:
+    """A run directory's config.json (a JSON object) and vocabulary.json."""
     config_path, vocabulary_path = (os.path.join(run_dir, f) for f in RUN_FILES)
     for path in config_path, vocabulary_path:
         if not os.path.isfile(path):
             name = os.path.basename(path)
-            raise ValueError(f"{str(run_dir)!r} holds no 'train imdb' run (no {name})")
+            raise ValueError(f"{str(run_dir)!r} holds no '{command}' run (no {name})")
     try:
         with open(config_path, encoding="utf-8") as f:
             config = json.load(f)
     except ValueError as error:  # not UTF-8, or not JSON
         raise ValueError(f"{config_path} is not a run's config: {error}") from None
-    if not isinstance(config, dict) or config.get("model") not in MODELS:
-        raise ValueError(f"{config_path} names no model of {sorted(MODELS)}")
-    for key in ("vocab_size", "seed"):
-        if not isinstance(config.get(key), int):
-            raise ValueError(f"{config_path} gives no integer {key}")
-    vocabulary = imdb_data.Vocabulary.load(vocabulary_path)
-    model = imdb_model(config)
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} is not a run's config (a JSON object)")
+    return config, imdb_data.Vocabulary.load(vocabulary_path)
+
+
+def _restore_model(model: nnx.Module, run_dir) -> None:
+    """``model``'s parameters from the newest usable checkpoint in ``run_dir``/model."""
     params = nnx.state(model, nnx.Param)
     restored = Checkpointer(os.path.join(run_dir, "model")).restore_latest(params)
     if restored is None:
         raise ValueError(f"no usable model in {str(run_dir)!r}/model")
     nnx.update(model, restored[0])
-    return Run(model, vocabulary, config)
 
 
 def read_history(run_dir: str | os.PathLike) -> train.History:

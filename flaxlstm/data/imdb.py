@@ -108,6 +108,19 @@ def tokenize(text: str | bytes) -> list[str]:
     return _TOKEN.findall(text.lower().replace("<br />", " "))
 
 
+def tokenize_chars(text: str | bytes) -> list[str]:
+    """The characters of one text, case kept, each ``<br />`` a line break: ``b"Hi!<br />"``
+    → ``["H", "i", "!", "\\n"]`` (for character-level language models)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if not isinstance(text, str):
+        raise TypeError(f"a text must be str or bytes, got {type(text).__name__}")
+    return list(text.replace("<br />", "\n"))
+
+
+TOKENIZERS = {"word": tokenize, "char": tokenize_chars}
+
+
 # ----------------------------------------------------------------------------- vocabulary
 
 
@@ -121,10 +134,15 @@ class _WordIds(dict):
 class Vocabulary:
     """The ``len(words) + 3`` token ids: PAD 0, START 1, OOV 2, then ``words[i]`` is id i + 3.
 
-    ``size`` is the embedding's row count: every id it produces is < size.
+    ``size`` is the embedding's row count: every id it produces is < size. ``level`` says what
+    a token is: ``"word"`` (``tokenize``) or ``"char"`` (``tokenize_chars``, for language
+    models); its "words" are then characters.
     """
 
-    def __init__(self, words: Sequence[str]):
+    def __init__(self, words: Sequence[str], level: Literal["word", "char"] = "word"):
+        if level not in TOKENIZERS:
+            raise ValueError(f"level must be one of {sorted(TOKENIZERS)}, got {level!r}")
+        self.level = level
         self.words = tuple(words)
         self.ids = _WordIds((word, FIRST_WORD + i) for i, word in enumerate(self.words))
         if len(self.ids) != len(self.words):
@@ -135,14 +153,16 @@ class Vocabulary:
         return FIRST_WORD + len(self.words)
 
     @classmethod
-    def fit(cls, tokenized: Iterable[Sequence[str]], size: int) -> Vocabulary:
+    def fit(
+        cls, tokenized: Iterable[Sequence[str]], size: int, level: Literal["word", "char"] = "word"
+    ) -> Vocabulary:
         """The ``size − 3`` most frequent tokens of ``tokenized`` (ties broken alphabetically,
         so the vocabulary does not depend on the order of the reviews)."""
         if size < FIRST_WORD:
             raise ValueError(f"vocabulary size must be at least {FIRST_WORD}, got {size}")
         counts = Counter(chain.from_iterable(tokenized))
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-        return cls([word for word, _ in ranked[: size - FIRST_WORD]])
+        return cls([word for word, _ in ranked[: size - FIRST_WORD]], level)
 
     def encode_tokens(self, tokenized: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Each review's ids [1 + its length] int32, starting with START."""
@@ -159,18 +179,21 @@ class Vocabulary:
         """``tokenize`` then ``encode_tokens``: each review's ids [1 + its token count] int32."""
         if isinstance(texts, str | bytes):
             raise TypeError("texts must be a list of texts, got a single one: encode([text])")
-        return self.encode_tokens([tokenize(text) for text in texts])
+        return self.encode_tokens([TOKENIZERS[self.level](text) for text in texts])
 
     def decode(self, ids: Iterable[int]) -> str:
-        """The words of ``ids`` joined by spaces, without padding (for reading, not parsing)."""
+        """The words of ``ids`` joined by spaces (characters: as they are), without padding
+        (for reading, not parsing)."""
         names = {START: "<start>", OOV: "<oov>"}
-        return " ".join(
+        return ("" if self.level == "char" else " ").join(
             names.get(i) or self.words[i - FIRST_WORD] for i in map(int, ids) if i != PAD
         )
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the vocabulary as JSON, atomically (readers never see half a file)."""
-        data = {"tokenizer_version": TOKENIZER_VERSION, "words": list(self.words)}
+        data = {
+            "tokenizer_version": TOKENIZER_VERSION, "level": self.level, "words": list(self.words)
+        }
         atomic_write(path, lambda f: f.write(json.dumps(data).encode("utf-8")))
 
     @classmethod
@@ -190,7 +213,10 @@ class Vocabulary:
         words = data.get("words")
         if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
             raise ValueError(f"{path} is not a vocabulary file (its words are not a list of str)")
-        return cls(words)
+        level = data.get("level", "word")  # files written before character vocabularies
+        if level not in TOKENIZERS:
+            raise ValueError(f"{path} names an unknown level {level!r}")
+        return cls(words, level)
 
 
 # ----------------------------------------------------------------------------- encoding + cache
