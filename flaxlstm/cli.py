@@ -30,12 +30,12 @@ from flax import nnx
 from flaxlstm import lm, models, train
 from flaxlstm.config import (
     AddingConfig,
-    Recipe,
     CumsumConfig,
     ImdbConfig,
     InspectCumsumConfig,
     LmConfig,
     ParityConfig,
+    Recipe,
     RunConfig,
     add_options,
     from_options,

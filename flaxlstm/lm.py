@@ -343,7 +343,7 @@ def train_lm(
                     where = f"epoch {progress.epoch}, chunk {progress.chunk} (step {step})"
                     saved = "nothing saved (no checkpoint directory)"
                     if checkpoints is not None:
-                        saved = f"checkpoint saved in {checkpoints.directory}; continue with --resume"
+                        saved = f"checkpoint saved in {checkpoints.directory}; --resume it"
                     name = signal.Signals(signum).name
                     raise TrainingInterrupted(signum, f"interrupted by {name} at {where}; {saved}")
                 if finished:

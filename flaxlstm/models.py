@@ -294,7 +294,8 @@ class LanguageModel(nnx.Module):
             return_state=True, rngs=rngs,
         )  # fmt: skip
         self.drop = nnx.Dropout(dropout, rngs=rngs)
-        self.project = nnx.Linear(hidden, embedding, rngs=rngs) if tie and hidden != embedding else None
+        projected = tie and hidden != embedding
+        self.project = nnx.Linear(hidden, embedding, rngs=rngs) if projected else None
         self.head = None if tie else nnx.Linear(hidden, vocab_size, rngs=rngs)
         self.head_bias = nnx.Param(jnp.zeros(vocab_size)) if tie else None
 

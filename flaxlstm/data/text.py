@@ -141,7 +141,8 @@ def text_file(path: str | os.PathLike, validation_split: float) -> tuple[str, st
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text: {error.reason} at byte {error.start}") from None
+        message = f"{path} is not UTF-8 text: {error.reason} at byte {error.start}"
+        raise ValueError(message) from None
     at = int(len(text) * (1 - validation_split))
     cut = text.rfind("\n", 0, at) + 1 or at
     if not text[:cut].strip() or not text[cut:].strip():
