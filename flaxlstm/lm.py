@@ -7,7 +7,7 @@ starts from the state that the row's previous chunk ended in, without gradient t
 (Keras's ``stateful=True``, PyTorch's ``repackage_hidden``), or from zeros where a document
 starts (``Chunk.resets``). The loss is the mean over real steps of −log p(next token):
 
-- full softmax, −log softmax(z)_y with z = features · kernel + bias over all V tokens: exact,
+- full softmax, −log softmax(z)_y with z = features · Wᵀ + b over all V tokens: exact,
   and what evaluation always computes (perplexity exp(loss), bits per token loss / ln 2);
 - with ``samples = K``, a sampled softmax (Jean et al. 2015; Miyato et al. 2017 pretrain
   their IMDB LM with one): K classes s_j drawn from a log-uniform q (ids sorted by falling
@@ -26,10 +26,9 @@ import dataclasses
 import functools
 import math
 import os
-import signal
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,10 +44,18 @@ from flaxlstm.config import Recipe
 from flaxlstm.data.imdb import PAD, START
 from flaxlstm.data.text import Chunk, chunk_at, chunks, layout, steps_of
 from flaxlstm.files import save_json
-from flaxlstm.interrupts import TrainingInterrupted, deferred_signals
+from flaxlstm.interrupts import deferred_signals
 from flaxlstm.models import LanguageModel
 from flaxlstm.recurrent import make_mask
-from flaxlstm.train import TrainState, create_train_state, locked_checkpoints, split_model
+from flaxlstm.train import (
+    NonFiniteLossError,
+    TrainState,
+    create_train_state,
+    interruption,
+    locked_checkpoints,
+    restore_or_refuse,
+    split_model,
+)
 
 # ----------------------------------------------------------------------------- losses
 
@@ -62,19 +69,19 @@ def log_uniform(key: jax.Array, vocab_size: int, samples: int) -> tuple[jax.Arra
     return ids.astype(jnp.int32), log_q
 
 
-def full_softmax_losses(features, targets, kernel, bias) -> jax.Array:
-    """[N] −log softmax(features · kernel + bias)_target, for features [N, D], targets [N],
-    kernel [D, V], bias [V]."""
-    return optax.softmax_cross_entropy_with_integer_labels(features @ kernel + bias, targets)
+def full_softmax_losses(features, targets, rows, bias) -> jax.Array:
+    """[N] −log softmax(features · rowsᵀ + bias)_target, for features [N, D], targets [N],
+    the output layer's rows [V, D] and bias [V]."""
+    return optax.softmax_cross_entropy_with_integer_labels(features @ rows.T + bias, targets)
 
 
-def sampled_softmax_losses(features, targets, kernel, bias, key, samples: int) -> jax.Array:
+def sampled_softmax_losses(features, targets, rows, bias, key, samples: int) -> jax.Array:
     """[N] the sampled-softmax estimate of ``full_softmax_losses``: log Ẑ − z_y with
     Ẑ = exp(z_y) + Σ_{s_j ≠ y} exp(z_{s_j} − log(K q(s_j))) over ``samples`` = K classes
     s_j ~ ``log_uniform`` (drawn once for the batch from ``key``)."""
     ids, log_q = log_uniform(key, bias.shape[0], samples)
-    true = jnp.einsum("nd,dn->n", features, kernel[:, targets]) + bias[targets]  # z_y [N]
-    drawn = features @ kernel[:, ids] + bias[ids] - (math.log(samples) + log_q)  # [N, K]
+    true = jnp.sum(features * rows[targets], axis=-1) + bias[targets]  # z_y [N]
+    drawn = features @ rows[ids].T + bias[ids] - (math.log(samples) + log_q)  # [N, K]
     drawn = jnp.where(ids[None, :] == targets[:, None], -jnp.inf, drawn)  # y is counted once
     return jax.nn.logsumexp(jnp.concatenate([true[:, None], drawn], axis=1), axis=1) - true
 
@@ -86,11 +93,11 @@ def loss_sums(model: LanguageModel, features, chunk: Chunk, key, samples: int) -
     real = make_mask(batch, steps, chunk.lengths).reshape(-1)
     features = features.reshape(batch * steps, -1).astype(jnp.float32)
     targets = chunk.targets.reshape(-1)
-    kernel, bias = model.output_layer()
+    rows, bias = model.output_layer()
     if samples:
-        losses = sampled_softmax_losses(features, targets, kernel, bias, key, samples)
+        losses = sampled_softmax_losses(features, targets, rows, bias, key, samples)
     else:
-        losses = full_softmax_losses(features, targets, kernel, bias)
+        losses = full_softmax_losses(features, targets, rows, bias)
     return jnp.stack([jnp.where(real, losses, 0.0).sum(), real.sum()])
 
 
@@ -178,11 +185,13 @@ class LmProgress:
     """Where a language-model run stands (each checkpoint's metadata).
 
     epoch: the epoch under way (from 1); chunk: its chunks already trained; window: the loss
-    sum and tokens trained since the last evaluation; history: one entry per evaluation
-    (``step``, ``tokens``, ``loss``, ``val_loss``, ``val_perplexity``, ``val_bits``,
-    ``tokens_per_second``); tokens: all trained so far; settings: [documents, batch_size,
-    bptt, seed, epochs, max_steps, samples], which a resumed run must share.
+    sum, tokens and seconds trained since the last evaluation; history: one entry per
+    evaluation (``step``, ``tokens``, ``loss``, ``tokens_per_second``, ``val_loss``,
+    ``val_perplexity``, ``val_bits``); tokens: all trained so far; settings: ``SETTINGS``,
+    which a resumed run must share.
     """
+
+    SETTINGS: ClassVar[str] = "documents, batch_size, bptt, seed, epochs, max_steps, samples"
 
     settings: list
     epoch: int = 1
@@ -205,6 +214,34 @@ def epoch_plan(documents: Sequence[np.ndarray], rows: int, bptt: int, seed: int,
     order = np.random.default_rng([seed, epoch]).permutation(len(documents))
     ordered = [documents[i] for i in order]
     return ordered, layout(steps_of(ordered), rows, bptt)
+
+
+class LmRun(NamedTuple):
+    """What stays fixed while ``train_lm`` trains."""
+
+    model: LanguageModel
+    documents: Sequence[np.ndarray]
+    validation: Sequence[np.ndarray]
+    graphdef: nnx.GraphDef  # the model in training mode
+    eval_graphdef: nnx.GraphDef  # and in eval mode
+    tx: optax.GradientTransformation
+    key: jax.Array  # the sampled softmax's samples: fold_in(key, step)
+    samples: int
+    batch_size: int
+    bptt: int
+    seed: int
+    epochs: int
+    total: int  # steps in all
+    eval_every: int | None
+    checkpoint_every: int | None
+    checkpoints: Checkpointer | None
+    models: Checkpointer | None  # the parameters after every evaluation
+    received: Callable[[], int | None]  # the SIGINT or SIGTERM that came, if any
+    quiet: bool
+
+    def save(self, step: int, state: TrainState, carry: LSTMState, progress: LmProgress):
+        if self.checkpoints is not None:
+            self.checkpoints.save(step, {"train": state, "carry": carry}, progress.to_meta())
 
 
 def train_lm(
@@ -239,120 +276,119 @@ def train_lm(
       eval_every: also evaluate (and checkpoint) every N steps; always after every epoch.
       checkpoint_dir, checkpoint_every, resume, model_dir, history_path, quiet: as ``fit``'s.
     Returns:
-      the history: per evaluation the step, tokens trained, mean training loss since the last
-      evaluation, training tokens per second, and ``val_loss``, ``val_perplexity``,
+      the history: per evaluation the step, tokens trained, mean training loss and training
+      tokens per second since the last evaluation, and ``val_loss``, ``val_perplexity``,
       ``val_bits``.
     """
+    _check_lm_options(
+        model, documents, validation, batch_size, bptt, epochs, max_steps, samples,
+        eval_every, checkpoint_every, resume, checkpoint_dir,
+    )  # fmt: skip
+    steps = sum(
+        len(epoch_plan(documents, batch_size, bptt, seed, epoch)[1].documents)
+        for epoch in range(1, epochs + 1)
+    )
+    total = min(steps, max_steps or steps)
+    tx = (recipe or Recipe()).optimizer(total)
+    graphdef, state = create_train_state(model, tx)
+    carry = zero_carry(model, batch_size)
+    progress = LmProgress([len(documents), batch_size, bptt, seed, epochs, max_steps, samples])
+    with locked_checkpoints(checkpoint_dir) as checkpoints, deferred_signals() as received:
+        run = LmRun(
+            model, documents, validation, graphdef, split_model(model, training=False)[0], tx,
+            jax.random.key(seed), samples, batch_size, bptt, seed, epochs, total, eval_every,
+            checkpoint_every, checkpoints, None if model_dir is None else Checkpointer(model_dir),
+            received, quiet,
+        )  # fmt: skip
+        trees, progress = restore_or_refuse(
+            checkpoints, {"train": state, "carry": carry}, progress, resume
+        )
+        state, carry = trees["train"], trees["carry"]
+        if int(state.step) >= total and not quiet:
+            print(f"The run is complete ({total} steps): nothing left to train")
+        while int(state.step) < total:
+            state, carry, progress = train_lm_epoch(run, state, carry, progress)
+    final = jax.device_get((state.params, state.non_params))
+    nnx.update(model, *jax.tree.map(jnp.asarray, final))
+    if history_path is not None:
+        save_json(history_path, progress.history)
+    return progress.history
+
+
+def _check_lm_options(
+    model, documents, validation, batch_size, bptt, epochs, max_steps, samples, eval_every,
+    checkpoint_every, resume, checkpoint_dir,
+) -> None:  # fmt: skip
     for name, value in (("batch_size", batch_size), ("bptt", bptt), ("epochs", epochs)):
         check_positive_int(name, value)
-    for name, value in (("max_steps", max_steps), ("eval_every", eval_every)):
+    for name, value in (
+        ("max_steps", max_steps), ("eval_every", eval_every),
+        ("checkpoint_every", checkpoint_every),
+    ):  # fmt: skip
         check_positive_int(name, value, optional=True)
-    check_positive_int("checkpoint_every", checkpoint_every, optional=True)
-    if samples < 0 or samples >= model.embed.num_embeddings:
-        raise ValueError(f"samples must lie in [0, {model.embed.num_embeddings}), got {samples}")
+    vocabulary = model.embed.num_embeddings
+    if not 0 <= samples < vocabulary:
+        raise ValueError(f"samples must lie in [0, {vocabulary}) (the vocabulary), got {samples}")
     if (resume or checkpoint_every) and checkpoint_dir is None:
         raise ValueError("resume and checkpoint_every need a checkpoint_dir")
     if not len(documents) or not len(validation):
         raise ValueError("no documents to train on or to validate on")
-    chunks_per_epoch = sum(
-        len(epoch_plan(documents, batch_size, bptt, seed, epoch)[1].documents)
-        for epoch in range(1, epochs + 1)
-    )
-    total = min(chunks_per_epoch, max_steps or chunks_per_epoch)
-    tx = (recipe or Recipe()).optimizer(total)
-    graphdef, state = create_train_state(model, tx)
-    eval_graphdef = split_model(model, training=False)[0]
-    carry = zero_carry(model, batch_size)
-    key = jax.random.key(seed)
-    progress = LmProgress([len(documents), batch_size, bptt, seed, epochs, max_steps, samples])
-    models = None if model_dir is None else Checkpointer(model_dir)
-    with locked_checkpoints(checkpoint_dir) as checkpoints, deferred_signals() as received:
-        if resume and (restored := checkpoints.restore_latest({"train": state, "carry": carry})):
-            trees, meta = restored
-            if meta["settings"] != progress.settings:
-                raise ValueError(
-                    f"the checkpoints in {checkpoints.directory} are of a run with other data or"
-                    " settings (documents, batch_size, bptt, seed, epochs, max_steps, samples:"
-                    f" {meta['settings']}, now {progress.settings}); resume it with its own"
-                )
-            state, carry, progress = trees["train"], trees["carry"], LmProgress.from_meta(meta)
-        elif checkpoints is not None and checkpoints.steps() and not resume:
-            raise ValueError(
-                f"{checkpoints.directory} already holds checkpoints of a run: resume it"
-                " (resume=True, --resume) or give another directory"
+
+
+def train_lm_epoch(run: LmRun, state: TrainState, carry: LSTMState, progress: LmProgress):
+    """Train the rest of epoch ``progress.epoch`` (from chunk ``progress.chunk``), or up to
+    the run's last step; evaluate and checkpoint on the way. Returns (state, carry,
+    progress)."""
+    ordered, plan = epoch_plan(run.documents, run.batch_size, run.bptt, run.seed, progress.epoch)
+    chunks_in_epoch, step = len(plan.documents), int(state.step)
+    bar = tqdm(
+        total=chunks_in_epoch, initial=progress.chunk, leave=False, disable=run.quiet,
+        desc=f"Epoch {progress.epoch}/{run.epochs}", unit="chunk",
+    )  # fmt: skip
+    window, started = np.array(progress.window), time.perf_counter()
+    for c in range(progress.chunk, chunks_in_epoch):
+        chunk = chunk_at(ordered, plan, c, run.bptt)
+        state, carry, sums = lm_train_step(
+            state, carry, chunk, run.key, graphdef=run.graphdef, tx=run.tx, samples=run.samples
+        )
+        step += 1
+        sums = np.asarray(sums, np.float64)  # waits for the step: an honest clock
+        if not np.isfinite(sums[0]):
+            raise NonFiniteLossError(
+                f"the loss is not finite at step {step} (epoch {progress.epoch}, chunk {c + 1});"
+                " training stopped, the last good checkpoint is kept"
             )
-
-        def save(step: int) -> None:
-            if checkpoints is not None:
-                checkpoints.save(step, {"train": state, "carry": carry}, progress.to_meta())
-
-        step = int(state.step)
-        if step >= total and not quiet:
-            print(f"The run is complete ({step} steps): nothing left to train")
-        while step < total:
-            ordered, plan = epoch_plan(documents, batch_size, bptt, seed, progress.epoch)
-            bar = tqdm(
-                total=len(plan.documents), initial=progress.chunk, leave=False, disable=quiet,
-                desc=f"Epoch {progress.epoch}/{epochs}", unit="chunk",
-            )  # fmt: skip
-            started, window = time.perf_counter(), np.array(progress.window)
-            for c in range(progress.chunk, len(plan.documents)):
-                chunk = chunk_at(ordered, plan, c, bptt)
-                state, carry, sums = lm_train_step(
-                    state, carry, chunk, key, graphdef=graphdef, tx=tx, samples=samples
-                )
-                step += 1
-                sums = np.asarray(sums, np.float64)  # waits for the step: an honest clock
-                if not np.isfinite(sums[0]):
-                    raise ValueError(
-                        f"the loss is not finite at step {step} (epoch {progress.epoch}, chunk"
-                        f" {c + 1}); training stopped, the last good checkpoint is kept"
-                    )
-                now = time.perf_counter()
-                window += [sums[0], sums[1], now - started]
-                bar.update()
-                bar.set_postfix(
-                    loss=f"{window[0] / max(window[1], 1):.3f}",
-                    tokens_per_s=f"{window[1] / max(window[2], 1e-9):.0f}",
-                )
-                end_of_epoch = c == len(plan.documents) - 1
-                progress = dataclasses.replace(
-                    progress,
-                    epoch=progress.epoch + end_of_epoch,
-                    chunk=0 if end_of_epoch else c + 1,
-                    window=window.tolist(),
-                    tokens=progress.tokens + int(sums[1]),
-                )
-                finished = step == total
-                evaluate_now = end_of_epoch or finished or (eval_every and step % eval_every == 0)
-                signum = received()
-                if evaluate_now:
-                    progress = _evaluate(
-                        model, state, validation, progress, step, eval_graphdef, batch_size, bptt
-                    )
-                    window = np.zeros(3)
-                    if models is not None:
-                        models.save(step, jax.device_get(state.params), {"step": step})
-                    if not quiet:
-                        bar.write(_history_line(progress.history))
-                if evaluate_now or signum or (checkpoint_every and step % checkpoint_every == 0):
-                    save(step)
-                started = time.perf_counter()
-                if signum:
-                    bar.close()
-                    where = f"epoch {progress.epoch}, chunk {progress.chunk} (step {step})"
-                    saved = "nothing saved (no checkpoint directory)"
-                    if checkpoints is not None:
-                        saved = f"checkpoint saved in {checkpoints.directory}; --resume it"
-                    name = signal.Signals(signum).name
-                    raise TrainingInterrupted(signum, f"interrupted by {name} at {where}; {saved}")
-                if finished:
-                    break
+        window += [sums[0], sums[1], time.perf_counter() - started]
+        bar.update()
+        bar.set_postfix(
+            loss=f"{window[0] / max(window[1], 1):.3f}",
+            tokens_per_s=f"{window[1] / max(window[2], 1e-9):.0f}",
+        )
+        last = c == chunks_in_epoch - 1
+        progress = dataclasses.replace(
+            progress, epoch=progress.epoch + last, chunk=0 if last else c + 1,
+            window=window.tolist(), tokens=progress.tokens + int(sums[1]),
+        )  # fmt: skip
+        evaluate_now = last or step == run.total or (run.eval_every and step % run.eval_every == 0)
+        signum = run.received()
+        if evaluate_now:
+            progress = _evaluate(run, state, progress, step)
+            window = np.zeros(3)
+            if run.models is not None:
+                run.models.save(step, jax.device_get(state.params), {"step": step})
+            if not run.quiet:
+                bar.write(_history_line(progress.history))
+        if evaluate_now or signum or (run.checkpoint_every and step % run.checkpoint_every == 0):
+            run.save(step, state, carry, progress)
+        if signum:
             bar.close()
-    nnx.update(model, *jax.tree.map(jnp.asarray, jax.device_get((state.params, state.non_params))))
-    if history_path is not None:
-        save_json(history_path, progress.history)
-    return progress.history
+            where = f"epoch {progress.epoch}, chunk {progress.chunk} (step {step})"
+            raise interruption(signum, where, run.checkpoints)
+        if step == run.total:
+            break
+        started = time.perf_counter()
+    bar.close()
+    return state, carry, progress
 
 
 def _history_line(history: dict[str, list]) -> str:
@@ -363,12 +399,14 @@ def _history_line(history: dict[str, list]) -> str:
     return " - ".join([steps, *(f"{k} {v:.4f}" for k, v in last.items()), speed])
 
 
-def _evaluate(model, state, validation, progress, step, graphdef, batch_size, bptt) -> LmProgress:
+def _evaluate(run: LmRun, state: TrainState, progress: LmProgress, step: int) -> LmProgress:
     """``progress`` with one more history entry: the training window's loss and speed, and
     the validation scores of ``state``'s parameters."""
-    carry, total = zero_carry(model, batch_size), np.zeros(2)
-    for chunk in chunks(validation, batch_size, bptt):
-        sums, carry = lm_eval_step(state.params, state.non_params, carry, chunk, graphdef=graphdef)
+    carry, total = zero_carry(run.model, run.batch_size), np.zeros(2)
+    for chunk in chunks(run.validation, run.batch_size, run.bptt):
+        sums, carry = lm_eval_step(
+            state.params, state.non_params, carry, chunk, graphdef=run.eval_graphdef
+        )
         total += np.asarray(sums, np.float64)
     loss_sum, tokens, seconds = progress.window
     entry = {

@@ -267,9 +267,10 @@ def summary(model: str | SentimentClassifier, maxlen: int | None = None) -> str:
 
 class LanguageModel(nnx.Module):
     """Embedding(V → E) → StackedLSTM(E → H, L layers, every step) → logits over the V tokens
-    at every step: Linear(H → V), or with ``tie`` the embedding matrix itself, Eᵀ (after a
-    Linear(H → E) when H ≠ E). ``dropout`` applies to the embeddings, between the layers and
-    to the last layer's outputs (until ``model.eval()``).
+    at every step, logits = features · Wᵀ + b with one output row W[v] per token: its own
+    [V, H] rows, or with ``tie`` the embedding matrix itself, [V, E] (after a Linear(H → E)
+    when H ≠ E). ``dropout`` applies to the embeddings, between the layers and to the last
+    layer's outputs (until ``model.eval()``).
 
     ``model(ids [B, T], lengths=None, initial_state=None)`` → ``(features, state)``: features
     [B, T, D] (D = E when tied, else H) that ``logits(features)`` turns into [B, T, V], and the
@@ -296,8 +297,10 @@ class LanguageModel(nnx.Module):
         self.drop = nnx.Dropout(dropout, rngs=rngs)
         projected = tie and hidden != embedding
         self.project = nnx.Linear(hidden, embedding, rngs=rngs) if projected else None
-        self.head = None if tie else nnx.Linear(hidden, vocab_size, rngs=rngs)
-        self.head_bias = nnx.Param(jnp.zeros(vocab_size)) if tie else None
+        # Rows, not Linear's [H, V] columns: the sampled softmax gathers rows (contiguous).
+        init = nnx.initializers.lecun_normal(in_axis=1, out_axis=0)
+        self.output_rows = None if tie else nnx.Param(init(rngs.params(), (vocab_size, hidden)))
+        self.output_bias = nnx.Param(jnp.zeros(vocab_size))
 
     def __call__(self, ids: jax.Array, lengths=None, initial_state=None):
         x = self.drop(self.embed(ids))
@@ -308,12 +311,11 @@ class LanguageModel(nnx.Module):
         return features, state
 
     def output_layer(self) -> tuple[jax.Array, jax.Array]:
-        """The output layer's kernel [D, V] and bias [V]: logits = features · kernel + bias."""
-        if self.head is not None:
-            return self.head.kernel[...], self.head.bias[...]
-        return self.embed.embedding[...].T, self.head_bias[...]
+        """The output rows W [V, D] and bias b [V]: logits = features · Wᵀ + b."""
+        rows = self.embed.embedding if self.output_rows is None else self.output_rows
+        return rows[...], self.output_bias[...]
 
     def logits(self, features: jax.Array) -> jax.Array:
         """[..., V] logits of features [..., D]."""
-        kernel, bias = self.output_layer()
-        return features @ kernel + bias
+        rows, bias = self.output_layer()
+        return features @ rows.T + bias

@@ -29,7 +29,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -316,6 +316,8 @@ class Progress:
     run must share.
     """
 
+    SETTINGS: ClassVar[str] = "examples, batch_size, seed, shuffle, bucket_width, epochs, loss"
+
     settings: list
     epoch: int = 1
     batch: int = 0
@@ -377,14 +379,17 @@ class Run(NamedTuple):
     def interrupt(self, signum: int, step: int, progress: Progress) -> TrainingInterrupted:
         """The exception that ends training on ``signum`` after ``step`` (checkpointed)."""
         where = f"epoch {progress.epoch}, batch {progress.batch} of {self.steps_per_epoch}"
-        if self.checkpoints is None:
-            saved = "nothing saved (no checkpoint directory)"
-        else:
-            saved = f"checkpoint saved in {self.checkpoints.directory}; continue with --resume"
-        name = signal.Signals(signum).name
-        return TrainingInterrupted(
-            signum, f"interrupted by {name} at {where} (step {step}); {saved}"
-        )
+        return interruption(signum, f"{where} (step {step})", self.checkpoints)
+
+
+def interruption(signum: int, where: str, checkpoints: Checkpointer | None) -> TrainingInterrupted:
+    """The exception that ends a run on ``signum`` at ``where``, saying what was saved."""
+    if checkpoints is None:
+        saved = "nothing saved (no checkpoint directory)"
+    else:
+        saved = f"checkpoint saved in {checkpoints.directory}; continue with --resume"
+    name = signal.Signals(signum).name
+    return TrainingInterrupted(signum, f"interrupted by {name} at {where}; {saved}")
 
 
 def fit(
@@ -481,7 +486,9 @@ def fit(
             None if model_dir is None else Checkpointer(model_dir),
             agreed(guard.enter_context(deferred_signals())), quiet or not primary(),
         )  # fmt: skip
-        state, best_params, progress = restore_or_refuse(run, state, best_params, progress, resume)
+        trees = {"train": state, "best": best_params}
+        trees, progress = restore_or_refuse(checkpoints, trees, progress, resume)
+        state, best_params = trees["train"], trees["best"]
         state, best_params, progress = train_epochs(
             run, global_arrays(state, replicated), best_params, progress
         )
@@ -579,28 +586,29 @@ def transformation(optimizer, clip_norm, recipe: Recipe | None, steps: int):
     return optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
 
 
-def restore_or_refuse(run: Run, state, best_params, progress: Progress, resume: bool):
-    """With ``resume``, the newest good checkpoint's (state, best_params, progress), if any;
-    without, refuse a directory that holds another run's checkpoints."""
-    checkpoints = run.checkpoints
+def restore_or_refuse(checkpoints: Checkpointer | None, trees: dict, progress, resume: bool):
+    """With ``resume``, the newest good checkpoint's (trees, progress) — ``trees`` and
+    ``progress`` (a ``Progress`` or ``lm.LmProgress``) as they are if there is none; without,
+    refuse a directory that holds another run's checkpoints. A checkpoint of a run with other
+    ``progress.settings`` is refused."""
     if not resume:
         if checkpoints is not None and checkpoints.steps():  # never overwrite another run's
             raise ValueError(
                 f"{checkpoints.directory} already holds checkpoints of a run: resume it"
                 " (resume=True, --resume) or give another directory"
             )
-        return state, best_params, progress
-    restored = checkpoints.restore_latest({"train": state, "best": best_params})
+        return trees, progress
+    restored = checkpoints.restore_latest(trees)
     if restored is None:
-        return state, best_params, progress
+        return trees, progress
     trees, meta = restored
     if meta["settings"] != progress.settings:
         raise ValueError(
             f"the checkpoints in {checkpoints.directory} are of a run with other data or"
-            " settings (examples, batch_size, seed, shuffle, bucket_width, epochs, loss:"
-            f" {meta['settings']}, now {progress.settings}); resume it with its own"
+            f" settings ({progress.SETTINGS}: {meta['settings']}, now {progress.settings});"
+            " resume it with its own"
         )
-    return trees["train"], trees["best"], Progress.from_meta(meta)
+    return trees, type(progress).from_meta(meta)
 
 
 def train_epoch(run: Run, state: TrainState, best_params, progress: Progress):

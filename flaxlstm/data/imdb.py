@@ -192,7 +192,9 @@ class Vocabulary:
     def save(self, path: str | os.PathLike) -> None:
         """Write the vocabulary as JSON, atomically (readers never see half a file)."""
         data = {
-            "tokenizer_version": TOKENIZER_VERSION, "level": self.level, "words": list(self.words)
+            "tokenizer_version": TOKENIZER_VERSION,
+            "level": self.level,
+            "words": list(self.words),
         }
         atomic_write(path, lambda f: f.write(json.dumps(data).encode("utf-8")))
 
