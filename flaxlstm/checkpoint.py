@@ -126,8 +126,9 @@ class Checkpointer:
             shutil.rmtree(Path(self.directory) / name, ignore_errors=True)
         return names
 
-    def restore(self, like: Any, step: int) -> tuple[Any, dict[str, Any]]:
-        """Checkpoint ``step`` shaped as ``like`` (the live state), and its metadata."""
+    def restore(self, like: Any, step: int, check=None) -> tuple[Any, dict[str, Any]]:
+        """Checkpoint ``step`` shaped as ``like`` (the live state), and its metadata;
+        ``check(meta)``, when given, may refuse it (by raising) before its arrays are read."""
         try:
             meta = self._manager.restore(
                 step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
@@ -136,6 +137,8 @@ class Checkpointer:
             raise CheckpointError(
                 f"checkpoint {step} in {self.directory} is unreadable: {_first_line(e)}"
             ) from None
+        if check is not None:
+            check(meta)
         like_leaves, _ = _host_leaves(like)
         if meta.get("signature") != _signature(like_leaves):
             raise IncompatibleCheckpointError(
@@ -164,12 +167,13 @@ class Checkpointer:
         ]
         return jax.tree.unflatten(jax.tree.structure(like), restored), meta
 
-    def restore_latest(self, like: Any) -> tuple[Any, dict[str, Any]] | None:
+    def restore_latest(self, like: Any, check=None) -> tuple[Any, dict[str, Any]] | None:
         """The newest good checkpoint, or None when there is none. A damaged one is reported
-        in one line on stderr and the one before it is used; an incompatible one is an error."""
+        in one line on stderr and the one before it is used; an incompatible one is an error
+        (``check`` as in ``restore``)."""
         for step in reversed(self.steps()):
             try:
-                return self.restore(like, step)
+                return self.restore(like, step, check)
             except IncompatibleCheckpointError:
                 raise
             except CheckpointError as e:

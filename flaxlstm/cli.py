@@ -283,7 +283,17 @@ def _train_language_model(config: LmConfig) -> None:
         texts, held = [train_text], [held_text]
     tokenize = imdb_data.TOKENIZERS[config.level]
     vocabulary = imdb_data.Vocabulary.fit(map(tokenize, texts), config.vocab_size, config.level)
-    vocabulary.save(os.path.join(out, "vocabulary.json"))
+    samples = config.samples
+    if samples is None:
+        samples = 1024 if vocabulary.size > 4096 else 0
+    if samples >= vocabulary.size:
+        raise ValueError(f"--samples {samples} must be below the vocabulary's {vocabulary.size}")
+    vocabulary_path = os.path.join(out, "vocabulary.json")
+    if config.resume and os.path.exists(vocabulary_path):
+        saved = imdb_data.Vocabulary.load(vocabulary_path)
+        if (saved.words, saved.level) != (vocabulary.words, vocabulary.level):
+            raise ValueError(f"{out} holds a run on another text (its vocabulary differs)")
+    vocabulary.save(vocabulary_path)
     documents, validation = vocabulary.encode(texts), vocabulary.encode(held)
     if not config.imdb:  # one long text: a contiguous piece per row
         documents = text_data.pieces(documents[0], config.batch_size)
@@ -303,7 +313,7 @@ def _train_language_model(config: LmConfig) -> None:
         )
     history = lm.train_lm(
         model, documents, validation, batch_size=config.batch_size, bptt=config.bptt,
-        epochs=config.epochs, max_steps=config.max_steps, samples=config.samples,
+        epochs=config.epochs, max_steps=config.max_steps, samples=samples,
         recipe=Recipe(config.learning_rate, config.lr_schedule, config.clip_norm),
         seed=config.seed, eval_every=config.eval_every,
         checkpoint_dir=os.path.join(out, "checkpoints"), checkpoint_every=config.checkpoint_every,
@@ -318,6 +328,7 @@ def _train_language_model(config: LmConfig) -> None:
         "steps": int(last["step"]),
         "tokens_trained": int(last["tokens"]),
         "tokens_per_second": float(np.median(speeds)),
+        "samples": samples,
         "seconds": round(time.perf_counter() - start, 1),
         "options": dataclasses.asdict(config),
     }

@@ -294,8 +294,8 @@ class LmConfig(Recipe):
     dropout: float = option(0.0, "on embeddings, between layers and on outputs", fraction)
     samples: int | None = option(
         None,
-        "sampled-softmax classes per step (0: full softmax; default 0 for characters, 1024 for"
-        " words)",
+        "sampled-softmax classes per step (0: full softmax; default: 1024 for vocabularies of"
+        " more than 4096 tokens, else 0)",
         non_negative_int,
     )
     bptt: int = option(100, "steps per chunk (backpropagation through time)", positive_int)
@@ -329,7 +329,6 @@ class LmConfig(Recipe):
         return dataclasses.replace(
             self,
             vocab_size=self.vocab_size or (20000 if words else 256),
-            samples=(1024 if words else 0) if self.samples is None else self.samples,
             out=self.out or f"runs/lm-{source}-{self.level}",
         )
 

@@ -41,7 +41,7 @@ from flaxlstm.cell import LSTMState
 from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.checks import check_positive_int
 from flaxlstm.config import Recipe
-from flaxlstm.data.imdb import PAD, START
+from flaxlstm.data.imdb import OOV, PAD, START
 from flaxlstm.data.text import Chunk, chunk_at, chunks, layout, steps_of
 from flaxlstm.files import save_json
 from flaxlstm.interrupts import deferred_signals
@@ -191,7 +191,9 @@ class LmProgress:
     which a resumed run must share.
     """
 
-    SETTINGS: ClassVar[str] = "documents, batch_size, bptt, seed, epochs, max_steps, samples"
+    SETTINGS: ClassVar[str] = (
+        "documents, tokens, batch_size, bptt, seed, epochs, max_steps, samples"
+    )
 
     settings: list
     epoch: int = 1
@@ -292,7 +294,8 @@ def train_lm(
     tx = (recipe or Recipe()).optimizer(total)
     graphdef, state = create_train_state(model, tx)
     carry = zero_carry(model, batch_size)
-    progress = LmProgress([len(documents), batch_size, bptt, seed, epochs, max_steps, samples])
+    settings = [len(documents), int(sum(map(len, documents)))]
+    progress = LmProgress([*settings, batch_size, bptt, seed, epochs, max_steps, samples])
     with locked_checkpoints(checkpoint_dir) as checkpoints, deferred_signals() as received:
         run = LmRun(
             model, documents, validation, graphdef, split_model(model, training=False)[0], tx,
@@ -428,7 +431,7 @@ def _sample(params, non_params, prompt, key, temperature, *, graphdef, tokens: i
     """``tokens`` ids [N] sampled after ``prompt`` [1, T] at ``temperature`` (0: greedy)."""
     model = nnx.merge(graphdef, params, non_params)
     features, state = model(prompt)
-    never = jnp.zeros(model.embed.num_embeddings).at[jnp.array([PAD, START])].set(-jnp.inf)
+    never = jnp.zeros(model.embed.num_embeddings).at[jnp.array([PAD, START, OOV])].set(-jnp.inf)
 
     def step(carry, key):
         state, logits = carry
@@ -451,8 +454,9 @@ def generate(
     seed: int = 0,
 ) -> np.ndarray:
     """``tokens`` ids sampled one after another by ``model`` in eval mode, after reading
-    ``prompt_ids`` [T] (which start with START), each drawn from softmax(logits /
-    ``temperature``); ``temperature`` 0 takes the likeliest. PAD and START are never drawn."""
+        ``prompt_ids`` [T] (which start with START), each drawn from softmax(logits /
+        ``temperature``); ``temperature`` 0 takes the likeliest. PAD, START and OOV (the
+    out-of-vocabulary id) are never drawn."""
     check_positive_int("tokens", tokens)
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")

@@ -98,7 +98,7 @@ def _read_run_files(run_dir, command: str) -> tuple[dict, imdb_data.Vocabulary]:
     except ValueError as error:  # not UTF-8, or not JSON
         raise ValueError(f"{config_path} is not a run's config: {error}") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{config_path} is not a run's config (a JSON object)")
+        raise ValueError(f"{config_path} is not a run's config (a JSON object naming its model)")
     return config, imdb_data.Vocabulary.load(vocabulary_path)
 
 

@@ -598,16 +598,19 @@ def restore_or_refuse(checkpoints: Checkpointer | None, trees: dict, progress, r
                 " (resume=True, --resume) or give another directory"
             )
         return trees, progress
-    restored = checkpoints.restore_latest(trees)
+
+    def same_settings(meta: dict) -> None:  # checked before the arrays, whose shapes may differ
+        if meta["settings"] != progress.settings:
+            raise ValueError(
+                f"the checkpoints in {checkpoints.directory} are of a run with other data or"
+                f" settings ({progress.SETTINGS}: {meta['settings']}, now {progress.settings});"
+                " resume it with its own"
+            )
+
+    restored = checkpoints.restore_latest(trees, same_settings)
     if restored is None:
         return trees, progress
     trees, meta = restored
-    if meta["settings"] != progress.settings:
-        raise ValueError(
-            f"the checkpoints in {checkpoints.directory} are of a run with other data or"
-            f" settings ({progress.SETTINGS}: {meta['settings']}, now {progress.settings});"
-            " resume it with its own"
-        )
     return trees, type(progress).from_meta(meta)
 
 

@@ -11,7 +11,8 @@ carried from each chunk into the row's next one otherwise. A document's last chu
 documents (0 real steps: the state passes through).
 
 A long text with no documents inside (``flaxlstm train lm --text``) is cut into B contiguous
-pieces (``pieces``), one per row, as PyTorch's word_language_model batchifies its corpus.
+pieces (``pieces``), one per row, as PyTorch's word_language_model batchifies its corpus, each
+starting with START.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from flaxlstm.checks import check_positive_int
-from flaxlstm.data.imdb import PAD, read_split
+from flaxlstm.data.imdb import PAD, START, read_split
 
 
 class Chunk(NamedTuple):
@@ -100,15 +101,21 @@ def chunks(
 
 
 def pieces(ids: np.ndarray, rows: int) -> list[np.ndarray]:
-    """One long stream of ids [N] cut into ``rows`` contiguous documents of (nearly) equal
-    length, one for each row (the ids where two pieces meet are never predicted across)."""
+    """One long stream of ids [N] (START first, as ``Vocabulary.encode`` gives it) cut into
+    ``rows`` contiguous documents of (nearly) equal length, one for each row, each starting
+    with START as every document does (so that a model generating after START has seen it
+    begin text); the ids where two pieces meet are never predicted across."""
     check_positive_int("rows", rows)
-    if len(ids) < 2 * rows:
+    ids = np.asarray(ids, np.int32)
+    body = ids[1:] if len(ids) and ids[0] == START else ids
+    if len(body) < rows:
         raise ValueError(
-            f"the text has {len(ids)} tokens: too few for {rows} rows of at least 2 tokens"
+            f"the text has {len(body)} tokens: too few for {rows} rows of at least 1 token"
             " (a smaller --batch-size, or a longer text)"
         )
-    return np.array_split(np.asarray(ids, np.int32), rows)
+    return [
+        np.concatenate([[START], piece]).astype(np.int32) for piece in np.array_split(body, rows)
+    ]
 
 
 # ----------------------------------------------------------------------------- the texts
