@@ -13,8 +13,9 @@ For one time step with input :math:`x_t` and previous state :math:`(c_{t-1}, h_{
 
 :math:`W` is ``kernel`` [F, 4H], :math:`U` is ``recurrent_kernel`` [H, 4H] and :math:`b` is
 ``bias`` [4H]. In code, ``z`` is the pre-activation [B, 4H], ``a`` the activated gates
-[B, 4H] (``activate_all``), and ``i, f, g, o`` (``Gates``, ``Trace``) the activated gates.
-Every path of the time loop runs ``activate_all`` then ``cell_update``; where
+[B, 4H] (``activate_all``), ``i, f, g, o`` (``Gates``, ``Trace``) the activated gates and
+``zi, zf, zg, zo`` (``Trace``) their pre-activations. Every path of the time loop runs
+``activate_all`` then ``cell_update``; where
 :math:`x_t W + b` is computed (for all steps before the loop, or inside it stacked with
 :math:`h_{t-1} U`) is the loop's choice (flaxlstm/recurrent.py). The gate order and layout are
 Keras's and PyTorch's, so their trained weights load unchanged (PyTorch's ``weight_ih_l0`` is
@@ -23,11 +24,12 @@ Keras's and PyTorch's, so their trained weights load unchanged (PyTorch's ``weig
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Activation = Callable[[jax.Array], jax.Array]
 Initializer = Callable[..., jax.Array]
@@ -50,7 +52,13 @@ class Gates(NamedTuple):
 
 
 class Trace(NamedTuple):
-    """Every step's activated gates and states, each [B, T, H] (zero at padded steps)."""
+    """Every step's activated gates i, f, g, o, states c, h and the gates' pre-activations
+    zi, zf, zg, zo, each [B, T, H] (h: [B, T, P] when projected), zero at padded steps.
+
+    The pre-activations are what the activations are given: i = σ(zi), f = σ(zf), g = tanh(zg),
+    o = σ(zo) (but at clamped units, ``Clamp``). A cell step that does not record them (a
+    variant of one's own) leaves them None.
+    """
 
     i: jax.Array
     f: jax.Array
@@ -58,6 +66,49 @@ class Trace(NamedTuple):
     o: jax.Array
     c: jax.Array
     h: jax.Array
+    zi: jax.Array | None = None
+    zf: jax.Array | None = None
+    zg: jax.Array | None = None
+    zo: jax.Array | None = None
+
+
+class Clamp(NamedTuple):
+    """Hold ``units`` of one quantity at ``value`` at every step (an ablation): ``what`` is a
+    gate ("i", "f", "g", "o", replacing its activated value) or a state ("c", "h"). A clamped
+    c is the one h is computed from and the next step starts from. Immutable and hashable: a
+    layer holds its clamps as a static field (``flaxlstm.LSTM.clamps``)."""
+
+    what: str
+    units: tuple[int, ...]
+    value: float = 0.0
+
+
+Clamps = tuple[Clamp, ...]
+CLAMPED = "ifgoch"  # what a Clamp may hold: the four gates and the two states
+
+
+def check_clamps(clamps: Sequence[Clamp], hidden: int) -> None:
+    """Raise a one-line ValueError unless every clamp names a gate or state and units in
+    [0, hidden)."""
+    for what, units, value in clamps:
+        if what not in tuple(CLAMPED):
+            raise ValueError(f"a clamp holds one of {', '.join(CLAMPED)}, got {what!r}")
+        if any(not 0 <= unit < hidden for unit in units):
+            raise ValueError(f"clamped units must lie in [0, {hidden}), got {list(units)}")
+        if not np.isfinite(value):
+            raise ValueError(f"a clamp's value must be finite, got {value}")
+
+
+def clamp(values: jax.Array, clamps: Clamps, blocks: str) -> jax.Array:
+    """``values`` [B, k·H], the H-wide blocks named by ``blocks`` ("ifgo" for the activated
+    gates a, "c" or "h" for a state), with every clamp's units of those blocks set to its
+    value. Without clamps it is ``values`` itself."""
+    hidden = values.shape[-1] // len(blocks)
+    for what, units, value in clamps:
+        if what in blocks and units:
+            columns = blocks.index(what) * hidden + np.asarray(units)
+            values = values.at[..., columns].set(value)
+    return values
 
 
 # Keras's LSTM defaults: glorot-uniform kernel, orthogonal recurrent kernel, unit forget bias.
@@ -122,12 +173,15 @@ def activate(
     return Gates(*jnp.split(activate_all(z, gate_activation, activation), 4, axis=-1))
 
 
-def cell_update(a: jax.Array, c_prev: jax.Array, activation: Activation = jnp.tanh) -> LSTMState:
+def cell_update(
+    a: jax.Array, c_prev: jax.Array, activation: Activation = jnp.tanh, clamps: Clamps = ()
+) -> LSTMState:
     """The new state from the activated gates a = [i, f, g, o] [B, 4H] and c_prev [B, H]:
-    c = f ⊙ c_prev + i ⊙ g and h = o ⊙ tanh(c). Every path of the standard cell runs this."""
+    c = f ⊙ c_prev + i ⊙ g and h = o ⊙ tanh(c). Every path of the standard cell runs this.
+    ``clamps`` hold chosen units of c and h at fixed values (an ablation, ``Clamp``)."""
     i, f, g, o = jnp.split(a, 4, axis=-1)
-    c = f * c_prev + i * g
-    return LSTMState(c, o * activation(c))
+    c = clamp(f * c_prev + i * g, clamps, "c")
+    return LSTMState(c, clamp(o * activation(c), clamps, "h"))
 
 
 def operand(a: jax.Array, dtype=None) -> jax.Array:

@@ -3,7 +3,7 @@
     flaxlstm train cumsum|parity|adding|imdb [options]   options: flaxlstm.config's task configs
     flaxlstm predict --model-dir DIR [REVIEW ...] [--file F]
     flaxlstm summary MODEL
-    flaxlstm inspect curves|cumsum|review|gates ...
+    flaxlstm inspect curves|cumsum|review|gates|html ...
     flaxlstm bench [options]                      runs benchmarks/bench.py of a checkout
 
 Every ``train`` run writes DIR/history.json and DIR/metrics.json (test_accuracy and test_loss
@@ -381,8 +381,9 @@ def run_benchmarks(args: argparse.Namespace) -> None:
 
 
 def add_inspect_parser(commands) -> None:
-    """``flaxlstm inspect VIEW``: PNG pictures of what a model does inside (flaxlstm.plots)."""
-    inspect = commands.add_parser("inspect", help="draw what a model does inside (PNG)")
+    """``flaxlstm inspect VIEW``: PNG pictures of what a model does inside (flaxlstm.plots),
+    and ``html``, a page to explore it (flaxlstm.explorer)."""
+    inspect = commands.add_parser("inspect", help="draw what a model does inside (PNG, HTML)")
     views = inspect.add_subparsers(dest="view", required=True, metavar="VIEW")
     defaults = argparse.ArgumentDefaultsHelpFormatter
 
@@ -406,6 +407,7 @@ def add_inspect_parser(commands) -> None:
         views, "gates", "gates and cell state of an IMDB model over a review", inspect_gates
     )
     gates.add_argument("--layer", help="lstm, lstm/forward or lstm/backward; none: the first")
+    add_explorer_view(views)
 
 
 def review_view(views, name: str, help_text: str, run) -> argparse.ArgumentParser:
@@ -418,6 +420,35 @@ def review_view(views, name: str, help_text: str, run) -> argparse.ArgumentParse
     parser.add_argument("--max-words", type=positive_int, default=60, help="words drawn")
     parser.add_argument("--out", default=f"{name}.png", help="the PNG to write")
     parser.set_defaults(run=run)
+    return parser
+
+
+def add_explorer_view(views) -> argparse.ArgumentParser:
+    """``inspect html``: one self-contained HTML page to explore a run's units over a text."""
+    from flaxlstm import explorer
+
+    parser = views.add_parser(
+        "html",
+        help="one self-contained HTML page: a text coloured by any unit's gates and states,"
+        " the prediction after each token, saturation and interpretable cells",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model-dir", required=True, help="a 'train imdb' or 'train lm' run")
+    text = parser.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="the text to read")
+    text.add_argument("--file", help="read the text from this file (UTF-8)")
+    parser.add_argument(
+        "--max-tokens", type=positive_int, default=explorer.MAX_TOKENS, help="tokens shown"
+    )
+    parser.add_argument("--layer", help="the layer shown first (e.g. lstm); none: the first")
+    parser.add_argument(
+        "--quantity", choices=explorer.QUANTITIES, default="c", help="the quantity shown first"
+    )
+    parser.add_argument(
+        "--unit", type=int, help="the unit shown first; none: the one that best follows a signal"
+    )
+    parser.add_argument("--out", default="explorer.html", help="the HTML page to write")
+    parser.set_defaults(run=inspect_html)
     return parser
 
 
@@ -466,6 +497,22 @@ def inspect_gates(args: argparse.Namespace) -> None:
         run.model, run.vocabulary, args.review, layer=args.layer, max_words=args.max_words
     )
     print(f"wrote {plots.save_figure(figure, args.out)}")
+
+
+def inspect_html(args: argparse.Namespace) -> None:
+    from flaxlstm import explorer
+
+    if args.file is not None:
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        text = args.text
+    data = explorer.explore_run(
+        args.model_dir, text, args.out, max_tokens=args.max_tokens, layer=args.layer,
+        quantity=args.quantity, unit=args.unit,
+    )  # fmt: skip
+    size = os.path.getsize(args.out)
+    print(f"wrote {args.out} ({len(data['tokens']) - 1} tokens, {size / 1e3:.0f} kB)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@ from flax import nnx
 
 from flaxlstm.cell import (
     Activation,
+    Clamps,
     Initializer,
     LSTMState,
     Trace,
@@ -58,7 +59,8 @@ class LSTM(nnx.Module):
     [4H], gate order i, f, g, o (see ``flaxlstm.cell``). Called as
     ``layer(x, lengths=None, mask=None, initial_state=None)``; returns the last real step's h
     [B, H], or every step's h [B, T, H] with ``return_sequences``; with ``return_state`` also
-    the final ``LSTMState(c, h)``. Under ``capture_intermediates`` it records its ``Trace``.
+    the final ``LSTMState(c, h)``. Under ``capture_intermediates`` it records its ``Trace`` as
+    ``trace`` and which of its steps are real as ``real`` [B, T] (booleans).
 
     ``dtype`` (e.g. ``jnp.bfloat16``) is mixed precision, Flax's convention beside
     ``param_dtype``: the matrix products take operands of that dtype and accumulate in float32,
@@ -67,7 +69,10 @@ class LSTM(nnx.Module):
 
     ``hand_written_backward`` and ``accumulate_above_bytes`` choose how the time loop is
     differentiated (``flaxlstm.recurrent.lstm_scan``); they are fields of the layer, so a
-    jitted step compiled for one setting is never reused for another.
+    jitted step compiled for one setting is never reused for another. So is ``clamps`` (empty
+    at construction): units of gates or states held at fixed values at every step, an ablation
+    (``flaxlstm.cell.Clamp``; set and restored by ``flaxlstm.internals.ablate``); the loop then
+    runs on ``scan_cell``, so training and evaluation code run the ablated model unchanged.
 
     Cell variants (``flaxlstm.variants``) subclass it and replace ``scan``; the checks,
     masking, dropout, reverse and traces stay this class's.
@@ -120,6 +125,7 @@ class LSTM(nnx.Module):
         self.dtype = dtype  # the matrix products' dtype (mixed precision); None: the inputs'
         self.hand_written_backward = hand_written_backward
         self.accumulate_above_bytes = accumulate_above_bytes
+        self.clamps: Clamps = ()  # an ablation (flaxlstm.internals.ablate), static
         self.deterministic = False
         self.sow_intermediates = False
         width = self.gates * hidden_features
@@ -165,12 +171,15 @@ class LSTM(nnx.Module):
         state, outputs, trace = self.run(x, lengths, mask, initial_state, return_trace=record)
         if record:
             sow_output(self, "trace", trace)
+            real = make_mask(*x.shape[:2], lengths, mask)
+            sow_output(self, "real", jnp.ones(x.shape[:2], bool) if real is None else real)
         result = outputs if self.return_sequences else state.h
         return (result, state) if self.return_state else result
 
     def trace(self, x, lengths=None, mask=None, initial_state=None) -> Trace:
-        """Every step's gates i, f, g, o and states c, h [B, T, H], computed by the same cell
-        functions as training (on ``scan_cell``; equal to the fast path up to rounding)."""
+        """Every step's gates i, f, g, o, states c, h and pre-activations zi, zf, zg, zo
+        [B, T, H], computed by the same cell functions as training (on ``scan_cell``; equal to
+        the fast path up to rounding)."""
         return self.run(x, lengths, mask, initial_state, return_trace=True)[2]
 
     def run(self, x, lengths=None, mask=None, initial_state=None, *, return_trace: bool = False):
@@ -225,6 +234,7 @@ class LSTM(nnx.Module):
             hand_written_backward=self.hand_written_backward,
             accumulate_above_bytes=self.accumulate_above_bytes,
             matmul_dtype=self.dtype,
+            clamps=self.clamps,
         )
 
     def reversed_copy(self, rngs: nnx.Rngs) -> LSTM:

@@ -454,8 +454,8 @@ def generate(
     seed: int = 0,
 ) -> np.ndarray:
     """``tokens`` ids sampled one after another by ``model`` in eval mode, after reading
-        ``prompt_ids`` [T] (which start with START), each drawn from softmax(logits /
-        ``temperature``); ``temperature`` 0 takes the likeliest. PAD, START and OOV (the
+    ``prompt_ids`` [T] (which start with START), each drawn from softmax(logits /
+    ``temperature``); ``temperature`` 0 takes the likeliest. PAD, START and OOV (the
     out-of-vocabulary id) are never drawn."""
     check_positive_int("tokens", tokens)
     if not temperature >= 0:

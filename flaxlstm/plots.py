@@ -4,6 +4,7 @@ state, no GUI): ``figure.savefig("x.png")`` draws them with Agg::
     plot_gates(trace)                     heatmaps of i, f, g, o and c over one sequence
     plot_cumsum(model, x, y)              cumsum task: cell state and prediction at every step
     plot_review(model, vocabulary, text)  P(positive) after each word of a review
+    plot_saturation(saturation(...))      how often each unit's gates saturate (Karpathy 2015)
     plot_history(history)                 training curves of a run (its history.json)
 """
 
@@ -18,6 +19,7 @@ from matplotlib.figure import Figure
 from flaxlstm import train
 from flaxlstm.cell import Trace
 from flaxlstm.data import imdb as imdb_data
+from flaxlstm.internals import Saturation
 from flaxlstm.models import CumsumModel, SentimentClassifier
 from flaxlstm.traces import first_step, review_prefixes, trace_model
 
@@ -189,6 +191,32 @@ def plot_review_gates(
     # After the CNN's pooling a step covers two words: then the steps go unnamed.
     labels = words if trace.i.shape[1] == len(words) else None
     return plot_gates(trace, labels=labels, title=f"{layer}: gates over a review")
+
+
+def plot_saturation(result: dict[str, dict[str, Saturation]], layer: str | None = None) -> Figure:
+    """Karpathy, Johnson & Fei-Fei (2015)'s saturation plot of LSTM layer ``layer`` (default:
+    the first) of ``flaxlstm.internals.saturation``'s ``result``: one panel per gate, one point
+    per unit at (the fraction of real steps at which the gate is left-saturated, the fraction
+    at which it is right-saturated). A unit on the diagonal x + y = 1 is always saturated, one
+    at the origin never; g is drawn as (g + 1)/2."""
+    layer = layer or next(iter(result))
+    if layer not in result:
+        raise ValueError(f"no LSTM layer {layer!r}; the result has {', '.join(result)}")
+    gates = result[layer]
+    fig = Figure(figsize=(2.8 * len(gates) + 0.5, 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(gates), sharex=True, sharey=True))
+    for ax, (gate, fractions) in zip(axes, gates.items(), strict=True):
+        ax.plot([0, 1], [1, 0], color="0.7", ls="--", lw=1)  # always saturated
+        ax.scatter(fractions.left, fractions.right, s=14, alpha=0.6, color="tab:blue")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_aspect("equal")
+        ax.set_title(GATE_NAMES[gate] + (", (g + 1)/2" if gate == "g" else ""), fontsize=10)
+        ax.set_xlabel("fraction left-saturated")
+    axes[0].set_ylabel("fraction right-saturated")
+    units = len(next(iter(gates.values())).left)
+    fig.suptitle(f"{layer}: gate saturation of its {units} units")
+    return fig
 
 
 def plot_history(history: train.History, title: str = "Training curves") -> Figure:

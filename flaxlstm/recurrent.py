@@ -3,10 +3,10 @@
 ``lstm_scan`` runs the standard cell and is the one place that chooses how: with the default
 activations (σ, tanh) and ``hand_written_backward`` its loop has a backward pass written by
 hand (``_fused_scan``, a ``jax.custom_vjp``) that saves only each step's gates and starting
-state; other activations, ``return_trace`` or ``hand_written_backward=False`` take
-``scan_cell``, the plain scan differentiated by jax, which also runs every cell variant's step
-(flaxlstm/variants.py). Both give the same numbers (tests/test_speed_paths.py);
-docs/PERFORMANCE.md says why and how fast.
+state; other activations, ``return_trace``, ``clamps`` (an ablation) or
+``hand_written_backward=False`` take ``scan_cell``, the plain scan differentiated by jax,
+which also runs every cell variant's step (flaxlstm/variants.py). Both give the same numbers
+(tests/test_speed_paths.py); docs/PERFORMANCE.md says why and how fast.
 
 Inputs are batch-major [B, T, F]. Padding is described by ``lengths`` [B] (real tokens first)
 or a boolean ``mask`` [B, T] (True at real tokens, wherever they are). A padded step leaves the
@@ -27,10 +27,13 @@ import numpy as np
 
 from flaxlstm.cell import (
     Activation,
+    Clamps,
     LSTMState,
     Trace,
     activate_all,
     cell_update,
+    check_clamps,
+    clamp,
     is_default,
     lstm_step_backward,
     matmul,
@@ -127,6 +130,7 @@ def lstm_scan(
     hand_written_backward: bool = True,
     accumulate_above_bytes: int = ACCUMULATE_ABOVE_BYTES,
     matmul_dtype=None,
+    clamps: Clamps = (),
 ) -> tuple[LSTMState, jax.Array, Trace | None]:
     """Run the LSTM over a batch of sequences.
 
@@ -150,13 +154,17 @@ def lstm_scan(
       matmul_dtype: mixed precision: the matrix products take operands of this dtype (e.g.
         ``jnp.bfloat16``) and accumulate in float32; gates, states and outputs stay in the
         inputs' and weights' dtype (``cell.matmul``). None: everything in that dtype.
+      clamps: units of gates or states held at fixed values at every step (an ablation,
+        ``cell.Clamp``); the loop then runs on ``scan_cell``.
     Returns:
       the final state (c, h) [B, H] each, the outputs h_t [B, T, H] (zero at padded steps), and
-      a ``Trace`` (i, f, g, o, c, h) [B, T, H] each when ``return_trace``, else None.
+      a ``Trace`` (i, f, g, o, c, h, zi, zf, zg, zo) [B, T, H] each when ``return_trace``,
+      else None.
 
     Every input is cast to one dtype, the result type of x and the weights.
     """
     _check_shapes(kernel, recurrent_kernel, bias, x, mask, initial_state, recurrent_dropout_mask)
+    check_clamps(clamps, jnp.shape(recurrent_kernel)[0])
     dtype = jnp.result_type(x, kernel, recurrent_kernel, bias)
     cast = lambda a: None if a is None else jnp.asarray(a, dtype)  # noqa: E731
     W, U, b, x, recurrent_mask = map(
@@ -166,7 +174,8 @@ def lstm_scan(
     hidden = U.shape[0]
     state = zero_state(batch, hidden, dtype) if initial_state is None else initial_state
     state = LSTMState(*map(cast, state))
-    if hand_written_backward and not return_trace and is_default(gate_activation, activation):
+    fused = hand_written_backward and not (return_trace or clamps)
+    if fused and is_default(gate_activation, activation):
         dz_bytes = time * batch * 4 * hidden * jnp.dtype(dtype).itemsize
         accumulate = dz_bytes > accumulate_above_bytes
         options = _Options(reverse, unroll, accumulate, remat, matmul_dtype)
@@ -174,21 +183,23 @@ def lstm_scan(
             options, W, U, b, time_major(x), _time_major_mask(mask), state, recurrent_mask
         )
         return final, time_major(outputs), None
-    step = _standard_step(U, gate_activation, activation, matmul_dtype)
+    step = _standard_step(U, gate_activation, activation, matmul_dtype, clamps)
     xw = project_all(W, b, x, matmul_dtype)
     options = dict(reverse=reverse, unroll=unroll, return_trace=return_trace, remat=remat)
     return scan_cell(step, xw, mask, state, recurrent_dropout_mask=recurrent_mask, **options)
 
 
-def _standard_step(U, gate_activation, activation, matmul_dtype):
+def _standard_step(U, gate_activation, activation, matmul_dtype, clamps=()):
     """The standard cell's ``step(state, xw_t) -> (new_state, Trace of the step)`` for
-    ``scan_cell`` (the autodiff path): ``xw_t`` is this step's x_t·W + b [B, 4H]."""
+    ``scan_cell`` (the autodiff path): ``xw_t`` is this step's x_t·W + b [B, 4H]. ``clamps``
+    (an ablation) hold units of the activated gates, of c or of h at fixed values."""
     U = operand(U, matmul_dtype)
 
     def step(state: LSTMState, xw_t):
-        a = activate_all(xw_t + matmul(state.h, U, matmul_dtype), gate_activation, activation)
-        new = cell_update(a, state.c, activation)
-        return new, Trace(*jnp.split(a, 4, axis=-1), new.c, new.h)
+        z = xw_t + matmul(state.h, U, matmul_dtype)  # [B, 4H]: zi, zf, zg, zo
+        a = clamp(activate_all(z, gate_activation, activation), clamps, "ifgo")
+        new = cell_update(a, state.c, activation, clamps)
+        return new, Trace(*jnp.split(a, 4, axis=-1), new.c, new.h, *jnp.split(z, 4, axis=-1))
 
     return step
 
@@ -254,8 +265,8 @@ def scan_cell(
         h_in = state.h if recurrent_dropout_mask is None else state.h * recurrent_dropout_mask
         new, trace = step(LSTMState(state.c, h_in), xw_t)
         new, out = keep_state_where_padded(m_t, new, state, new.h)
-        if return_trace and m_t is not None:
-            trace = Trace(*(jnp.where(m_t, a, 0) for a in trace))
+        if return_trace and m_t is not None:  # (a step that records no z leaves them None)
+            trace = jax.tree.map(lambda a: jnp.where(m_t, a, 0), trace)
         return new, (out, trace if return_trace else None)
 
     final, (outputs, trace) = jax.lax.scan(
@@ -266,7 +277,7 @@ def scan_cell(
         unroll=unroll,
     )
     if trace is not None:
-        trace = Trace(*map(time_major, trace))
+        trace = jax.tree.map(time_major, trace)
     return final, time_major(outputs), trace
 
 

@@ -2,6 +2,8 @@
 predicts step by step. Numbers only (flaxlstm.plots draws them)::
 
     trace_model(model, inputs)        {"lstm": Trace} or {"lstm/forward", "lstm/backward"}
+    traced_steps(model, inputs)       the same, with each layer's real steps
+    lstm_layers(model)                the LSTM layers by the same names
     review_prefixes(model, vocab, t)  P(positive) after each word of a review
     cumsum_crossings(model, x, y)     where the prediction and the label first cross
 
@@ -19,12 +21,13 @@ from flaxlstm import train
 from flaxlstm.cell import Trace
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data.batches import Batch, check_data
-from flaxlstm.layers import capture_intermediates
+from flaxlstm.layers import LSTM, capture_intermediates
 from flaxlstm.models import CumsumModel, SentimentClassifier
 
 
 def trace_model(model: nnx.Module, inputs: jax.Array, lengths=None, mask=None) -> dict[str, Trace]:
-    """Every LSTM layer's gates and states at every step, in eval mode (no dropout).
+    """Every LSTM layer's gates, states and pre-activations at every step, in eval mode (no
+    dropout).
 
     Args:
       model: any NNX module whose LSTM layers are ``flaxlstm.LSTM`` (or variants), e.g. an
@@ -37,25 +40,51 @@ def trace_model(model: nnx.Module, inputs: jax.Array, lengths=None, mask=None) -
       that is itself an LSTM: ``"lstm"``); each field [B, T', H] (T' = T // 2 after the CNN's
       pooling), zero at padded steps. The backward direction's steps stay aligned with the inputs.
     """
+    return {name: trace for name, (trace, _) in traced_steps(model, inputs, lengths, mask).items()}
+
+
+def traced_steps(
+    model: nnx.Module, inputs: jax.Array, lengths=None, mask=None
+) -> dict[str, tuple[Trace, jax.Array]]:
+    """``trace_model`` with each layer's real steps: ``{layer path: (Trace, real)}``, ``real``
+    [B, T'] booleans, True where the layer read a real step (its own mask, after any pooling,
+    or the padding the model found by itself)."""
     # Checked on the host: inside jit, token ids out of range would be clamped silently.
     data = check_data(model, Batch(inputs, None, lengths))
-    traces = _traces(train.mode_view(model, training=False), data.inputs, data.lengths, mask)
-    if not traces:
+    recorded = _recorded(train.mode_view(model, training=False), data.inputs, data.lengths, mask)
+    if not recorded["trace"]:
         raise TypeError(f"no flaxlstm LSTM layer in a {type(model).__name__} to trace")
-    # Paths come sorted; a bidirectional layer's forward direction goes before its backward.
-    forward_first = lambda name: name.replace("/forward", "/0").replace("/backward", "/1")  # noqa: E731
-    return {name: traces[name] for name in sorted(traces, key=forward_first)}
+    traces, real = recorded["trace"], recorded["real"]
+    return {name: (traces[name], real[name]) for name in sorted(traces, key=_forward_first)}
+
+
+def _forward_first(name: str) -> str:
+    """Sorting by this puts a bidirectional layer's forward direction before its backward."""
+    return name.replace("/forward", "/0").replace("/backward", "/1")
+
+
+def layer_name(path: tuple) -> str:
+    """A layer's name as ``trace_model`` gives it: its path in the model, joined by "/" (a
+    model that is itself an LSTM: "lstm")."""
+    return "/".join(map(str, path)) or "lstm"
+
+
+def lstm_layers(model: nnx.Module) -> dict[str, LSTM]:
+    """Every flaxlstm LSTM layer and direction of ``model``, by ``trace_model``'s names."""
+    found = {layer_name(path): m for path, m in nnx.iter_modules(model) if isinstance(m, LSTM)}
+    return {name: found[name] for name in sorted(found, key=_forward_first)}
 
 
 @nnx.jit  # one compilation per model and shape, instead of one per operation
-def _traces(model: nnx.Module, inputs, lengths, mask) -> dict[str, Trace]:
+def _recorded(model: nnx.Module, inputs, lengths, mask) -> dict[str, dict[str, jax.Array]]:
+    """Every LSTM layer's recorded ``trace`` and ``real`` steps: {kind: {layer name: value}}."""
     padding = {k: v for k, v in (("lengths", lengths), ("mask", mask)) if v is not None}
     _, recorded = capture_intermediates(model, inputs, **padding)
-    traces = {}
+    found = {"trace": {}, "real": {}}
     for path, value in nnx.to_flat_state(recorded):
-        if path[-1] == "trace":
-            traces["/".join(map(str, path[:-1])) or "lstm"] = value.get_value()
-    return traces
+        if path[-1] in found:
+            found[path[-1]][layer_name(path[:-1])] = value.get_value()
+    return found
 
 
 def first_step(above: np.ndarray) -> np.ndarray:

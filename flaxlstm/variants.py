@@ -3,8 +3,9 @@ r"""Cell variants: each is ``flaxlstm.LSTM`` with its own step, a few dozen line
 Each subclasses ``VariantLSTM``: the layer's checks, masking, dropout, reverse,
 ``Bidirectional`` and traces, with the step of its own gate math (``cell_step``) scanned by
 ``flaxlstm.recurrent.scan_cell`` (differentiated by jax). Notation as in ``flaxlstm.cell``:
-:math:`z = x_t W + h_{t-1} U + b` split into gate blocks,
-σ the gate activation, tanh the activation.
+:math:`z = x_t W + h_{t-1} U + b` split into gate blocks :math:`z_i, z_f, z_g, z_o`,
+σ the gate activation, tanh the activation. Each step's ``Trace`` records, as ``zi, zf, zg,
+zo``, what σ and tanh are given (with peepholes, the peephole terms included).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class VariantLSTM(LSTM):
     """An ``LSTM`` whose cell is ``cell_step``: subclasses define it (and may widen h,
     ``state_features``, or change the input projection, ``project``). Variants are always
     differentiated by jax: ``hand_written_backward`` and ``accumulate_above_bytes`` do not
-    apply to them."""
+    apply to them, and neither do ``clamps`` (ablations are the standard cell's)."""
 
     def cell_step(self, dtype):
         """``step(state, xw_t) -> (new_state, Trace of this step)`` in ``dtype``."""
@@ -33,6 +34,10 @@ class VariantLSTM(LSTM):
         return x @ self.kernel[...].astype(x.dtype) + self.bias[...].astype(x.dtype)
 
     def scan(self, x, mask, initial_state: LSTMState, recurrent_mask, *, return_trace: bool):
+        if self.clamps:
+            raise ValueError(
+                f"clamps (ablations) apply to the standard LSTM, not a {type(self).__name__}"
+            )
         return scan_cell(
             self.cell_step(x.dtype),
             time_major(self.project(x)),
@@ -70,13 +75,14 @@ class PeepholeLSTM(VariantLSTM):
 
         def step(state: LSTMState, xw_t):
             z_i, z_f, z_g, z_o = jnp.split(xw_t + state.h @ U, 4, axis=-1)
-            i = sigma(z_i + p_i * state.c)
-            f = sigma(z_f + p_f * state.c)
-            g = tanh(z_g)
+            # The pre-activations, peepholes included, as the trace records them.
+            z_i, z_f = z_i + p_i * state.c, z_f + p_f * state.c
+            i, f, g = sigma(z_i), sigma(z_f), tanh(z_g)
             c = f * state.c + i * g
-            o = sigma(z_o + p_o * c)
+            z_o = z_o + p_o * c
+            o = sigma(z_o)
             h = o * tanh(c)
-            return LSTMState(c, h), Trace(i, f, g, o, c, h)
+            return LSTMState(c, h), Trace(i, f, g, o, c, h, z_i, z_f, z_g, z_o)
 
         return step
 
@@ -91,6 +97,9 @@ class CoupledLSTM(VariantLSTM):
 
         i_t = σ(z_i), \quad f_t = 1 - i_t, \quad g_t = \tanh(z_g), \quad o_t = σ(z_o)
         \\ c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t, \quad h_t = o_t ⊙ \tanh(c_t)
+
+    f has no pre-activation of its own: its trace's ``zf`` is :math:`-z_i`, since
+    :math:`σ(-z) = 1 - σ(z)`.
     """
 
     gates = 3
@@ -109,7 +118,7 @@ class CoupledLSTM(VariantLSTM):
             f = 1 - i
             c = f * state.c + i * g
             h = o * tanh(c)
-            return LSTMState(c, h), Trace(i, f, g, o, c, h)
+            return LSTMState(c, h), Trace(i, f, g, o, c, h, z_i, -z_i, z_g, z_o)
 
         return step
 
@@ -121,8 +130,8 @@ class LayerNormLSTM(VariantLSTM):
     .. math::
 
         z_t = \mathrm{LN}(x_t W; γ_x) + \mathrm{LN}(h_{t-1} U; γ_h) + b \\
-        c_t = σ(f_t) ⊙ c_{t-1} + σ(i_t) ⊙ \tanh(g_t), \quad
-        h_t = σ(o_t) ⊙ \tanh(\mathrm{LN}(c_t; γ_c, β_c))
+        c_t = σ(z_f) ⊙ c_{t-1} + σ(z_i) ⊙ \tanh(z_g), \quad
+        h_t = σ(z_o) ⊙ \tanh(\mathrm{LN}(c_t; γ_c, β_c))
 
     LN(x_t W) needs no state, so it is computed for all steps at once, outside the loop, like
     the plain input projection. Submodules ``input_norm`` [4H], ``recurrent_norm`` [4H] (scale
@@ -150,7 +159,7 @@ class LayerNormLSTM(VariantLSTM):
             i, f, g, o = sigma(z_i), sigma(z_f), tanh(z_g), sigma(z_o)
             c = f * state.c + i * g
             h = o * tanh(self.cell_norm(c))
-            return LSTMState(c, h), Trace(i, f, g, o, c, h)
+            return LSTMState(c, h), Trace(i, f, g, o, c, h, z_i, z_f, z_g, z_o)
 
         return step
 
@@ -160,8 +169,8 @@ class ProjectedLSTM(VariantLSTM):
 
     .. math::
 
-        c_t = σ(f_t) ⊙ c_{t-1} + σ(i_t) ⊙ \tanh(g_t), \quad
-        h_t = (σ(o_t) ⊙ \tanh(c_t))\, P
+        c_t = σ(z_f) ⊙ c_{t-1} + σ(z_i) ⊙ \tanh(z_g), \quad
+        h_t = (σ(z_o) ⊙ \tanh(c_t))\, P
 
     with ``projection`` P [H, proj_size]; h, the outputs and ``recurrent_kernel``
     [proj_size, 4H] are proj_size wide, the cell c stays H wide.
@@ -193,7 +202,7 @@ class ProjectedLSTM(VariantLSTM):
             i, f, g, o = sigma(z_i), sigma(z_f), tanh(z_g), sigma(z_o)
             c = f * state.c + i * g
             h = (o * tanh(c)) @ P
-            return LSTMState(c, h), Trace(i, f, g, o, c, h)
+            return LSTMState(c, h), Trace(i, f, g, o, c, h, z_i, z_f, z_g, z_o)
 
         return step
 

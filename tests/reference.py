@@ -31,15 +31,19 @@ def lstm_reference(
     coupled=False,
     norms=None,
     projection=None,
+    clamps=(),
 ):
     """W [F, 4H], U [P, 4H], b [4H], x [B, T, F], mask [B, T] (True = real step).
 
     Variants: ``peephole`` [3, H] (p_i, p_f, p_o); ``coupled`` (three blocks i, g, o and
     f = 1 − i); ``norms`` (γ_x [4H], γ_h [4H], γ_c [H], β_c [H]) for the layer-normalised LSTM;
-    ``projection`` [H, P] for LSTMP.
+    ``projection`` [H, P] for LSTMP. ``clamps``: (what, units, value) triples, each setting
+    ``units`` of a gate ("i", "f", "g", "o") or state ("c", "h") to ``value`` once computed.
 
     Returns outputs [B, T, P] (zero at padded steps), final c [B, H], final h [B, P] and the
-    per-step gates dict (i, f, g, o, c, h), each [B, T, H] (h: [B, T, P]).
+    per-step dict of gates, states and pre-activations (i, f, g, o, c, h, zi, zf, zg, zo),
+    each [B, T, H] (h: [B, T, P]); zi, zf, zg, zo are what σ and tanh are given (coupled:
+    zf = −zi, as σ(−z) = 1 − σ(z)).
     """
     B, T, _ = x.shape
     H = W.shape[1] // (3 if coupled else 4)
@@ -47,7 +51,16 @@ def lstm_reference(
     if mask is None:
         mask = np.ones((B, T), bool)
     out = np.zeros((B, T, P), x.dtype)
-    trace = {k: np.zeros((B, T, P if k == "h" else H), x.dtype) for k in "ifgoch"}
+    names = ("i", "f", "g", "o", "c", "h", "zi", "zf", "zg", "zo")
+    trace = {k: np.zeros((B, T, P if k == "h" else H), x.dtype) for k in names}
+
+    def held(name, v):
+        v = v.copy()
+        for what, units, value in clamps:
+            if what == name:
+                v[list(units)] = value
+        return v
+
     c_final = np.zeros((B, H), x.dtype)
     h_final = np.zeros((B, P), x.dtype)
     for n in range(B):
@@ -62,31 +75,28 @@ def lstm_reference(
             else:
                 z = layer_norm(x[n, t] @ W, norms[0]) + layer_norm(h @ U, norms[1]) + b
             if coupled:
-                i = sigmoid(z[0:H])
-                f = 1 - i
-                g = np.tanh(z[H : 2 * H])
-                o = sigmoid(z[2 * H : 3 * H])
-                c = f * c + i * g
-            elif peephole is not None:
-                i = sigmoid(z[0:H] + peephole[0] * c)
-                f = sigmoid(z[H : 2 * H] + peephole[1] * c)
-                g = np.tanh(z[2 * H : 3 * H])
-                c = f * c + i * g
-                o = sigmoid(z[3 * H : 4 * H] + peephole[2] * c)
+                zi, zg, zo = z[0:H], z[H : 2 * H], z[2 * H : 3 * H]
+                zf = -zi
             else:
-                i = sigmoid(z[0:H])
-                f = sigmoid(z[H : 2 * H])
-                g = np.tanh(z[2 * H : 3 * H])
-                o = sigmoid(z[3 * H : 4 * H])
-                c = f * c + i * g
+                zi, zf, zg, zo = z[0:H], z[H : 2 * H], z[2 * H : 3 * H], z[3 * H : 4 * H]
+            if peephole is not None:
+                zi, zf = zi + peephole[0] * c, zf + peephole[1] * c
+            i = held("i", sigmoid(zi))
+            f = held("f", 1 - i if coupled else sigmoid(zf))
+            g = held("g", np.tanh(zg))
+            c = held("c", f * c + i * g)
+            if peephole is not None:
+                zo = zo + peephole[2] * c
+            o = held("o", sigmoid(zo))
             if norms is not None:
                 h = o * np.tanh(layer_norm(c, norms[2], norms[3]))
             else:
                 h = o * np.tanh(c)
             if projection is not None:
                 h = h @ projection
+            h = held("h", h)
             out[n, t] = h
-            for k, v in zip("ifgoch", (i, f, g, o, c, h), strict=True):
+            for k, v in zip(names, (i, f, g, o, c, h, zi, zf, zg, zo), strict=True):
                 trace[k][n, t] = v
         c_final[n], h_final[n] = c, h
     return out, c_final, h_final, trace

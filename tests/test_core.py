@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from reference import bidirectional_reference, lengths_to_mask, lstm_reference
 
 import flaxlstm
-from flaxlstm import LSTM, Bidirectional, LSTMState, PerStep, lstm_scan
+from flaxlstm import LSTM, Bidirectional, LSTMState, PerStep, Trace, lstm_scan
 
 F, H = 3, 4
 RTOL, ATOL = 1e-5, 1e-6
@@ -134,7 +134,7 @@ def test_trace_matches_reference_gates_and_states():
     mask = lengths_to_mask(np.array([4, 2]), 4, "pre")
     *_, ref = lstm_reference(*params, x, mask, reverse=True)
     trace = make_layer(params, reverse=True).trace(jnp.asarray(x), mask=jnp.asarray(mask))
-    for name in "ifgoch":
+    for name in Trace._fields:  # gates, states, pre-activations
         close(getattr(trace, name), ref[name])
 
 

@@ -11,7 +11,7 @@ from flax import nnx
 from reference import lengths_to_mask, lstm_reference
 from test_cli import run_main
 
-from flaxlstm import capture_intermediates, plots, runs, traces, train
+from flaxlstm import Trace, capture_intermediates, plots, runs, traces, train
 from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
@@ -28,7 +28,7 @@ def reference_trace(layer, x, lengths, reverse=False):
 
 
 def assert_trace_equal(trace, ref):
-    for name in "ifgoch":
+    for name in Trace._fields:  # gates, states, pre-activations
         np.testing.assert_allclose(np.asarray(getattr(trace, name)), ref[name], atol=1e-5)
 
 

@@ -8,7 +8,7 @@ from flax import nnx
 from reference import lengths_to_mask, lstm_reference
 from test_core import close, set_params
 
-from flaxlstm import Bidirectional
+from flaxlstm import Bidirectional, Trace
 from flaxlstm.variants import CoupledLSTM, LayerNormLSTM, PeepholeLSTM, ProjectedLSTM
 
 F, H, P = 3, 4, 2
@@ -82,7 +82,7 @@ def test_variant_matches_its_reference(make, reverse):
     close(state.c, c)
     close(state.h, h)
     trace = layer.trace(jnp.asarray(X), mask=jnp.asarray(MASK))
-    for name in "ifgoch":
+    for name in Trace._fields:  # gates, states, pre-activations
         close(getattr(trace, name), ref[name])
 
 
