@@ -174,7 +174,7 @@ def test_resuming_with_another_model_or_settings_is_refused_and_harms_nothing(tm
     fit(CumsumModel(8, rngs=nnx.Rngs(0)), epochs=1, checkpoint_dir=tmp_path)
     steps = Checkpointer(tmp_path).steps()
     with pytest.raises(ValueError, match="different model"):
-        fit(CumsumModel(9, rngs=nnx.Rngs(0)), checkpoint_dir=tmp_path, resume=True)
+        fit(CumsumModel(9, rngs=nnx.Rngs(0)), epochs=1, checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(ValueError, match="other data or settings"):
         fit(CumsumModel(8, rngs=nnx.Rngs(0)), batch_size=12, checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(ValueError, match="already holds checkpoints of a run: resume it"):
