@@ -274,13 +274,9 @@ def train_language_model(config: LmConfig) -> None:
         _train_language_model(config)
 
 
-def _train_language_model(config: LmConfig) -> None:
-    out, start = config.out, time.perf_counter()
-    if config.imdb:
-        texts, held = text_data.imdb_texts(config.validation_split, config.data_dir, config.limit)
-    else:
-        train_text, held_text = text_data.text_file(config.text, config.validation_split)
-        texts, held = [train_text], [held_text]
+def lm_vocabulary(config: LmConfig, texts) -> tuple[imdb_data.Vocabulary, int]:
+    """The vocabulary of the training ``texts`` (checked against a resumed run's, then saved
+    in the run directory) and the sampled-softmax size (default by vocabulary size)."""
     tokenize = imdb_data.TOKENIZERS[config.level]
     vocabulary = imdb_data.Vocabulary.fit(map(tokenize, texts), config.vocab_size, config.level)
     samples = config.samples
@@ -288,12 +284,23 @@ def _train_language_model(config: LmConfig) -> None:
         samples = 1024 if vocabulary.size > 4096 else 0
     if samples >= vocabulary.size:
         raise ValueError(f"--samples {samples} must be below the vocabulary's {vocabulary.size}")
-    vocabulary_path = os.path.join(out, "vocabulary.json")
-    if config.resume and os.path.exists(vocabulary_path):
-        saved = imdb_data.Vocabulary.load(vocabulary_path)
+    path = os.path.join(config.out, "vocabulary.json")
+    if config.resume and os.path.exists(path):
+        saved = imdb_data.Vocabulary.load(path)
         if (saved.words, saved.level) != (vocabulary.words, vocabulary.level):
-            raise ValueError(f"{out} holds a run on another text (its vocabulary differs)")
-    vocabulary.save(vocabulary_path)
+            raise ValueError(f"{config.out} holds a run on another text (its vocabulary differs)")
+    vocabulary.save(path)
+    return vocabulary, samples
+
+
+def _train_language_model(config: LmConfig) -> None:
+    out, start = config.out, time.perf_counter()
+    if config.imdb:
+        texts, held = text_data.imdb_texts(config.validation_split, config.data_dir, config.limit)
+    else:
+        train_text, held_text = text_data.text_file(config.text, config.validation_split)
+        texts, held = [train_text], [held_text]
+    vocabulary, samples = lm_vocabulary(config, texts)
     documents, validation = vocabulary.encode(texts), vocabulary.encode(held)
     if not config.imdb:  # one long text: a contiguous piece per row
         documents = text_data.pieces(documents[0], config.batch_size)

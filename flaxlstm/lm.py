@@ -169,12 +169,19 @@ def evaluate_lm(
     (nats per token), ``perplexity``, ``bits`` (per token; per character for a character
     model) and ``tokens``."""
     graphdef, params, non_params = split_model(model, training=False)
+    total = loss_totals(model, graphdef, params, non_params, documents, batch_size, bptt, quiet)
+    return scores(total[0], total[1]) | {"tokens": int(total[1])}
+
+
+def loss_totals(model, graphdef, params, non_params, documents, batch_size, bptt, quiet=True):
+    """[2] float64: the full-softmax loss sum over every next token of ``documents`` and
+    their count, with eval-mode ``graphdef`` and the state carried chunk to chunk."""
     carry, total = zero_carry(model, batch_size), np.zeros(2)
     plan_chunks = chunks(documents, batch_size, bptt)
     for chunk in tqdm(plan_chunks, desc="Evaluating", leave=False, disable=quiet, unit="chunk"):
         sums, carry = lm_eval_step(params, non_params, carry, chunk, graphdef=graphdef)
         total += np.asarray(sums, np.float64)
-    return scores(total[0], total[1]) | {"tokens": int(total[1])}
+    return total
 
 
 # ----------------------------------------------------------------------------- training
@@ -405,12 +412,10 @@ def _history_line(history: dict[str, list]) -> str:
 def _evaluate(run: LmRun, state: TrainState, progress: LmProgress, step: int) -> LmProgress:
     """``progress`` with one more history entry: the training window's loss and speed, and
     the validation scores of ``state``'s parameters."""
-    carry, total = zero_carry(run.model, run.batch_size), np.zeros(2)
-    for chunk in chunks(run.validation, run.batch_size, run.bptt):
-        sums, carry = lm_eval_step(
-            state.params, state.non_params, carry, chunk, graphdef=run.eval_graphdef
-        )
-        total += np.asarray(sums, np.float64)
+    total = loss_totals(
+        run.model, run.eval_graphdef, state.params, state.non_params, run.validation,
+        run.batch_size, run.bptt,
+    )  # fmt: skip
     loss_sum, tokens, seconds = progress.window
     entry = {
         "step": step,
