@@ -4,6 +4,7 @@ text, and what the model does when chosen units are clamped. Numbers only
 
     saturation(model, inputs, lengths)        {layer: {gate: Saturation(left [H], right [H])}}
     unit_values(model, inputs, lengths)       c (or h, a gate, ...) [n, H] at a layer's n real steps
+    last_values(model, inputs, lengths)       h (or c, ...) [N, H] at each example's last real step
     rank_units(values, signal)                the units by |correlation| with a per-step signal
     find_units(model, ids, lengths, signal)   the same over every layer: "find the quote cell"
     ablate(model, layer, units, what="c")     a ``with`` block in which those units are clamped
@@ -160,6 +161,28 @@ def unit_values(
     as ``signal[real]`` orders a per-step signal [N, T]."""
     layer, _ = _lstm_layer(model, layer)
     return _layer_values(model, inputs, lengths, mask, state, batch_size)[layer][0]
+
+
+def last_values(
+    model: nnx.Module,
+    inputs,
+    lengths=None,
+    mask=None,
+    *,
+    layer: str | None = None,
+    state: str = "h",
+    batch_size: int = 64,
+) -> np.ndarray:
+    """``state`` [N, H] (h by default: what a classifier's head reads) of LSTM layer ``layer``
+    (default: the first) at each example's last real step in input order, e.g.
+    ``rank_units(last_values(model, x, lengths), y == 1)``: the units that tell the labels
+    apart. (For a backward direction that step is where its scan begins.)"""
+    layer, _ = _lstm_layer(model, layer)
+    values, real = _layer_values(model, inputs, lengths, mask, state, batch_size)[layer]
+    steps = real.sum(axis=1)  # [N]
+    if not steps.all():
+        raise ValueError(f"example {int(np.argmin(steps))} has no real steps: no last state")
+    return values[np.cumsum(steps) - 1]
 
 
 class UnitRanking(NamedTuple):

@@ -5,6 +5,7 @@ state, no GUI): ``figure.savefig("x.png")`` draws them with Agg::
     plot_cumsum(model, x, y)              cumsum task: cell state and prediction at every step
     plot_review(model, vocabulary, text)  P(positive) after each word of a review
     plot_saturation(saturation(...))      how often each unit's gates saturate (Karpathy 2015)
+    plot_text_values(characters, values)  a text, each character on its unit's value's colour
     plot_history(history)                 training curves of a run (its history.json)
 """
 
@@ -216,6 +217,38 @@ def plot_saturation(result: dict[str, dict[str, Saturation]], layer: str | None 
     axes[0].set_ylabel("fraction right-saturated")
     units = len(next(iter(gates.values())).left)
     fig.suptitle(f"{layer}: gate saturation of its {units} units")
+    return fig
+
+
+def plot_text_values(tokens: Sequence[str], values, *, title: str = "", width: int = 80) -> Figure:
+    """A text as Karpathy, Johnson & Fei-Fei (2015) show an interpretable cell: its ``tokens``
+    (characters, or short tokens) in rows of ``width``, each on a background coloured by its
+    value ``values`` [T] (e.g. one unit's c at that step: red above 0, blue below). A line
+    break ("\\n", drawn ↵) starts a new row."""
+    values = np.asarray(values, float)
+    if values.shape != (len(tokens),):
+        raise ValueError(
+            f"values must be [T] = [{len(tokens)}] (one per token), got {values.shape}"
+        )
+    places, row, column = [], 0, 0  # (row, column) of each token
+    for token in tokens:
+        if column == width:
+            row, column = row + 1, 0
+        places.append((row, column))
+        row, column = (row + 1, 0) if token == "\n" else (row, column + 1)
+    grid = np.full((places[-1][0] + 1 if places else 1, width), np.nan)  # NaN: no token, blank
+    for (r, c), value in zip(places, values, strict=True):
+        grid[r, c] = value
+    limit = max(float(np.abs(values).max(initial=0)), 1e-6)
+    fig = Figure(figsize=(0.12 * width + 1.2, 0.24 * len(grid) + 0.8), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    for (r, c), token in zip(places, tokens, strict=True):
+        shown = "↵" if token == "\n" else token
+        ax.text(c, r, shown, ha="center", va="center", fontsize=7, family="monospace")
+    ax.set_axis_off()
+    fig.colorbar(image, ax=ax, pad=0.01, fraction=0.02)
+    ax.set_title(title, fontsize=10)
     return fig
 
 

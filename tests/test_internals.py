@@ -139,6 +139,38 @@ def test_rank_units_by_correlation_and_exact_threshold_probes():
         internals.rank_units(values, signal[:10])
 
 
+def test_last_values_are_the_states_at_each_examples_last_real_step():
+    model = classifier()
+    trace = traces.trace_model(model, IDS, lengths=LENGTHS)["lstm"]
+    expected_h = np.asarray(trace.h)[np.arange(len(IDS)), LENGTHS - 1]  # [N, H]
+    last_h = internals.last_values(model, IDS, LENGTHS, batch_size=2)
+    np.testing.assert_allclose(last_h, expected_h, rtol=1e-6)
+    # What the head reads: the logit is Dense(last h).
+    logits = np.asarray(model(IDS, LENGTHS)).reshape(-1)
+    head = last_h @ np.asarray(model.head.kernel).reshape(-1) + float(model.head.bias[0])
+    np.testing.assert_allclose(head, logits, rtol=1e-5, atol=1e-6)
+    last_c = internals.last_values(model, IDS, LENGTHS, state="c")
+    np.testing.assert_allclose(last_c, np.asarray(trace.c)[np.arange(len(IDS)), LENGTHS - 1])
+    ranking = internals.rank_units(last_h, LABELS == 1)  # [N, H] against one label each
+    assert len(ranking.units) == H and ranking.baseline == 0.6
+    with pytest.raises(ValueError, match="example 1 has no real steps"):
+        internals.last_values(model, IDS, np.array([6, 0, 4, 2, 6], np.int32))
+
+
+def test_plot_text_values_puts_each_character_on_its_value():
+    tokens = list("ab\ncd")  # the line break starts the second row
+    values = np.array([1.0, -1.0, 0.5, 0.0, -0.5])
+    figure = plots.plot_text_values(tokens, values, width=3)
+    ax = figure.axes[0]
+    grid = ax.images[0].get_array()
+    np.testing.assert_allclose(grid.filled(np.nan), [[1, -1, 0.5], [0, -0.5, np.nan]])
+    assert [t.get_text() for t in ax.texts] == ["a", "b", "↵", "c", "d"]
+    wrapped = plots.plot_text_values(list("abcd"), np.arange(4.0), width=3)  # a full row wraps
+    assert wrapped.axes[0].images[0].get_array().shape == (2, 3)
+    with pytest.raises(ValueError, match=r"values must be \[T\] = \[5\]"):
+        plots.plot_text_values(tokens, values[:4])
+
+
 def test_signals_from_token_ids():
     q, o, c, dot = 3, 4, 5, 6  # '"', '(', ')', '.'
     ids = np.array([[7, q, 7, 7, q, 7, q, 7], [o, 7, o, c, 7, c, c, 7]])
