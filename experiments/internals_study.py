@@ -13,8 +13,9 @@ validation draw, never trained on), their first ``--chars`` characters. Each sig
 unit (``find_units``, by |Pearson r| of its cell state c with the signal) is chosen on the
 first half of them, and its r and one-unit threshold-probe accuracy are reported on the other
 half. Classifier: the sentiment units are ranked by how well their last h tells positive from
-negative (``last_values``, ``rank_units``) on a draw of training reviews; the ablation (h held
-at 0 at every step) is scored on a draw of test reviews, against as many units drawn at random.
+negative (``last_values``, ``rank_units``) on a draw of training reviews; the ablation (their h
+held at every step at its mean last value over those reviews, so that the head's bias still
+fits) is scored on a draw of test reviews, against as many units drawn at random.
 """
 
 from __future__ import annotations
@@ -129,12 +130,15 @@ def classifier_study(run_dir: str, data_dir, reviews: int, ks, draws: int, out: 
     ranking = internals.rank_units(last_h, data.train.labels[choose] == 1)
     x, y, lengths = data.test.ids[report], data.test.labels[report], data.test.lengths[report]
 
+    mean_h = last_h.mean(axis=0)  # [H]: what the head reads, on average
+
     def accuracy(units=()) -> float:
-        ablated = internals.ablate(run.model, layer, units, "h") if len(units) else None
-        with ablated or contextlib.nullcontext():
-            return float(
-                train.evaluate(run.model, x, y, lengths=lengths, batch_size=250)["accuracy"]
-            )
+        """Test accuracy with ``units``' h held at their means at every step."""
+        with contextlib.ExitStack() as stack:
+            for u in units:
+                stack.enter_context(internals.ablate(run.model, layer, u, "h", float(mean_h[u])))
+            scores = train.evaluate(run.model, x, y, lengths=lengths, batch_size=250)
+        return float(scores["accuracy"])
 
     ablations = {}
     for k in ks:
@@ -166,7 +170,7 @@ def main() -> None:
     result = {
         "lm": lm_study(args.lm_run, args.data_dir, args.lm_reviews, args.chars, args.out),
         "classifier": classifier_study(
-            args.classifier_run, args.data_dir, args.reviews, (1, 3, 10), args.draws, args.out
+            args.classifier_run, args.data_dir, args.reviews, (1, 3, 10, 30), args.draws, args.out
         ),
     }
     result["seconds"] = round(time.perf_counter() - start, 1)
