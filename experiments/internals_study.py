@@ -6,7 +6,8 @@ IMDB classifier with what ablating them does to its accuracy.
         --classifier-run runs/study/simple --out docs/study
 
 (``--data-dir`` or $TFDS_DATA_DIR: where TFDS's imdb_reviews is.) Writes ``study.json`` and
-the pictures into ``--out``.
+the pictures into ``--out``; with only one of ``--lm-run`` and ``--classifier-run``, only that
+part of ``study.json`` is computed again.
 
 Language model: the held-out reviews of ``flaxlstm train lm --imdb`` (``imdb_texts(0.02)``'s
 validation draw, never trained on), their first ``--chars`` characters. Each signal's best
@@ -91,7 +92,7 @@ def draw_cells(run, ids, lengths, cells: dict, out: str, shown: int = 600) -> No
     quotes = (ids[:, :shown] == char['"']).sum(axis=1)
     row = int(np.argmax((quotes >= 2) & (ids[:, :shown] == char["("]).any(axis=1)))
     n = min(shown, int(lengths[row]))
-    c = internals.unit_values(run.model, ids[row : row + 1, :n], lengths[row : row + 1])  # [n, H]
+    c = internals.unit_values(run.model, ids[row : row + 1, :n], np.array([n]))  # [n, H]
     text = [run.vocabulary.decode([i]) for i in ids[row, 1:n]]  # after START
     for name, file in (("inside quotes", "lm-quote-cell"), ("inside parentheses", "lm-paren-cell")):
         unit = cells[name]["unit"]
@@ -156,8 +157,8 @@ def classifier_study(run_dir: str, data_dir, reviews: int, ks, draws: int, out: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lm-run", required=True, help="a `train lm --imdb --level char` run")
-    parser.add_argument("--classifier-run", required=True, help="a `train imdb` run")
+    parser.add_argument("--lm-run", help="a `train lm --imdb --level char` run")
+    parser.add_argument("--classifier-run", help="a `train imdb` run")
     parser.add_argument("--lm-reviews", type=int, default=200, help="per half (choose, report)")
     parser.add_argument("--chars", type=int, default=1000, help="the first N of each review")
     parser.add_argument("--reviews", type=int, default=5000, help="training and test draws")
@@ -165,16 +166,26 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="TFDS data directory")
     parser.add_argument("--out", required=True, help="directory for study.json and pictures")
     args = parser.parse_args()
+    if not (args.lm_run or args.classifier_run):
+        parser.error("give --lm-run, --classifier-run or both")
     os.makedirs(args.out, exist_ok=True)
-    start = time.perf_counter()
-    result = {
-        "lm": lm_study(args.lm_run, args.data_dir, args.lm_reviews, args.chars, args.out),
-        "classifier": classifier_study(
+    path = f"{args.out}/study.json"
+    result = {}  # a part not run this time keeps its earlier result
+    if os.path.isfile(path):
+        with open(path) as f:
+            result = json.load(f)
+    if args.lm_run:
+        start = time.perf_counter()
+        result["lm"] = lm_study(args.lm_run, args.data_dir, args.lm_reviews, args.chars, args.out)
+        result["lm"]["seconds"] = round(time.perf_counter() - start, 1)
+    if args.classifier_run:
+        start = time.perf_counter()
+        result["classifier"] = classifier_study(
             args.classifier_run, args.data_dir, args.reviews, (1, 3, 10, 30), args.draws, args.out
-        ),
-    }
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    with open(f"{args.out}/study.json", "w") as f:
+        )
+        result["classifier"]["seconds"] = round(time.perf_counter() - start, 1)
+    result.pop("seconds", None)
+    with open(path, "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result, indent=1))
 
