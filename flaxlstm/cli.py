@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import runpy
 import sys
@@ -48,7 +49,7 @@ from flaxlstm.data import text as text_data
 from flaxlstm.files import DirectoryLock, save_json
 from flaxlstm.interrupts import TrainingInterrupted
 from flaxlstm.models import MODELS, AddingModel, CumsumModel, ParityModel
-from flaxlstm.runs import imdb_model, language_model, load_lm_run, load_run
+from flaxlstm.runs import LmRun, imdb_model, language_model, load_lm_run, load_run
 
 # flaxlstm.plots (matplotlib) is imported where it is used: training and prediction never
 # import it.
@@ -274,11 +275,17 @@ def train_language_model(config: LmConfig) -> None:
         _train_language_model(config)
 
 
-def lm_vocabulary(config: LmConfig, texts) -> tuple[imdb_data.Vocabulary, int]:
-    """The vocabulary of the training ``texts`` (checked against a resumed run's, then saved
-    in the run directory) and the sampled-softmax size (default by vocabulary size)."""
-    tokenize = imdb_data.TOKENIZERS[config.level]
-    vocabulary = imdb_data.Vocabulary.fit(map(tokenize, texts), config.vocab_size, config.level)
+def lm_vocabulary(
+    config: LmConfig, texts, source: LmRun | None = None
+) -> tuple[imdb_data.Vocabulary, int]:
+    """The vocabulary of the training ``texts``, or the ``source`` run's (``--init-from``),
+    checked against a resumed run's, then saved in the run directory; and the
+    sampled-softmax size (default by vocabulary size)."""
+    if source is None:
+        tokenize = imdb_data.TOKENIZERS[config.level]
+        vocabulary = imdb_data.Vocabulary.fit(map(tokenize, texts), config.vocab_size, config.level)
+    else:
+        vocabulary = source.vocabulary
     samples = config.samples
     if samples is None:
         samples = 1024 if vocabulary.size > 4096 else 0
@@ -293,6 +300,40 @@ def lm_vocabulary(config: LmConfig, texts) -> tuple[imdb_data.Vocabulary, int]:
     return vocabulary, samples
 
 
+# What a run trains on and holds out: a run started --init-from another must share them, or
+# it could train on the other's validation text.
+LM_DATA_OPTIONS = ("imdb", "text", "validation_split", "limit")
+LM_SIZES = ("vocab_size", "level", "embedding", "hidden", "layers", "tie")
+
+
+def lm_source(config: LmConfig) -> LmRun | None:
+    """The ``--init-from`` run, loaded, once its data options are checked against
+    ``config``'s (None without ``--init-from``)."""
+    if config.init_from is None:
+        return None
+    source = load_lm_run(config.init_from)
+    data = source.config.get("data")
+    if data is None:  # runs written before config.json held their data options
+        metrics = os.path.join(config.init_from, "metrics.json")
+        data = {}
+        if os.path.isfile(metrics):
+            with open(metrics, encoding="utf-8") as f:
+                data = json.load(f).get("options", {})
+    ours = {name: getattr(config, name) for name in LM_DATA_OPTIONS}
+    theirs = {name: data.get(name, "unknown") for name in LM_DATA_OPTIONS}
+    if ours != theirs:
+        differ = ", ".join(
+            f"{name} {theirs[name]!r} there, {ours[name]!r} here"
+            for name in ours
+            if ours[name] != theirs[name]
+        )
+        raise ValueError(
+            f"--init-from {config.init_from} trained on other text or held out another part"
+            f" ({differ})"
+        )
+    return source
+
+
 def _train_language_model(config: LmConfig) -> None:
     out, start = config.out, time.perf_counter()
     if config.imdb:
@@ -300,18 +341,24 @@ def _train_language_model(config: LmConfig) -> None:
     else:
         train_text, held_text = text_data.text_file(config.text, config.validation_split)
         texts, held = [train_text], [held_text]
-    vocabulary, samples = lm_vocabulary(config, texts)
+    source = lm_source(config)
+    if source is not None:
+        config = dataclasses.replace(config, **{name: source.config[name] for name in LM_SIZES})
+    vocabulary, samples = lm_vocabulary(config, texts, source)
     documents, validation = vocabulary.encode(texts), vocabulary.encode(held)
     if not config.imdb:  # one long text: a contiguous piece per row
         documents = text_data.pieces(documents[0], config.batch_size)
         rows = max(1, min(config.batch_size, len(validation[0]) // (2 * config.bptt)))
         validation = text_data.pieces(validation[0], rows)
-    names = ("level", "embedding", "hidden", "layers", "tie", "dropout", "seed")
+    names = ("level", "embedding", "hidden", "layers", "tie", "dropout", "seed", "init_from")
     run_config = {"task": "lm", "vocab_size": vocabulary.size} | {
         name: getattr(config, name) for name in names
     }
+    run_config["data"] = {name: getattr(config, name) for name in LM_DATA_OPTIONS}
     save_json(os.path.join(out, "config.json"), run_config)
     model = language_model(run_config)
+    if source is not None:  # (a resumed run's checkpoint then replaces them)
+        nnx.update(model, nnx.state(source.model, nnx.Param))
     if not config.quiet:
         tokens = sum(map(len, documents))
         print(

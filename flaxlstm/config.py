@@ -312,6 +312,13 @@ class LmConfig(Recipe):
     limit: int | None = option(None, "use the first N of the 75,000 reviews", positive_int)
     data_dir: str | None = option(None, "TFDS data directory (default: $TFDS_DATA_DIR)", str)
     resume: bool = option(False, "continue from DIR/checkpoints")
+    init_from: str | None = option(
+        None,
+        "start from the newest model of this 'train lm' run (another pass, a new schedule): its"
+        " vocabulary and sizes are kept, so --level, --vocab-size, --embedding, --hidden,"
+        " --layers and --tie are taken from it",
+        str,
+    )
     seed: int = option(0, "of the initialisation, order and samples", int)
     out: str | None = out_option(None)
     quiet: bool = option(False, "print nothing")

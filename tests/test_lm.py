@@ -655,6 +655,32 @@ def test_train_lm_word_level_and_generate(tmp_path, corpus, capsys):
     assert set(words) <= set(WORDS) | {"."}
 
 
+def test_train_lm_init_from_starts_from_the_source_runs_model(char_run, corpus, tmp_path, capsys):
+    out = tmp_path / "again"
+    # A learning rate of 1e-12: Adam's one step moves no weight by more than ~1e-12.
+    argv = lm_args(corpus, out, "--init-from", char_run, "--max-steps", "1",
+                   "--learning-rate", "1e-12", "--hidden", "32", "--seed", "3")  # fmt: skip
+    code, _, stderr = run_main(argv, capsys)
+    assert code == 0, stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["hidden"] == 16 and config["init_from"] == str(char_run)  # the source's size
+    assert config["data"] == {"imdb": False, "text": str(corpus), "validation_split": 0.02,
+                              "limit": None}  # fmt: skip
+    assert (out / "vocabulary.json").read_text() == (char_run / "vocabulary.json").read_text()
+    for started, source in zip(model_params(out), model_params(char_run), strict=True):
+        np.testing.assert_allclose(started, source, atol=1e-8)
+    # So it scores the held-out text as the source's final model did.
+    source_loss = json.loads((char_run / "metrics.json").read_text())["val_loss"]
+    loss = json.loads((out / "metrics.json").read_text())["val_loss"]
+    np.testing.assert_allclose(loss, source_loss, rtol=1e-5)
+    fresh = lm_args(
+        corpus, tmp_path / "other", "--init-from", char_run, "--validation-split", "0.1"
+    )
+    code, _, stderr = run_main(fresh, capsys)
+    assert code == 1 and stderr.count("\n") == 1
+    assert "held out another part (validation_split 0.02 there, 0.1 here)" in stderr
+
+
 def test_bad_lm_commands_end_in_one_line(tmp_path, corpus, capsys):
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"caf\xe9 \xff\xfe not utf-8\n" * 50)
@@ -673,6 +699,7 @@ def test_bad_lm_commands_end_in_one_line(tmp_path, corpus, capsys):
         (["train", "lm", "--text", corpus, "--level", "byte", *tiny], 2, "--level"),
         (["train", "lm", "--text", corpus, "--bptt", "0", *tiny], 2, "--bptt"),
         (["generate", "--model-dir", not_lm], 1, "holds no 'train lm' run"),
+        (["train", "lm", "--text", corpus, "--init-from", not_lm, *tiny], 1, "no 'train lm' run"),
         (["generate", "--model-dir", tmp_path / "nothing"], 1, "no config.json"),
         (["generate", "--model-dir", not_lm, "--temperature", "-1"], 2, "--temperature"),
         (["generate", "--model-dir", not_lm, "--tokens", "0"], 2, "--tokens"),
