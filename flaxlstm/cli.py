@@ -49,7 +49,14 @@ from flaxlstm.data import text as text_data
 from flaxlstm.files import DirectoryLock, save_json
 from flaxlstm.interrupts import TrainingInterrupted
 from flaxlstm.models import MODELS, AddingModel, CumsumModel, ParityModel
-from flaxlstm.runs import LmRun, imdb_model, language_model, load_lm_run, load_run
+from flaxlstm.runs import (
+    LM_CLASSIFIER,
+    LmRun,
+    imdb_model,
+    language_model,
+    load_lm_run,
+    load_run,
+)
 
 # flaxlstm.plots (matplotlib) is imported where it is used: training and prediction never
 # import it.
@@ -245,18 +252,27 @@ def train_imdb(config: ImdbConfig) -> None:
 
 def _train_imdb(config: ImdbConfig) -> None:
     out = config.out
+    source = None
+    if config.init_from is not None:
+        source = load_lm_run(config.init_from)
+        if source.vocabulary.level != "word":
+            raise ValueError(f"--init-from needs a word-level language model: {config.init_from}"
+                             f" is {source.vocabulary.level}-level")  # fmt: skip
+        config = dataclasses.replace(config, vocab_size=source.vocabulary.size)
     data = imdb_data.load_imdb(
-        config.vocab_size,
-        config.maxlen,
-        data_dir=config.data_dir,
-        cache_dir=config.cache_dir,
-        limit=config.limit,
-    )
+        config.vocab_size, config.maxlen, data_dir=config.data_dir, cache_dir=config.cache_dir,
+        limit=config.limit, vocabulary=source and source.vocabulary,
+    )  # fmt: skip
     data.vocabulary.save(os.path.join(out, "vocabulary.json"))
     names = ("model", "vocab_size", "maxlen", "seed", "dtype")
     run_config = {name: getattr(config, name) for name in names}
+    if source is not None:
+        sizes = {name: source.config[name] for name in ("embedding", "hidden", "layers", "dropout")}
+        run_config |= {"model": LM_CLASSIFIER, "init_from": config.init_from, **sizes}
     save_json(os.path.join(out, "config.json"), run_config)
     model = imdb_model(run_config)
+    if source is not None:  # (a resumed run's checkpoint then replaces them)
+        model.load_pretrained(source.model)
     as_xy = lambda split: (split.ids, split.labels, split.lengths)  # noqa: E731
     # As seed 002's fit, the test split is scored after every epoch (never to choose a model).
     fit_and_test(

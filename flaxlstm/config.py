@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+import jax
 import optax
 
 
@@ -118,6 +119,32 @@ def _optimizer(recipe: Recipe, total_steps: int | None) -> optax.GradientTransfo
     if not recipe.clip_norm:
         return adam
     return optax.chain(optax.clip_by_global_norm(recipe.clip_norm), adam)
+
+
+@dataclass(frozen=True)
+class LayerRates(Recipe):
+    """A ``Recipe`` in which the parameters under some of the model's top-level layers learn
+    at a fraction of the rate: ``scales`` = ((layer name, factor), ...) multiplies their Adam
+    updates. With one factor below 1 for pretrained layers it is ULMFiT's discriminative
+    fine-tuning (``flaxlstm train imdb --init-from``)."""
+
+    scales: tuple[tuple[str, float], ...] = ()
+
+    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
+        return _layer_rates(self, total_steps if self.lr_schedule == "cosine" else None)
+
+
+@functools.cache
+def _layer_rates(recipe: LayerRates, total_steps: int | None) -> optax.GradientTransformation:
+    scales = dict(recipe.scales)
+
+    def labels(params):
+        name = lambda path: str(getattr(path[0], "key", path[0]))  # noqa: E731  the layer
+        group = lambda path, _: name(path) if name(path) in scales else ""  # noqa: E731
+        return jax.tree_util.tree_map_with_path(group, params)
+
+    groups = {"": optax.identity()} | {name: optax.scale(f) for name, f in scales.items()}
+    return optax.chain(_optimizer(recipe, total_steps), optax.multi_transform(groups, labels))
 
 
 IMDB_RECIPE = Recipe(learning_rate=1e-3, lr_schedule="cosine", clip_norm=1.0)
@@ -263,13 +290,33 @@ class ImdbConfig(RunConfig):
     limit: int | None = option(
         None, "use the first N reviews of each split (a quick try)", positive_int
     )
+    init_from: str | None = option(
+        None,
+        "fine-tune a classifier made of this word-level 'train lm' run's embedding and LSTM"
+        " (its vocabulary; concat pooling and a new head: models.LmClassifier); --model then"
+        " only gives the default epochs, batch size and maxlen",
+        str,
+    )
+    pretrained_lr_scale: float = option(
+        1.0, "with --init-from: the pretrained layers learn at this fraction of the rate",
+        positive_float,
+    )  # fmt: skip
 
     def resolved(self) -> ImdbConfig:
         """This config with every unset size taken from the model's seed."""
+        if self.init_from is not None and self.dtype != "float32":
+            raise ValueError("--init-from trains in float32: leave out --dtype")
         seed = IMDB_MODELS[self.model]
         sizes = ("epochs", "batch_size", "maxlen", "vocab_size")
         filled = {k: getattr(self, k) or getattr(seed, k) for k in sizes}
         return dataclasses.replace(self, out=self.out or f"runs/imdb-{self.model}", **filled)
+
+    @property
+    def recipe(self) -> Recipe:
+        if self.init_from is None:
+            return super().recipe
+        scales = tuple((name, self.pretrained_lr_scale) for name in ("embed", "lstm"))
+        return LayerRates(self.learning_rate, self.lr_schedule, self.clip_norm, scales)
 
 
 @dataclass(frozen=True)

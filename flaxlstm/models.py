@@ -211,6 +211,59 @@ class SentimentClassifier(nnx.Module):
         return sow_output(self, "head_output", self.head(x))[:, 0]
 
 
+class LmClassifier(nnx.Module):
+    """A sentiment classifier built on a language model's layers (``flaxlstm train imdb
+    --init-from LM_RUN``, Dai & Le 2015; Howard & Ruder 2018): Embedding(V → E) → Dropout →
+    StackedLSTM(E → H, L layers, every step) → concat pooling [h_last, max_t h_t, mean_t h_t]
+    over the real steps (ULMFiT's) → Dropout → Linear(3H → 1). ``embed`` and ``lstm`` have the
+    shapes of a ``LanguageModel``'s, so its parameters load into them (``load_pretrained``).
+
+    ``model(ids [B, T] int, lengths=None, mask=None)`` → logits [B], padding as
+    ``SentimentClassifier``'s.
+    """
+
+    # What comes from the language model: these layers (the head is new).
+    pretrained = ("embed", "lstm")
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding: int,
+        hidden: int,
+        *,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        rngs: nnx.Rngs,
+    ):
+        self.embed = Embedding(vocab_size, embedding, rngs=rngs)
+        self.lstm = StackedLSTM(
+            embedding, hidden, num_layers=num_layers, dropout=dropout, return_sequences=True,
+            return_state=True, rngs=rngs,
+        )  # fmt: skip
+        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        self.head = nnx.Linear(3 * hidden, 1, rngs=rngs)
+
+    def __call__(
+        self, ids: jax.Array, lengths: jax.Array | None = None, mask: jax.Array | None = None
+    ) -> jax.Array:
+        if lengths is None and mask is None:
+            mask = padding_mask(ids)
+        real = make_mask(*ids.shape, lengths, mask)[..., None]  # [B, T, 1]
+        outputs, state = self.lstm(self.drop(self.embed(ids)), None, real[..., 0])
+        count = real.sum(axis=1)  # [B, 1]
+        pooled = [
+            state.h[-1],  # the last layer's h after the last real step
+            jnp.where(count > 0, jnp.max(jnp.where(real, outputs, -jnp.inf), axis=1), 0),
+            outputs.sum(axis=1) / jnp.maximum(count, 1),  # padded steps output zeros
+        ]
+        return self.head(self.drop(jnp.concatenate(pooled, axis=-1)))[:, 0]
+
+    def load_pretrained(self, language_model: LanguageModel) -> None:
+        """Copy ``language_model``'s embedding and LSTM parameters into this model."""
+        for name in self.pretrained:
+            nnx.update(getattr(self, name), nnx.state(getattr(language_model, name), nnx.Param))
+
+
 Settings = ImdbModelConfig  # the seeds' settings; the name earlier versions exported
 SEED_003 = ImdbModelConfig(**config.SEED_003)
 SEED_002 = ImdbModelConfig(**config.SEED_002)

@@ -15,20 +15,32 @@ from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.config import InspectCumsumConfig, Recipe
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
-from flaxlstm.models import MODELS, CumsumModel, LanguageModel, SentimentClassifier
+from flaxlstm.models import (
+    MODELS,
+    CumsumModel,
+    LanguageModel,
+    LmClassifier,
+    SentimentClassifier,
+)
 
 
 class Run(NamedTuple):
     """A ``flaxlstm train imdb`` run directory, loaded: the trained model, the vocabulary it
     encodes reviews with, and its config (model, vocab_size, maxlen, ...)."""
 
-    model: SentimentClassifier
+    model: SentimentClassifier | LmClassifier
     vocabulary: imdb_data.Vocabulary
     config: dict
 
 
-def imdb_model(config: dict) -> SentimentClassifier:
-    """A seed's model at a run's vocabulary size and seed (its parameters initialised)."""
+def imdb_model(config: dict) -> SentimentClassifier | LmClassifier:
+    """A seed's model at a run's vocabulary size and seed (its parameters initialised), or
+    the ``LmClassifier`` of a run started ``--init-from`` a language model."""
+    if config["model"] == LM_CLASSIFIER:
+        return LmClassifier(
+            config["vocab_size"], config["embedding"], config["hidden"],
+            num_layers=config["layers"], dropout=config["dropout"], rngs=nnx.Rngs(config["seed"]),
+        )  # fmt: skip
     dtype = config.get("dtype", "float32")  # runs written before mixed precision: float32
     return MODELS[config["model"]](
         vocab_size=config["vocab_size"],
@@ -37,6 +49,7 @@ def imdb_model(config: dict) -> SentimentClassifier:
     )
 
 
+LM_CLASSIFIER = "lm-classifier"  # the model of a 'train imdb --init-from' run
 RUN_FILES = ("config.json", "vocabulary.json")  # and the model checkpoints in model/
 
 
@@ -44,7 +57,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     """The model, vocabulary and config of a ``train imdb`` run directory (config.json,
     vocabulary.json, model/), or a one-line ValueError saying what is missing."""
     config, vocabulary = _read_run_files(run_dir, "train imdb")
-    if config.get("model") not in MODELS:
+    if config.get("model") not in (*MODELS, LM_CLASSIFIER):
         raise ValueError(f"{run_dir}/config.json names no model of {sorted(MODELS)}")
     for key in ("vocab_size", "seed"):
         if not isinstance(config.get(key), int):

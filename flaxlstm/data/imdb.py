@@ -238,10 +238,20 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "flaxlstm"
 
 
-def cache_path(vocab_size: int, data_dir: Path, cache_dir: Path, limit: int | None = None) -> Path:
-    """The cache file of one vocabulary size, data directory, tokenizer version and limit."""
+def cache_path(
+    vocab_size: int,
+    data_dir: Path,
+    cache_dir: Path,
+    limit: int | None = None,
+    vocabulary: Vocabulary | None = None,
+) -> Path:
+    """The cache file of one vocabulary size (or given vocabulary), data directory, tokenizer
+    version and limit."""
     digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
     first = "" if limit is None else f"-first{limit}"
+    if vocabulary is not None:
+        words = hashlib.sha256("\n".join(vocabulary.words).encode()).hexdigest()[:12]
+        first += f"-words{words}"
     return cache_dir / f"imdb-tok{TOKENIZER_VERSION}-vocab{vocab_size}{first}-{digest}.npz"
 
 
@@ -252,9 +262,12 @@ def encode_imdb(
     cache_dir: str | os.PathLike | None = None,
     download: bool = False,
     limit: int | None = None,
+    vocabulary: Vocabulary | None = None,
 ) -> tuple[Vocabulary, dict[str, Encoded]]:
     """The vocabulary fit on the train split and both labelled splits encoded with it (the
-    first ``limit`` reviews of each split only, when given: a quick try).
+    first ``limit`` reviews of each split only, when given: a quick try). A given word-level
+    ``vocabulary`` (e.g. a language model's) is used instead of fitting one; ``vocab_size``
+    must then be its size.
 
     Read from the cache when a sound cache file exists (under a second); otherwise built (10 to
     20 seconds on two cores) and cached. A cache file that cannot be read is rebuilt.
@@ -262,11 +275,16 @@ def encode_imdb(
     if not isinstance(vocab_size, int) or vocab_size < FIRST_WORD:
         raise ValueError(f"vocab_size must be an integer ≥ {FIRST_WORD}, got {vocab_size!r}")
     check_positive_int("limit", limit, optional=True)
+    if vocabulary is not None and (vocabulary.level, vocabulary.size) != ("word", vocab_size):
+        raise ValueError(
+            f"a given vocabulary must be word-level of size vocab_size={vocab_size}, got a"
+            f" {vocabulary.level}-level one of size {vocabulary.size}"
+        )
     data_dir = resolve_data_dir(data_dir)
     cache_dir = Path(cache_dir or default_cache_dir()).expanduser().resolve()
     if cache_dir.is_relative_to(data_dir):
         raise ValueError(f"the cache directory {cache_dir} must lie outside the data {data_dir}")
-    path = cache_path(vocab_size, data_dir, cache_dir, limit)
+    path = cache_path(vocab_size, data_dir, cache_dir, limit, vocabulary)
     cached = _read_cache(path)
     if cached is not None:
         return cached
@@ -274,7 +292,7 @@ def encode_imdb(
     for split in SPLITS:
         texts[split], labels[split] = read_split(split, data_dir, download=download, limit=limit)
     tokenized = {split: [tokenize(text) for text in texts[split]] for split in SPLITS}
-    vocabulary = Vocabulary.fit(tokenized["train"], vocab_size)
+    vocabulary = vocabulary or Vocabulary.fit(tokenized["train"], vocab_size)
     splits = {
         split: Encoded(vocabulary.encode_tokens(tokenized[split]), labels[split])
         for split in SPLITS
@@ -407,10 +425,12 @@ def load_imdb(
     cache_dir: str | os.PathLike | None = None,
     download: bool = False,
     limit: int | None = None,
+    vocabulary: Vocabulary | None = None,
 ) -> Imdb:
     """IMDB's train and test splits (25,000 reviews each), encoded with the train split's
     ``vocab_size`` ids and padded to ``maxlen``, as Keras's ``imdb.load_data(num_words)`` then
-    ``pad_sequences(maxlen)``.
+    ``pad_sequences(maxlen)``; or with a given word-level ``vocabulary`` of ``vocab_size`` ids
+    (a language model's, ``encode_imdb``).
 
     Padding goes after the tokens by default so that ``lengths`` describe them and batches can
     be cut to buckets; the models mask padding either way, so its side does not change results
@@ -422,8 +442,9 @@ def load_imdb(
     check_positive_int("maxlen", maxlen)
     pad_sequences([], maxlen, padding, truncating)  # checks padding and truncating
     vocabulary, splits = encode_imdb(
-        vocab_size, data_dir=data_dir, cache_dir=cache_dir, download=download, limit=limit
-    )
+        vocab_size, data_dir=data_dir, cache_dir=cache_dir, download=download, limit=limit,
+        vocabulary=vocabulary,
+    )  # fmt: skip
     padded = {
         split: Split(*pad_sequences(encoded.sequences, maxlen, padding, truncating), encoded.labels)
         for split, encoded in splits.items()
