@@ -238,12 +238,14 @@ class ImdbModelConfig:
     recurrent_dropout: float = 0.0
     bidirectional: bool = False
     conv_filters: int = 0  # > 0: Conv1D(filters, 3) → MaxPool1D(2) before the LSTM
+    word_dropout: float = 0.0  # drops whole token vectors after the embedding
+    pooling: str = "last"  # the head reads h after the last step, or "max-mean" over steps
 
     @property
     def layers(self) -> dict:
         """The ``SentimentClassifier`` arguments besides the vocabulary size."""
         names = ("embedding_dim", "hidden", "dropout", "lstm_dropout", "recurrent_dropout")
-        names += ("bidirectional", "conv_filters")
+        names += ("bidirectional", "conv_filters", "word_dropout", "pooling")
         return {name: getattr(self, name) for name in names}
 
 

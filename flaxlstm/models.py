@@ -107,6 +107,15 @@ def keras_embedding_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float
     return jax.random.uniform(key, shape, dtype, -0.05, 0.05)
 
 
+def max_mean_pool(outputs: jax.Array, mask: jax.Array) -> jax.Array:
+    """[max_t h_t, mean_t h_t] [B, 2H] over the real steps (``mask`` [B, T]) of ``outputs``
+    [B, T, H] (zero at padded steps; a sequence without real steps pools to zeros)."""
+    real = mask[..., None]
+    count = real.sum(axis=1)  # [B, 1]
+    top = jnp.where(count > 0, jnp.max(jnp.where(real, outputs, -jnp.inf), axis=1), 0)
+    return jnp.concatenate([top, outputs.sum(axis=1) / jnp.maximum(count, 1)], axis=-1)
+
+
 class MaxPool1D(nnx.Module):
     """Keras's ``MaxPooling1D(pool_size)`` (padding "valid") over real steps only.
 
@@ -142,6 +151,10 @@ class SentimentClassifier(nnx.Module):
     ``lstm_dropout`` and ``recurrent_dropout`` are the LSTM's own (see ``flaxlstm.LSTM``).
     ``conv_filters`` > 0 adds Conv1D(conv_filters, kernel 3, same, relu) → MaxPool1D(2).
     ``dtype`` is the LSTM's mixed precision (``flaxlstm.LSTM``), e.g. ``jnp.bfloat16``.
+    ``word_dropout`` drops whole token vectors after the embedding (Keras's
+    ``SpatialDropout1D``). ``pooling="max-mean"`` gives the head the maximum and the mean of
+    the LSTM's outputs over the real steps (``max_mean_pool``, 2× the features) instead of
+    its h after the last one.
     """
 
     def __init__(
@@ -156,14 +169,21 @@ class SentimentClassifier(nnx.Module):
         bidirectional: bool = False,
         conv_filters: int = 0,
         dtype=None,
+        word_dropout: float = 0.0,
+        pooling: str = "last",
         rngs: nnx.Rngs,
     ):
+        if pooling not in ("last", "max-mean"):
+            raise ValueError(f"pooling must be 'last' or 'max-mean', got {pooling!r}")
         glorot = jax.nn.initializers.glorot_uniform()  # Keras's Conv1D and Dense default
         self.sow_intermediates = False  # record every layer's output (capture_intermediates)
         self.embed = Embedding(
             vocab_size, embedding_dim, embedding_init=keras_embedding_init, rngs=rngs
         )
         self.embed_dropout = nnx.Dropout(dropout, rngs=rngs) if dropout else None
+        self.word_dropout = (
+            nnx.Dropout(word_dropout, broadcast_dims=(2,), rngs=rngs) if word_dropout else None
+        )
         self.conv = (
             nnx.Conv(embedding_dim, conv_filters, 3, padding="SAME", kernel_init=glorot, rngs=rngs)
             if conv_filters
@@ -171,22 +191,26 @@ class SentimentClassifier(nnx.Module):
         )
         self.pool = MaxPool1D(2) if conv_filters else None
         features = conv_filters or embedding_dim
+        self.pooling = pooling
         lstm = LSTM(
             features,
             hidden,
             dropout=lstm_dropout,
             recurrent_dropout=recurrent_dropout,
             dtype=dtype,
+            return_sequences=pooling != "last",
             rngs=rngs,
         )
         self.lstm = Bidirectional(lstm, rngs=rngs) if bidirectional else lstm
         self.head_dropout = nnx.Dropout(dropout, rngs=rngs) if dropout else None
-        self.head = nnx.Linear(
-            self.lstm.out_features if bidirectional else hidden, 1, kernel_init=glorot, rngs=rngs
-        )
+        pooled = self.lstm.out_features if bidirectional else hidden
+        pooled *= 1 if pooling == "last" else 2
+        self.head = nnx.Linear(pooled, 1, kernel_init=glorot, rngs=rngs)
 
     # The layers in the order the forward pass runs them (those set to None are left out).
-    layers = ("embed", "embed_dropout", "conv", "pool", "lstm", "head_dropout", "head")
+    layers = (
+        "embed", "embed_dropout", "word_dropout", "conv", "pool", "lstm", "head_dropout", "head"
+    )  # fmt: skip
 
     def __call__(
         self, ids: jax.Array, lengths: jax.Array | None = None, mask: jax.Array | None = None
@@ -196,6 +220,8 @@ class SentimentClassifier(nnx.Module):
         x = sow_output(self, "embed_output", self.embed(ids))
         if self.embed_dropout is not None:
             x = sow_output(self, "embed_dropout_output", self.embed_dropout(x))
+        if self.word_dropout is not None:
+            x = sow_output(self, "word_dropout_output", self.word_dropout(x))
         if self.conv is not None:
             mask, lengths = make_mask(*ids.shape, lengths, mask), None
             # Padded steps are zeroed so that the convolution sees them as its own "same"
@@ -205,7 +231,10 @@ class SentimentClassifier(nnx.Module):
             )
             x, mask = self.pool(x, mask)  # the LSTM sees the pooled steps and mask
             sow_output(self, "pool_output", x)
-        x = sow_output(self, "lstm_output", self.lstm(x, lengths, mask))
+        x = self.lstm(x, lengths, mask)
+        if self.pooling == "max-mean":
+            x = max_mean_pool(x, make_mask(*x.shape[:2], lengths, mask))
+        x = sow_output(self, "lstm_output", x)
         if self.head_dropout is not None:
             x = sow_output(self, "head_dropout_output", self.head_dropout(x))
         return sow_output(self, "head_output", self.head(x))[:, 0]
@@ -248,15 +277,11 @@ class LmClassifier(nnx.Module):
     ) -> jax.Array:
         if lengths is None and mask is None:
             mask = padding_mask(ids)
-        real = make_mask(*ids.shape, lengths, mask)[..., None]  # [B, T, 1]
-        outputs, state = self.lstm(self.drop(self.embed(ids)), None, real[..., 0])
-        count = real.sum(axis=1)  # [B, 1]
-        pooled = [
-            state.h[-1],  # the last layer's h after the last real step
-            jnp.where(count > 0, jnp.max(jnp.where(real, outputs, -jnp.inf), axis=1), 0),
-            outputs.sum(axis=1) / jnp.maximum(count, 1),  # padded steps output zeros
-        ]
-        return self.head(self.drop(jnp.concatenate(pooled, axis=-1)))[:, 0]
+        mask = make_mask(*ids.shape, lengths, mask)
+        outputs, state = self.lstm(self.drop(self.embed(ids)), None, mask)
+        # The last layer's h after the last real step, and the max and mean over the steps.
+        pooled = jnp.concatenate([state.h[-1], max_mean_pool(outputs, mask)], axis=-1)
+        return self.head(self.drop(pooled))[:, 0]
 
     def load_pretrained(self, language_model: LanguageModel) -> None:
         """Copy ``language_model``'s embedding and LSTM parameters into this model."""

@@ -139,3 +139,33 @@ def test_dropout_is_active_until_eval():
     assert not np.allclose(forward(model, ids), forward(model, ids))
     model.eval()
     np.testing.assert_array_equal(forward(model, ids), forward(model, ids))
+
+
+def test_max_mean_pooling_reads_the_real_steps_of_both_directions():
+    model = MODELS["bilstm"](**SMALL, pooling="max-mean", rngs=nnx.Rngs(0))
+    model.eval()
+    ids, lengths = reviews()
+    outputs = model.lstm(model.embed(jnp.asarray(ids)), jnp.asarray(lengths))  # [B, T, 2H]
+    pooled = []
+    for row, n in enumerate(lengths):
+        real = np.asarray(outputs[row, :n])
+        pooled.append(np.concatenate([real.max(0), real.mean(0)]))
+    expected = np.asarray(model.head(jnp.asarray(np.stack(pooled))))[:, 0]
+    np.testing.assert_allclose(forward(model, jnp.asarray(ids)), expected, rtol=1e-5, atol=1e-6)
+    pre = reviews(padding="pre")[0]  # padding before the tokens: the same logits
+    np.testing.assert_allclose(forward(model, jnp.asarray(pre)), expected, rtol=1e-5, atol=1e-6)
+    assert "(None, 32)" in summary(model, maxlen=12)  # [max, mean] of 2 × 8 features
+    with pytest.raises(ValueError, match="pooling must be 'last' or 'max-mean'"):
+        MODELS["simple"](**SMALL, pooling="sum", rngs=nnx.Rngs(0))
+
+
+def test_word_dropout_drops_whole_token_vectors():
+    model = MODELS["simple"](**SMALL, word_dropout=0.5, rngs=nnx.Rngs(0))
+    x = jnp.ones((4, 50, 8))
+    dropped = np.asarray(model.word_dropout(x))
+    kept = (dropped != 0).all(-1)
+    assert ((dropped == 0).all(-1) | kept).all()  # a token's vector goes or stays whole
+    assert 0.3 < kept.mean() < 0.7
+    np.testing.assert_allclose(dropped[kept], 2.0)  # the kept ones scaled by 1 / (1 - 0.5)
+    model.eval()
+    np.testing.assert_array_equal(model.word_dropout(x), x)
