@@ -266,8 +266,13 @@ def _train_imdb(config: ImdbConfig) -> None:
     data.vocabulary.save(os.path.join(out, "vocabulary.json"))
     names = ("model", "vocab_size", "maxlen", "seed", "dtype")
     run_config = {name: getattr(config, name) for name in names}
-    if source is not None:
-        sizes = {name: source.config[name] for name in ("embedding", "hidden", "layers", "dropout")}
+    if source is None:
+        run_config["layers"] = config.layers
+    else:
+        sizes = {name: source.config[name] for name in ("embedding", "hidden", "dropout")}
+        sizes["num_layers"] = source.config["layers"]
+        if config.dropout is not None:
+            sizes["dropout"] = config.dropout
         run_config |= {"model": LM_CLASSIFIER, "init_from": config.init_from, **sizes}
     save_json(os.path.join(out, "config.json"), run_config)
     model = imdb_model(run_config)

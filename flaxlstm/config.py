@@ -263,6 +263,10 @@ IMDB_MODELS: dict[str, ImdbModelConfig] = {
 }
 
 
+# The seed's layer settings that ``flaxlstm train imdb`` options override.
+IMDB_LAYER_OPTIONS = ("embedding_dim", "hidden", "dropout", "word_dropout", "pooling")
+
+
 @dataclass(frozen=True)
 class ImdbConfig(RunConfig):
     """Seeds 002/003: IMDB sentiment. Unset sizes come from the model's seed; no validation
@@ -278,6 +282,22 @@ class ImdbConfig(RunConfig):
     maxlen: int | None = option(None, "tokens kept per review; default: the seed's", positive_int)
     vocab_size: int | None = option(
         None, "most frequent words kept; default: the seed's", positive_int
+    )
+    embedding_dim: int | None = option(
+        None, "embedding features; default: the seed's", positive_int
+    )
+    hidden: int | None = option(None, "LSTM units per direction; default: the seed's", positive_int)
+    dropout: float | None = option(
+        None, "after the embedding and before the head; default: the seed's", fraction
+    )
+    word_dropout: float | None = option(
+        None, "drop whole token vectors after the embedding; default: the seed's", fraction
+    )
+    pooling: str | None = option(
+        None,
+        "what the head reads: h after the last step, or the max and mean over the steps;"
+        " default: the seed's",
+        choices=("last", "max-mean"),
     )
     bucket_width: int = option(50, "batch by length (0: pad all to maxlen)", non_negative_int)
     dtype: str = option(
@@ -305,13 +325,29 @@ class ImdbConfig(RunConfig):
     )  # fmt: skip
 
     def resolved(self) -> ImdbConfig:
-        """This config with every unset size taken from the model's seed."""
-        if self.init_from is not None and self.dtype != "float32":
-            raise ValueError("--init-from trains in float32: leave out --dtype")
+        """This config with every unset size and layer setting taken from the model's seed
+        (with ``init_from`` the layers are the language model's, but for ``dropout``)."""
         seed = IMDB_MODELS[self.model]
-        sizes = ("epochs", "batch_size", "maxlen", "vocab_size")
-        filled = {k: getattr(self, k) or getattr(seed, k) for k in sizes}
+        names = ("epochs", "batch_size", "maxlen", "vocab_size")
+        layers = IMDB_LAYER_OPTIONS
+        if self.init_from is not None:
+            given = [
+                name for name in (*layers, "dtype") if getattr(self, name) not in (None, "float32")
+            ]
+            if [name for name in given if name != "dropout"]:
+                flags = ", ".join("--" + name.replace("_", "-") for name in given)
+                raise ValueError(
+                    f"--init-from takes the language model's layers: leave out {flags}"
+                )
+            layers = ()
+        filled = {k: getattr(seed, k) if getattr(self, k) is None else getattr(self, k)
+                  for k in (*names, *layers)}  # fmt: skip
         return dataclasses.replace(self, out=self.out or f"runs/imdb-{self.model}", **filled)
+
+    @property
+    def layers(self) -> dict:
+        """The layer settings a run's config.json records (``runs.imdb_model`` reads them)."""
+        return {name: getattr(self, name) for name in IMDB_LAYER_OPTIONS}
 
     @property
     def recipe(self) -> Recipe:

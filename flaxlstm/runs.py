@@ -37,15 +37,15 @@ def imdb_model(config: dict) -> SentimentClassifier | LmClassifier:
     """A seed's model at a run's vocabulary size and seed (its parameters initialised), or
     the ``LmClassifier`` of a run started ``--init-from`` a language model."""
     if config["model"] == LM_CLASSIFIER:
-        return LmClassifier(
-            config["vocab_size"], config["embedding"], config["hidden"],
-            num_layers=config["layers"], dropout=config["dropout"], rngs=nnx.Rngs(config["seed"]),
-        )  # fmt: skip
+        sizes = (config["vocab_size"], config["embedding"], config["hidden"])
+        options = {name: config[name] for name in ("num_layers", "dropout")}
+        return LmClassifier(*sizes, **options, rngs=nnx.Rngs(config["seed"]))
     dtype = config.get("dtype", "float32")  # runs written before mixed precision: float32
     return MODELS[config["model"]](
         vocab_size=config["vocab_size"],
         dtype=None if dtype == "float32" else dtype,
         rngs=nnx.Rngs(config["seed"]),
+        **config.get("layers", {}),  # runs written before the layer options: the seed's
     )
 
 

@@ -136,6 +136,7 @@ def test_bad_init_from_runs_end_in_one_line(word_lm, tmp_path, capsys):
     for extra, message in [
         (["--init-from", str(tmp_path / "none")], "no 'train lm' run"),
         (["--init-from", str(word_lm), "--dtype", "bfloat16"], "leave out --dtype"),
+        (["--init-from", str(word_lm), "--hidden", "8", "--dropout", "0.1"], "leave out --hidden"),
         (["--init-from", str(word_lm), "--pretrained-lr-scale", "0"], "--pretrained-lr-scale"),
     ]:
         code, _, err = run_main([*base, *extra], capsys)

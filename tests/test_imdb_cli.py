@@ -8,6 +8,8 @@ import pytest
 from shared_data import DATA_DIR, needs_data
 from test_cli import run_main
 
+from flaxlstm.runs import load_run
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -77,3 +79,23 @@ def test_missing_data_dir_is_one_line(tmp_path, capsys):
 def test_summary_prints_the_seed_parameter_count(capsys):
     code, out, _ = run_main(["summary", "bilstm"], capsys)
     assert code == 0 and "266,601" in out
+
+
+@needs_data
+def test_layer_options_override_the_seeds_and_are_recorded(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [
+        "train", "imdb", "--model", "bilstm", "--hidden", "6", "--embedding-dim", "4",
+        "--pooling", "max-mean", "--word-dropout", "0.1", "--dropout", "0", "--epochs", "1",
+        "--limit", "64", "--vocab-size", "100", "--maxlen", "20", "--batch-size", "32",
+        "--data-dir", str(DATA_DIR), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+        "--quiet",
+    ]  # fmt: skip
+    code, _, err = run_main(argv, capsys)
+    assert code == 0, err
+    layers = json.loads((out / "config.json").read_text())["layers"]
+    assert layers == {"embedding_dim": 4, "hidden": 6, "dropout": 0.0, "word_dropout": 0.1,
+                      "pooling": "max-mean"}  # fmt: skip
+    model = load_run(out).model  # rebuilt from config.json with these layers
+    assert model.embed.embedding.shape == (100, 4) and model.head.in_features == 2 * 2 * 6
+    assert model.head_dropout is None and model.word_dropout.rate == 0.1
