@@ -152,13 +152,14 @@ def fit_and_test(
     loss: str = "binary_crossentropy",
 ) -> dict:
     """Train ``model`` on ``train_data`` (x, y[, lengths]) as ``config`` says, score the final
-    model on ``test_data`` (also after every epoch with ``report_test``), and write
+    model on ``test_data`` (also after every epoch with ``report_test``; None: a run that
+    chooses a model on its validation split, which scores no test data), and write
     metrics.json, history.json, the training checkpoints (DIR/checkpoints) and the model after
     every epoch (DIR/model) into ``config.out``."""
     out = config.out
     start = time.perf_counter()
     x, y, lengths = (*train_data, None)[:3]
-    train.fit(
+    history = train.fit(
         model,
         x,
         y,
@@ -181,6 +182,8 @@ def fit_and_test(
         history_path=os.path.join(out, "history.json"),
     )
     seconds = time.perf_counter() - start
+    if test_data is None:
+        return write_metrics(config, {}, 0, seconds, final_validation(config, history))
     x, y, lengths = (*test_data, None)[:3]
     test = train.evaluate(
         model, x, y, lengths=lengths, batch_size=config.batch_size, bucket_width=bucket_width,
@@ -189,20 +192,34 @@ def fit_and_test(
     return write_metrics(config, test, len(x), seconds)
 
 
-def write_metrics(config: RunConfig, test: dict, sequences: int, seconds: float) -> dict:
-    """DIR/metrics.json of a finished run: the test scores, the time, the options."""
+def final_validation(config: RunConfig, history: train.History) -> dict:
+    """The validation scores (``val_loss``, ``val_accuracy``, ...) of the model a run ends
+    with: its epoch of lowest ``val_loss`` with ``restore_best``, else its last."""
+    if "val_loss" not in history:
+        return {}
+    epoch = int(np.argmin(history["val_loss"])) if config.restore_best else -1
+    return {name: values[epoch] for name, values in history.items() if name.startswith("val_")}
+
+
+def write_metrics(
+    config: RunConfig, test: dict, sequences: int, seconds: float, validation: dict | None = None
+) -> dict:
+    """DIR/metrics.json of a finished run: the test scores (or, for a model-selection run,
+    the final model's ``validation`` scores), the time, the options."""
     out = config.out
     metrics = {
         "task": type(config).__name__.removesuffix("Config").lower(),
         **{f"test_{name}": value for name, value in test.items()},
         "test_sequences": sequences,
+        **(validation or {}),
         "train_seconds": round(seconds, 2),
         "seconds_per_epoch": round(seconds / config.epochs, 2),
         "options": dataclasses.asdict(config),
     }
     save_json(os.path.join(out, "metrics.json"), metrics)
     if not config.quiet:
-        print(" - ".join(f"test_{name} {value:.4f}" for name, value in test.items()))
+        scores = {f"test_{name}": value for name, value in test.items()} | (validation or {})
+        print(" - ".join(f"{name} {value:.4f}" for name, value in scores.items()))
         print(f"wrote {out}/metrics.json, history.json, checkpoints/, model/")
     return metrics
 
@@ -279,13 +296,14 @@ def _train_imdb(config: ImdbConfig) -> None:
     if source is not None:  # (a resumed run's checkpoint then replaces them)
         model.load_pretrained(source.model)
     as_xy = lambda split: (split.ids, split.labels, split.lengths)  # noqa: E731
-    # As seed 002's fit, the test split is scored after every epoch (never to choose a model).
+    # As seed 002's fit, the test split is scored after every epoch (never to choose a model),
+    # unless --no-test: a run that chooses a model on its validation split never reads it.
     fit_and_test(
         config,
         model,
         as_xy(data.train),
-        as_xy(data.test),
-        report_test=True,
+        as_xy(data.test) if config.test else None,
+        report_test=config.test,
         bucket_width=config.bucket_width or None,
     )
 

@@ -300,6 +300,11 @@ class ImdbConfig(RunConfig):
         choices=("last", "max-mean"),
     )
     bucket_width: int = option(50, "batch by length (0: pad all to maxlen)", non_negative_int)
+    test: bool = option(
+        True,
+        "score the test split after every epoch and at the end (--no-test: a run that chooses"
+        " a model on --validation-split; its metrics.json holds the validation scores)",
+    )
     dtype: str = option(
         "float32",
         "the LSTM's matrix products: float32, or bfloat16 (mixed precision: float32 state)",
@@ -327,6 +332,8 @@ class ImdbConfig(RunConfig):
     def resolved(self) -> ImdbConfig:
         """This config with every unset size and layer setting taken from the model's seed
         (with ``init_from`` the layers are the language model's, but for ``dropout``)."""
+        if not (self.test or self.validation_split):
+            raise ValueError("--no-test needs --validation-split: a run must score something")
         seed = IMDB_MODELS[self.model]
         names = ("epochs", "batch_size", "maxlen", "vocab_size")
         layers = IMDB_LAYER_OPTIONS

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from shared_data import DATA_DIR, needs_data
 from test_cli import run_main
@@ -82,12 +83,13 @@ def test_summary_prints_the_seed_parameter_count(capsys):
 
 
 @needs_data
-def test_layer_options_override_the_seeds_and_are_recorded(tmp_path, capsys):
+def test_layer_options_override_the_seeds_and_no_test_scores_only_validation(tmp_path, capsys):
     out = tmp_path / "run"
     argv = [
         "train", "imdb", "--model", "bilstm", "--hidden", "6", "--embedding-dim", "4",
         "--pooling", "max-mean", "--word-dropout", "0.1", "--dropout", "0", "--epochs", "1",
-        "--limit", "64", "--vocab-size", "100", "--maxlen", "20", "--batch-size", "32",
+        "--limit", "64", "--vocab-size", "100", "--maxlen", "20", "--batch-size", "16",
+        "--no-test", "--validation-split", "0.25",
         "--data-dir", str(DATA_DIR), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
         "--quiet",
     ]  # fmt: skip
@@ -99,3 +101,10 @@ def test_layer_options_override_the_seeds_and_are_recorded(tmp_path, capsys):
     model = load_run(out).model  # rebuilt from config.json with these layers
     assert model.embed.embedding.shape == (100, 4) and model.head.in_features == 2 * 2 * 6
     assert model.head_dropout is None and model.word_dropout.rate == 0.1
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = json.loads((out / "history.json").read_text())
+    assert not [name for name in (*metrics, *history) if name.startswith("test_accuracy")]
+    assert metrics["test_sequences"] == 0  # the test split was never read
+    assert metrics["val_accuracy"] == history["val_accuracy"][int(np.argmin(history["val_loss"]))]
+    code, _, err = run_main([*argv[:-5], "--validation-split", "0", "--out", str(out)], capsys)
+    assert code == 1 and "--no-test needs --validation-split" in err
