@@ -1,0 +1,115 @@
+"""Choose issue 14's best supervised IMDB model on a validation slice: each candidate design is
+`flaxlstm train imdb --no-test --validation-split 0.1` (trained on 22,500 training reviews,
+scored on the other 2,500; the test split is never read), and docs/IMDB-BEST.md gets the table.
+
+    python experiments/imdb_best.py [--candidates NAME ...]   # run what is not finished yet
+    python experiments/imdb_best.py --report                  # only rewrite the table
+
+A candidate lives in runs/results/cpu/best-search/NAME; one whose metrics.json exists is not
+run again, and an interrupted one resumes from its checkpoints. Its metrics.json and
+history.json are kept in git.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+RUNS = Path("runs/results/cpu/best-search")
+SEARCH = ["--no-test", "--validation-split", "0.1", "--seed", "0", "--checkpoint-every", "100"]
+# name → (what it tries, its options on top of SEARCH).
+CANDIDATES = {
+    "bilstm": ("seed 003's bilstm as it is", ["--model", "bilstm"]),
+    "bilstm-maxmean": (
+        "+ max and mean pooling over the steps",
+        ["--model", "bilstm", "--pooling", "max-mean"],
+    ),
+    "bilstm-maxmean-big": (
+        "+ 20,000 words, reviews to 800 tokens, embedding 64, word dropout 0.1, dropout 0.3,"
+        " 4 epochs",
+        [
+            "--model",
+            "bilstm",
+            "--pooling",
+            "max-mean",
+            "--vocab-size",
+            "20000",
+            "--maxlen",
+            "800",
+            "--embedding-dim",
+            "64",
+            "--word-dropout",
+            "0.1",
+            "--dropout",
+            "0.3",
+            "--epochs",
+            "4",
+        ],
+    ),  # fmt: skip
+}
+
+
+def command(name: str) -> list[str]:
+    return ["flaxlstm", "train", "imdb", *CANDIDATES[name][1], *SEARCH, "--out", str(RUNS / name)]
+
+
+def run(name: str) -> None:
+    out = RUNS / name
+    if (out / "metrics.json").exists():
+        return
+    resume = ["--resume"] if (out / "checkpoints").exists() else []
+    print("running:", " ".join(command(name) + resume), flush=True)
+    if subprocess.run(command(name) + resume).returncode != 0:
+        sys.exit(f"failed: {name}")
+
+
+def report(path: Path) -> None:
+    lines = [
+        "# Choosing the best supervised IMDB model (issue 14)",
+        "",
+        "Each candidate trains on 22,500 of the 25,000 training reviews and is scored on the",
+        "other 2,500 (`--validation-split 0.1`: the last 10 %); the test split is never read",
+        "(`--no-test`). Written by `python experiments/imdb_best.py`; each row's command is",
+        "",
+        "    " + " ".join(command("NAME")),
+        "",
+        "with the candidate's options. Validation accuracy of the model each run ends with (its",
+        "epoch of lowest validation loss); seconds on this project's 2-core CPU (shared with",
+        "other work, so upper bounds).",
+        "",
+        "| candidate | what it tries | options | validation accuracy % | epochs | s per epoch |",
+        "|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for name, (text, options) in CANDIDATES.items():
+        path_metrics = RUNS / name / "metrics.json"
+        if not path_metrics.exists():
+            continue
+        metrics = json.loads(path_metrics.read_text())
+        history = json.loads((RUNS / name / "history.json").read_text())
+        curve = ", ".join(f"{100 * a:.2f}" for a in history["val_accuracy"])
+        lines.append(
+            f"| {name} | {text} | `{' '.join(options)}` | **{100 * metrics['val_accuracy']:.2f}**"
+            f" (per epoch: {curve}) | {len(history['val_accuracy'])} |"
+            f" {metrics['seconds_per_epoch']:.0f} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES)
+    parser.add_argument("--report", action="store_true", help="only rewrite the table")
+    parser.add_argument("--results", default="docs/IMDB-BEST.md", type=Path)
+    args = parser.parse_args()
+    if not args.report:
+        for name in args.candidates:
+            run(name)
+            report(args.results)
+    report(args.results)
+
+
+if __name__ == "__main__":
+    main()
