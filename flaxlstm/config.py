@@ -240,12 +240,13 @@ class ImdbModelConfig:
     conv_filters: int = 0  # > 0: Conv1D(filters, 3) → MaxPool1D(2) before the LSTM
     word_dropout: float = 0.0  # drops whole token vectors after the embedding
     pooling: str = "last"  # the head reads h after the last step, or "max-mean" over steps
+    bigrams: int = 0  # > 0: a bag of this many hashed bigram rows beside the LSTM
 
     @property
     def layers(self) -> dict:
         """The ``SentimentClassifier`` arguments besides the vocabulary size."""
         names = ("embedding_dim", "hidden", "dropout", "lstm_dropout", "recurrent_dropout")
-        names += ("bidirectional", "conv_filters", "word_dropout", "pooling")
+        names += ("bidirectional", "conv_filters", "word_dropout", "pooling", "bigrams")
         return {name: getattr(self, name) for name in names}
 
 
@@ -264,7 +265,9 @@ IMDB_MODELS: dict[str, ImdbModelConfig] = {
 
 
 # The seed's layer settings that ``flaxlstm train imdb`` options override.
-IMDB_LAYER_OPTIONS = ("embedding_dim", "hidden", "dropout", "word_dropout", "pooling")
+IMDB_LAYER_OPTIONS = (
+    "embedding_dim", "hidden", "dropout", "word_dropout", "pooling", "bigrams"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,12 @@ class ImdbConfig(RunConfig):
         "what the head reads: h after the last step, or the max and mean over the steps;"
         " default: the seed's",
         choices=("last", "max-mean"),
+    )
+    bigrams: int | None = option(
+        None,
+        "rows of a fastText-style bag of hashed bigrams beside the LSTM (0: none; default: the"
+        " seed's, 0)",
+        non_negative_int,
     )
     bucket_width: int = option(50, "batch by length (0: pad all to maxlen)", non_negative_int)
     test: bool = option(

@@ -116,6 +116,26 @@ def max_mean_pool(outputs: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.concatenate([top, outputs.sum(axis=1) / jnp.maximum(count, 1)], axis=-1)
 
 
+class BigramBag(nnx.Module):
+    """fastText's bag of bigrams (Joulin et al. 2017): every pair of neighbouring real tokens
+    (a, b) is hashed to one of ``buckets`` rows, (a·V + b) mod buckets (exact pair ids when
+    V² ≤ buckets), embedded, and the rows are averaged.
+
+    ``bag(ids [B, T], mask [B, T])`` → [B, features] (zeros for fewer than two real tokens).
+    """
+
+    def __init__(self, vocab_size: int, buckets: int, features: int, *, rngs: nnx.Rngs):
+        self.vocab_size = vocab_size
+        self.embed = Embedding(buckets, features, embedding_init=keras_embedding_init, rngs=rngs)
+
+    def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
+        first, second = ids[:, :-1].astype(jnp.uint32), ids[:, 1:].astype(jnp.uint32)
+        pairs = (first * self.vocab_size + second) % self.embed.num_embeddings
+        real = (mask[:, :-1] & mask[:, 1:])[..., None]  # [B, T - 1, 1]
+        rows = jnp.where(real, self.embed(pairs.astype(jnp.int32)), 0)
+        return rows.sum(axis=1) / jnp.maximum(real.sum(axis=1), 1)
+
+
 class MaxPool1D(nnx.Module):
     """Keras's ``MaxPooling1D(pool_size)`` (padding "valid") over real steps only.
 
@@ -154,7 +174,8 @@ class SentimentClassifier(nnx.Module):
     ``word_dropout`` drops whole token vectors after the embedding (Keras's
     ``SpatialDropout1D``). ``pooling="max-mean"`` gives the head the maximum and the mean of
     the LSTM's outputs over the real steps (``max_mean_pool``, 2× the features) instead of
-    its h after the last one.
+    its h after the last one. ``bigrams`` > 0 adds a ``BigramBag`` of that many hashed
+    bigram rows (``embedding_dim`` features each) whose average joins the head's input.
     """
 
     def __init__(
@@ -171,6 +192,7 @@ class SentimentClassifier(nnx.Module):
         dtype=None,
         word_dropout: float = 0.0,
         pooling: str = "last",
+        bigrams: int = 0,
         rngs: nnx.Rngs,
     ):
         if pooling not in ("last", "max-mean"):
@@ -205,11 +227,14 @@ class SentimentClassifier(nnx.Module):
         self.head_dropout = nnx.Dropout(dropout, rngs=rngs) if dropout else None
         pooled = self.lstm.out_features if bidirectional else hidden
         pooled *= 1 if pooling == "last" else 2
+        self.bigrams = BigramBag(vocab_size, bigrams, embedding_dim, rngs=rngs) if bigrams else None
+        pooled += embedding_dim if bigrams else 0
         self.head = nnx.Linear(pooled, 1, kernel_init=glorot, rngs=rngs)
 
     # The layers in the order the forward pass runs them (those set to None are left out).
     layers = (
-        "embed", "embed_dropout", "word_dropout", "conv", "pool", "lstm", "head_dropout", "head"
+        "embed", "embed_dropout", "word_dropout", "conv", "pool", "lstm", "bigrams",
+        "head_dropout", "head",
     )  # fmt: skip
 
     def __call__(
@@ -217,6 +242,7 @@ class SentimentClassifier(nnx.Module):
     ) -> jax.Array:
         if lengths is None and mask is None:
             mask = padding_mask(ids)
+        tokens = make_mask(*ids.shape, lengths, mask)  # (the convolution's pooling changes mask)
         x = sow_output(self, "embed_output", self.embed(ids))
         if self.embed_dropout is not None:
             x = sow_output(self, "embed_dropout_output", self.embed_dropout(x))
@@ -235,6 +261,9 @@ class SentimentClassifier(nnx.Module):
         if self.pooling == "max-mean":
             x = max_mean_pool(x, make_mask(*x.shape[:2], lengths, mask))
         x = sow_output(self, "lstm_output", x)
+        if self.bigrams is not None:
+            bag = sow_output(self, "bigrams_output", self.bigrams(ids, tokens))
+            x = jnp.concatenate([x, bag], axis=-1)
         if self.head_dropout is not None:
             x = sow_output(self, "head_dropout_output", self.head_dropout(x))
         return sow_output(self, "head_output", self.head(x))[:, 0]

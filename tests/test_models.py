@@ -169,3 +169,23 @@ def test_word_dropout_drops_whole_token_vectors():
     np.testing.assert_allclose(dropped[kept], 2.0)  # the kept ones scaled by 1 / (1 - 0.5)
     model.eval()
     np.testing.assert_array_equal(model.word_dropout(x), x)
+
+
+def test_the_bigram_bag_averages_the_rows_of_neighbouring_real_tokens():
+    model = MODELS["simple"](**SMALL, vocab_size=50, bigrams=7, rngs=nnx.Rngs(0))
+    model.eval()
+    ids = np.array([[1, 4, 9, 4, 9, 0], [1, 30, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
+    table = np.asarray(model.bigrams.embed.embedding[...])
+    expected = []
+    for row in ids:
+        real = row[row > 0]
+        pairs = [(a * 50 + b) % 7 for a, b in zip(real[:-1], real[1:], strict=True)]
+        expected.append(table[pairs].mean(0) if pairs else np.zeros(8))
+    bag = model.bigrams(jnp.asarray(ids), jnp.asarray(ids > 0))
+    np.testing.assert_allclose(bag, np.stack(expected), rtol=1e-6)
+    pre = np.array([row[np.argsort(row > 0, kind="stable")] for row in ids])  # padding first
+    np.testing.assert_allclose(model.bigrams(jnp.asarray(pre), jnp.asarray(pre > 0)), bag)
+    # The head reads [h, bag]: 8 + 8 features; the summary lists the bag.
+    assert model.head.in_features == 16 and "bigrams (BigramBag)" in summary(model, maxlen=6)
+    np.testing.assert_allclose(forward(model, jnp.asarray(pre)), forward(model, jnp.asarray(ids)),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
