@@ -97,7 +97,7 @@ def test_layer_options_override_the_seeds_and_no_test_scores_only_validation(tmp
     assert code == 0, err
     layers = json.loads((out / "config.json").read_text())["layers"]
     assert layers == {"embedding_dim": 4, "hidden": 6, "dropout": 0.0, "word_dropout": 0.1,
-                      "pooling": "max-mean"}  # fmt: skip
+                      "pooling": "max-mean", "bigrams": 0}  # fmt: skip
     model = load_run(out).model  # rebuilt from config.json with these layers
     assert model.embed.embedding.shape == (100, 4) and model.head.in_features == 2 * 2 * 6
     assert model.head_dropout is None and model.word_dropout.rate == 0.1
