@@ -21,35 +21,20 @@ from pathlib import Path
 RUNS = Path("runs/results/cpu/best-search")
 SEARCH = ["--no-test", "--validation-split", "0.1", "--seed", "0", "--checkpoint-every", "100"]
 # name → (what it tries, its options on top of SEARCH).
+BIG = "--pooling max-mean --vocab-size 20000 --maxlen 800 --embedding-dim 64 --word-dropout 0.1"
+BIG += " --dropout 0.3 --epochs 4"
 CANDIDATES = {
-    "bilstm": ("seed 003's bilstm as it is", ["--model", "bilstm"]),
-    "bilstm-maxmean": (
-        "+ max and mean pooling over the steps",
-        ["--model", "bilstm", "--pooling", "max-mean"],
-    ),
-    "bilstm-maxmean-big": (
-        "+ 20,000 words, reviews to 800 tokens, embedding 64, word dropout 0.1, dropout 0.3,"
-        " 4 epochs",
-        [
-            "--model",
-            "bilstm",
-            "--pooling",
-            "max-mean",
-            "--vocab-size",
-            "20000",
-            "--maxlen",
-            "800",
-            "--embedding-dim",
-            "64",
-            "--word-dropout",
-            "0.1",
-            "--dropout",
-            "0.3",
-            "--epochs",
-            "4",
-        ],
-    ),  # fmt: skip
-}
+    name: (text, options.split())
+    for name, text, options in [
+        ("bilstm", "seed 003's bilstm as it is", "--model bilstm"),
+        ("bilstm-maxmean", "+ max and mean pooling over the steps",
+         "--model bilstm --pooling max-mean"),
+        ("bilstm-maxmean-big", "+ 20,000 words, reviews to 800 tokens, embedding 64, word"
+         " dropout 0.1, dropout 0.3, 4 epochs", f"--model bilstm {BIG}"),
+        ("bilstm-maxmean-big-bigrams", "+ a bag of 2^20 hashed bigrams beside the LSTM"
+         " (fastText's)", f"--model bilstm {BIG} --bigrams 1048576"),
+    ]
+}  # fmt: skip
 
 
 def command(name: str) -> list[str]:
