@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from benchmarks import bench, runners  # noqa: E402
+from benchmarks import bench, loop_costs, runners  # noqa: E402
 
 TINY = dict(batch=2, time=3, embed=4, hidden=5, vocab=7)
 
@@ -50,3 +50,10 @@ def test_the_ablation_runners_build_their_layer_with_the_option():
     assert autodiff.name == "flaxlstm-autodiff"
     assert autodiff.model.lstm.hand_written_backward is False
     assert runners.flaxlstm_runner(TINY, ids, labels).model.lstm.hand_written_backward is True
+
+
+def test_loop_costs_prints_every_piece(capsys):
+    loop_costs.main(["--batch", "2", "--hidden", "3", "--features", "2", "--steps", "4"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "B 2, H 3, F 2, T 4; h·U is 0.00 MFLOP" and len(lines) == 7
+    assert all("µs per step" in line for line in lines[1:])
