@@ -186,8 +186,8 @@ def fit_and_test(
         return write_metrics(config, {}, 0, seconds, final_validation(config, history))
     x, y, lengths = (*test_data, None)[:3]
     test = train.evaluate(
-        model, x, y, lengths=lengths, batch_size=config.batch_size, bucket_width=bucket_width,
-        loss=loss,
+        model, x, y, lengths=lengths, batch_size=train.EVAL_BATCH_FACTOR * config.batch_size,
+        bucket_width=bucket_width, loss=loss,
     )  # fmt: skip
     return write_metrics(config, test, len(x), seconds)
 
