@@ -269,6 +269,20 @@ class SentimentClassifier(nnx.Module):
         return sow_output(self, "head_output", self.head(x))[:, 0]
 
 
+def language_model_layers(
+    vocab_size: int, embedding: int, hidden: int, num_layers: int, dropout: float, rngs
+) -> tuple[Embedding, StackedLSTM, nnx.Dropout]:
+    """What a ``LanguageModel`` and an ``LmClassifier`` share, of the same shapes so that one's
+    parameters load into the other: Embedding(V → E), StackedLSTM(E → H, L layers, every step
+    and the final state) and the dropout around it."""
+    embed = Embedding(vocab_size, embedding, rngs=rngs)  # (first: the order draws the values)
+    lstm = StackedLSTM(
+        embedding, hidden, num_layers=num_layers, dropout=dropout, return_sequences=True,
+        return_state=True, rngs=rngs,
+    )  # fmt: skip
+    return embed, lstm, nnx.Dropout(dropout, rngs=rngs)
+
+
 class LmClassifier(nnx.Module):
     """A sentiment classifier built on a language model's layers (``flaxlstm train imdb
     --init-from LM_RUN``, Dai & Le 2015; Howard & Ruder 2018): Embedding(V → E) → Dropout →
@@ -293,12 +307,9 @@ class LmClassifier(nnx.Module):
         dropout: float = 0.0,
         rngs: nnx.Rngs,
     ):
-        self.embed = Embedding(vocab_size, embedding, rngs=rngs)
-        self.lstm = StackedLSTM(
-            embedding, hidden, num_layers=num_layers, dropout=dropout, return_sequences=True,
-            return_state=True, rngs=rngs,
-        )  # fmt: skip
-        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        self.embed, self.lstm, self.drop = language_model_layers(
+            vocab_size, embedding, hidden, num_layers, dropout, rngs
+        )
         self.head = nnx.Linear(3 * hidden, 1, rngs=rngs)
 
     def __call__(
@@ -396,12 +407,9 @@ class LanguageModel(nnx.Module):
         tie: bool = False,
         rngs: nnx.Rngs,
     ):
-        self.embed = Embedding(vocab_size, embedding, rngs=rngs)
-        self.lstm = StackedLSTM(
-            embedding, hidden, num_layers=num_layers, dropout=dropout, return_sequences=True,
-            return_state=True, rngs=rngs,
-        )  # fmt: skip
-        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        self.embed, self.lstm, self.drop = language_model_layers(
+            vocab_size, embedding, hidden, num_layers, dropout, rngs
+        )
         projected = tie and hidden != embedding
         self.project = nnx.Linear(hidden, embedding, rngs=rngs) if projected else None
         # Rows, not Linear's [H, V] columns: the sampled softmax gathers rows (contiguous).
