@@ -37,8 +37,10 @@ CANDIDATES = {
 }  # fmt: skip
 
 
-def command(name: str) -> list[str]:
-    return ["flaxlstm", "train", "imdb", *CANDIDATES[name][1], *SEARCH, "--out", str(RUNS / name)]
+def command(name: str, options: list[str] | None = None) -> list[str]:
+    """The run of candidate ``name`` (with ``options``: any name, those options)."""
+    options = CANDIDATES[name][1] if options is None else options
+    return ["flaxlstm", "train", "imdb", *options, *SEARCH, "--out", str(RUNS / name)]
 
 
 def run(name: str) -> None:
@@ -59,7 +61,7 @@ def report(path: Path) -> None:
         "other 2,500 (`--validation-split 0.1`: the last 10 %); the test split is never read",
         "(`--no-test`). Written by `python experiments/imdb_best.py`; each row's command is",
         "",
-        "    " + " ".join(command("NAME")),
+        "    " + " ".join(command("NAME", ["OPTIONS"])),
         "",
         "with the candidate's options. Validation accuracy of the model each run ends with (its",
         "epoch of lowest validation loss); seconds on this project's 2-core CPU (shared with",
