@@ -47,7 +47,7 @@ def reviews(maxlen: int = 12, padding: str = "post"):
 
 
 def test_registry_and_settings_follow_the_seeds():
-    assert set(MODELS) == set(SETTINGS) == set(KERAS_PARAMS)
+    assert set(MODELS) == set(SETTINGS) == set(KERAS_PARAMS) | {"best"}
     sizes = lambda s: (s.vocab_size, s.maxlen, s.embedding_dim, s.batch_size, s.epochs)  # noqa: E731
     assert sizes(SETTINGS["simple"]) == (5000, 500, 32, 64, 3)
     assert sizes(SETTINGS["seed002"]) == (2000, 80, 128, 32, 15)
@@ -189,3 +189,12 @@ def test_the_bigram_bag_averages_the_rows_of_neighbouring_real_tokens():
     assert model.head.in_features == 16 and "bigrams (BigramBag)" in summary(model, maxlen=6)
     np.testing.assert_allclose(forward(model, jnp.asarray(pre)), forward(model, jnp.asarray(ids)),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_the_best_model_is_the_validated_bilstm():
+    best = SETTINGS["best"]
+    assert (best.vocab_size, best.maxlen, best.embedding_dim, best.epochs) == (20000, 800, 64, 4)
+    model = nnx.eval_shape(lambda: MODELS["best"](rngs=nnx.Rngs(0)))
+    assert model.pooling == "max-mean" and model.head.in_features == 4 * best.hidden
+    assert model.word_dropout.rate == 0.1 and model.head_dropout.rate == 0.3
+    assert "(None, 800, 64)" in summary("best")
