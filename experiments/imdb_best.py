@@ -82,6 +82,17 @@ def report(path: Path) -> None:
             f" (per epoch: {curve}) | {len(history['val_accuracy'])} |"
             f" {metrics['seconds_per_epoch']:.0f} |"
         )
+    lines += [
+        "",
+        "The choice. On 2,500 reviews an accuracy near 90 % has a standard error of about",
+        "0.6 points (√(0.9 · 0.1 / 2,500)), so candidates within that of each other are a tie,",
+        "and a tie goes to the simpler and faster. Max and mean pooling over the steps (+2.6",
+        "points over the last step's h) and the larger vocabulary, whole reviews and dropout",
+        "(+1.9) are clear gains; the bigram bag beside the LSTM ties with the LSTM alone (the",
+        "same 90.28 at the epoch of lowest validation loss, 90.64 against 90.32 after the last",
+        "epoch) at 1.8 × the time per epoch. So `--model best` is `bilstm-maxmean-big`",
+        "(`flaxlstm/config.py`), and `--bigrams N` stays an option.",
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
