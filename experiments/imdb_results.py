@@ -169,7 +169,8 @@ def ladder(found: dict) -> list[str]:
         wall = np.median([m["train_seconds"] for m in metrics])
         rows.append((
             acc.mean(),
-            f"| **flaxlstm**: seed model `{model}` | labelled only | **{acc.mean():.2f}** ±"
+            f"| **flaxlstm**: `{model}` ({SEED_RESULTS[model][0]}) | labelled only |"
+            f" **{acc.mean():.2f}** ±"
             f" {acc.std():.2f} ({len(acc)} seeds) | `flaxlstm train imdb --model {model}` |"
             f" {device}, {wall:.0f} s |",
         ))  # fmt: skip
