@@ -148,6 +148,8 @@ def _layer_rates(recipe: LayerRates, total_steps: int | None) -> optax.GradientT
 
 
 IMDB_RECIPE = Recipe(learning_rate=1e-3, lr_schedule="cosine", clip_norm=1.0)
+# The layers a classifier fine-tuned from a language model takes from it (models.LmClassifier).
+LM_PRETRAINED_LAYERS = ("embed", "lstm")
 
 
 # ----------------------------------------------------------------------------- the tasks
@@ -383,7 +385,7 @@ class ImdbConfig(RunConfig):
     def recipe(self) -> Recipe:
         if self.init_from is None:
             return super().recipe
-        scales = tuple((name, self.pretrained_lr_scale) for name in ("embed", "lstm"))
+        scales = tuple((name, self.pretrained_lr_scale) for name in LM_PRETRAINED_LAYERS)
         return LayerRates(self.learning_rate, self.lr_schedule, self.clip_norm, scales)
 
 

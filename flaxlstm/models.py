@@ -295,7 +295,7 @@ class LmClassifier(nnx.Module):
     """
 
     # What comes from the language model: these layers (the head is new).
-    pretrained = ("embed", "lstm")
+    pretrained = config.LM_PRETRAINED_LAYERS
 
     def __init__(
         self,
