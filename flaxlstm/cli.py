@@ -382,14 +382,17 @@ def _train_language_model(config: LmConfig) -> None:
         texts, held = [train_text], [held_text]
     source = lm_source(config)
     if source is not None:
-        config = dataclasses.replace(config, **{name: source.config[name] for name in LM_SIZES})
+        sizes = {name: source.config[name] for name in LM_SIZES}
+        sizes["layers"] += config.grow
+        config = dataclasses.replace(config, **sizes)
     vocabulary, samples = lm_vocabulary(config, texts, source)
     documents, validation = vocabulary.encode(texts), vocabulary.encode(held)
     if not config.imdb:  # one long text: a contiguous piece per row
         documents = text_data.pieces(documents[0], config.batch_size)
         rows = max(1, min(config.batch_size, len(validation[0]) // (2 * config.bptt)))
         validation = text_data.pieces(validation[0], rows)
-    names = ("level", "embedding", "hidden", "layers", "tie", "dropout", "seed", "init_from")
+    names = ("level", "embedding", "hidden", "layers", "tie", "dropout", "seed", "init_from",
+             "grow")  # fmt: skip
     run_config = {"task": "lm", "vocab_size": vocabulary.size} | {
         name: getattr(config, name) for name in names
     }
@@ -397,7 +400,7 @@ def _train_language_model(config: LmConfig) -> None:
     save_json(os.path.join(out, "config.json"), run_config)
     model = language_model(run_config)
     if source is not None:  # (a resumed run's checkpoint then replaces them)
-        nnx.update(model, nnx.state(source.model, nnx.Param))
+        model.load_language_model(source.model)
     if not config.quiet:
         tokens = sum(map(len, documents))
         print(

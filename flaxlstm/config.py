@@ -436,6 +436,12 @@ class LmConfig(Recipe):
         " --layers and --tie are taken from it",
         str,
     )
+    grow: int = option(
+        0,
+        "with --init-from: stack N new LSTM layers on the source's (they and the output layer"
+        " start afresh; the embedding and the source's layers are loaded)",
+        int,
+    )
     seed: int = option(0, "of the initialisation, order and samples", int)
     out: str | None = out_option(None)
     quiet: bool = option(False, "print nothing")
@@ -448,6 +454,8 @@ class LmConfig(Recipe):
             raise ValueError("--limit applies to --imdb")
         if not self.validation_split:
             raise ValueError("a language model needs validation: --validation-split > 0")
+        if self.grow < 0 or (self.grow and self.init_from is None):
+            raise ValueError("--grow N stacks N >= 0 new layers on an --init-from run's")
         words = self.level == "word"
         source = "imdb" if self.imdb else os.path.splitext(os.path.basename(self.text))[0]
         return dataclasses.replace(

@@ -425,6 +425,20 @@ class LanguageModel(nnx.Module):
             features = self.project(features)
         return features, state
 
+    def load_language_model(self, source: LanguageModel) -> None:
+        """Copy ``source``'s parameters into this model, of the same sizes but maybe more
+        layers: then only the embedding and ``source``'s layers, under the new ones (a grown
+        model, ``train lm --init-from --grow``), whose output layer keeps its fresh values."""
+        grown = len(self.lstm.layers) - len(source.lstm.layers)
+        if grown < 0:
+            raise ValueError(f"the model has fewer layers than the source ({-grown} fewer)")
+        if not grown:
+            nnx.update(self, nnx.state(source, nnx.Param))
+            return
+        nnx.update(self.embed, nnx.state(source.embed, nnx.Param))
+        for layer, source_layer in zip(self.lstm.layers, source.lstm.layers, strict=False):
+            nnx.update(layer, nnx.state(source_layer, nnx.Param))
+
     def output_layer(self) -> tuple[jax.Array, jax.Array]:
         """The output rows W [V, D] and bias b [V]: logits = features · Wᵀ + b."""
         rows = self.embed.embedding if self.output_rows is None else self.output_rows

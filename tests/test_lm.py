@@ -681,6 +681,30 @@ def test_train_lm_init_from_starts_from_the_source_runs_model(char_run, corpus, 
     assert "held out another part (validation_split 0.02 there, 0.1 here)" in stderr
 
 
+def test_train_lm_init_from_grow_stacks_new_layers_on_the_sources(
+    char_run, corpus, tmp_path, capsys
+):
+    out = tmp_path / "grown"
+    argv = lm_args(corpus, out, "--init-from", char_run, "--grow", "1", "--max-steps", "1",
+                   "--learning-rate", "1e-12")  # fmt: skip
+    code, _, stderr = run_main(argv, capsys)
+    assert code == 0, stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["layers"] == 2 and config["grow"] == 1 and config["hidden"] == 16
+    grown, source = load_lm_run(out).model, load_lm_run(char_run).model
+    assert len(grown.lstm.layers) == 2 and len(source.lstm.layers) == 1
+
+    def loaded(model):  # what the grown model takes from the source
+        return params_of(nnx.state((model.embed, model.lstm.layers[0]), nnx.Param))
+
+    for a, b in zip(loaded(grown), loaded(source), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-8)
+    # The output layer read the old top layer: it starts afresh, as the new layer does.
+    assert not np.allclose(grown.output_rows[...], source.output_rows[...], atol=1e-3)
+    with pytest.raises(ValueError, match="fewer layers than the source"):
+        source.load_language_model(grown)
+
+
 def test_bad_lm_commands_end_in_one_line(tmp_path, corpus, capsys):
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"caf\xe9 \xff\xfe not utf-8\n" * 50)
@@ -700,6 +724,7 @@ def test_bad_lm_commands_end_in_one_line(tmp_path, corpus, capsys):
         (["train", "lm", "--text", corpus, "--bptt", "0", *tiny], 2, "--bptt"),
         (["generate", "--model-dir", not_lm], 1, "holds no 'train lm' run"),
         (["train", "lm", "--text", corpus, "--init-from", not_lm, *tiny], 1, "no 'train lm' run"),
+        (["train", "lm", "--text", corpus, "--grow", "1", *tiny], 1, "--grow N stacks"),
         (["generate", "--model-dir", tmp_path / "nothing"], 1, "no config.json"),
         (["generate", "--model-dir", not_lm, "--temperature", "-1"], 2, "--temperature"),
         (["generate", "--model-dir", not_lm, "--tokens", "0"], 2, "--tokens"),
