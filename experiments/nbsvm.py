@@ -5,7 +5,10 @@ tokenizer as ``flaxlstm train imdb`` (``flaxlstm.data.imdb.tokenize``), no vocab
     python experiments/nbsvm.py --out runs/results/cpu/nbsvm/nbsvm-bigrams.json
 
 (``--data-dir`` or $TFDS_DATA_DIR: where TFDS's imdb_reviews is; needs scikit-learn,
-``pip install -e ".[experiments]"``.)
+``pip install -e ".[experiments]"``.) With ``--validation-split 0.1`` it trains on the first
+90 % of the training reviews and scores the last 10 % instead of the test split: the slice on
+which ``experiments/imdb_best.py`` chooses the LSTM, so that the two show how far the slice's
+accuracy is from the test split's for a model other than the LSTM.
 
 The model is the paper's, with its published hyperparameters (nothing is tuned, so no
 validation slice is needed): binarised unigram + bigram indicators x ∈ {0, 1}^V; the
@@ -27,6 +30,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.svm import LinearSVC
 
+from flaxlstm.data.batches import split_point
 from flaxlstm.data.imdb import read_split, tokenize
 
 ALPHA, C, BETA = 1.0, 1.0, 0.25
@@ -53,10 +57,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=None, help="TFDS data directory")
     parser.add_argument("--out", required=True, help="the JSON file to write")
+    parser.add_argument(
+        "--validation-split", type=float, default=0.0,
+        help="score this last fraction of the training reviews (trained on the rest), not the"
+        " test split",
+    )  # fmt: skip
     args = parser.parse_args()
+    if not 0 <= args.validation_split < 1:
+        parser.error(f"--validation-split must be in [0, 1), got {args.validation_split}")
     start = time.perf_counter()
     train_texts, train_y = read_split("train", args.data_dir)
-    test_texts, test_y = read_split("test", args.data_dir)
+    if args.validation_split:  # the last fraction, as `flaxlstm train imdb --validation-split`
+        n = split_point(len(train_y), args.validation_split)
+        (train_texts, test_texts), (train_y, test_y) = (
+            (train_texts[:n], train_texts[n:]), (train_y[:n], train_y[n:])
+        )  # fmt: skip
+    else:
+        test_texts, test_y = read_split("test", args.data_dir)
     features = CountVectorizer(
         tokenizer=tokenize, lowercase=False, token_pattern=None, ngram_range=(1, 2), binary=True
     )
@@ -68,6 +85,9 @@ def main() -> None:
         "model": "NBSVM-bigrams (Wang & Manning 2012): alpha 1, C 1, beta 0.25",
         "features": int(x_train.shape[1]),
         "train_reviews": len(train_y),
+        "scored": f"the last {args.validation_split:g} of the training reviews"
+        if args.validation_split
+        else "the test split",
         "test_reviews": len(test_y),
         "test_accuracy": float((predicted == (test_y == 1)).mean()),
         "seconds": round(time.perf_counter() - start, 1),
