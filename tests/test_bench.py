@@ -55,5 +55,5 @@ def test_the_ablation_runners_build_their_layer_with_the_option():
 def test_loop_costs_prints_every_piece(capsys):
     loop_costs.main(["--batch", "2", "--hidden", "3", "--features", "2", "--steps", "4"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "B 2, H 3, F 2, T 4; h·U is 0.00 MFLOP" and len(lines) == 7
+    assert lines[0] == "B 2, H 3, F 2, T 4; h·U is 0.00 MFLOP" and len(lines) == 9
     assert all("µs per step" in line for line in lines[1:])
