@@ -141,6 +141,35 @@ def _prediction(model, vocabulary, ids: np.ndarray) -> dict:
     return dict(label="P(positive) if the text ended here", values=_rounded(p))
 
 
+def _layer_entry(model: nnx.Module, name: str, trace, tokens: int) -> dict:
+    """``page_data``'s entry for one layer's ``Trace`` of a text of ``tokens`` tokens:
+    ``name``, ``units`` H, ``token_steps`` [T] and per recorded quantity ``values`` [H][steps]."""
+    steps, units = trace.c.shape[1], trace.c.shape[2]
+    values = {
+        q: _rounded(np.asarray(getattr(trace, q))[0].T)  # [H][steps]
+        for q in QUANTITIES
+        if getattr(trace, q) is not None
+    }
+    token_steps = _token_steps(model, tokens, steps)
+    return dict(name=name, units=units, token_steps=token_steps, values=values)
+
+
+def _chosen_layer(layers: list[dict], layer: str | None, quantity: str, unit: int | None) -> int:
+    """The index of the ``layer`` named (None: the first) once ``quantity`` and ``unit`` are
+    checked against it, or a one-line ValueError."""
+    names = [entry["name"] for entry in layers]
+    if layer is not None and layer not in names:
+        raise ValueError(f"no LSTM layer {layer!r}; the model has {', '.join(names)}")
+    chosen = names.index(layer) if layer is not None else 0
+    if quantity not in layers[chosen]["values"]:
+        known = ", ".join(layers[chosen]["values"])
+        raise ValueError(f"quantity must be one of {known}, got {quantity!r}")
+    units = layers[chosen]["units"]
+    if unit is not None and not 0 <= unit < units:
+        raise ValueError(f"unit must lie in [0, {units}) for layer {names[chosen]}, got {unit}")
+    return chosen
+
+
 def page_data(
     model: nnx.Module,
     vocabulary: imdb_data.Vocabulary,
@@ -189,26 +218,8 @@ def page_data(
     (ids,) = vocabulary.encode_tokens([shown])  # [T]: START, then the tokens
     lengths = np.array([len(ids)], np.int32)
     traces = trace_model(model, ids[None], lengths=lengths)
-    layers = []
-    for name, trace in traces.items():
-        steps = trace.c.shape[1]
-        values = {
-            q: _rounded(np.asarray(getattr(trace, q))[0].T)  # [H][steps]
-            for q in QUANTITIES
-            if getattr(trace, q) is not None
-        }
-        units, token_steps = trace.c.shape[2], _token_steps(model, len(ids), steps)
-        layers.append(dict(name=name, units=units, token_steps=token_steps, values=values))
-    names = [entry["name"] for entry in layers]
-    if layer is not None and layer not in names:
-        raise ValueError(f"no LSTM layer {layer!r}; the model has {', '.join(names)}")
-    chosen = names.index(layer) if layer is not None else 0
-    if quantity not in layers[chosen]["values"]:
-        known = ", ".join(layers[chosen]["values"])
-        raise ValueError(f"quantity must be one of {known}, got {quantity!r}")
-    units = layers[chosen]["units"]
-    if unit is not None and not 0 <= unit < units:
-        raise ValueError(f"unit must lie in [0, {units}) for layer {names[chosen]}, got {unit}")
+    layers = [_layer_entry(model, name, trace, len(ids)) for name, trace in traces.items()]
+    chosen = _chosen_layer(layers, layer, quantity, unit)
     saturation = internals.saturation(model, ids[None], lengths, batch_size=1)
     cells = _cells(layers, traces, _signals(vocabulary, ids[None]), top)
     if unit is None:  # the unit of the chosen layer that follows a signal best
