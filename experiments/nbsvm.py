@@ -69,9 +69,8 @@ def main() -> None:
     train_texts, train_y = read_split("train", args.data_dir)
     if args.validation_split:  # the last fraction, as `flaxlstm train imdb --validation-split`
         n = split_point(len(train_y), args.validation_split)
-        (train_texts, test_texts), (train_y, test_y) = (
-            (train_texts[:n], train_texts[n:]), (train_y[:n], train_y[n:])
-        )  # fmt: skip
+        test_texts, test_y = train_texts[n:], train_y[n:]
+        train_texts, train_y = train_texts[:n], train_y[:n]
     else:
         test_texts, test_y = read_split("test", args.data_dir)
     features = CountVectorizer(
