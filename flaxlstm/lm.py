@@ -245,6 +245,7 @@ class LmRun(NamedTuple):
     checkpoint_every: int | None
     checkpoints: Checkpointer | None
     models: Checkpointer | None  # the parameters after every evaluation
+    history_path: str | os.PathLike | None  # rewritten after every evaluation
     received: Callable[[], int | None]  # the SIGINT or SIGTERM that came, if any
     quiet: bool
 
@@ -283,7 +284,8 @@ def train_lm(
       samples: 0 for the full softmax, else K classes for a sampled softmax.
       recipe: Adam's learning rate, schedule and clipping (``Recipe()`` by default).
       eval_every: also evaluate (and checkpoint) every N steps; always after every epoch.
-      checkpoint_dir, checkpoint_every, resume, model_dir, history_path, quiet: as ``fit``'s.
+      checkpoint_dir, checkpoint_every, resume, model_dir, quiet: as ``fit``'s.
+      history_path: where the history is written, after every evaluation (JSON).
     Returns:
       the history: per evaluation the step, tokens trained, mean training loss and training
       tokens per second since the last evaluation, and ``val_loss``, ``val_perplexity``,
@@ -308,7 +310,7 @@ def train_lm(
             model, documents, validation, graphdef, split_model(model, training=False)[0], tx,
             jax.random.key(seed), samples, batch_size, bptt, seed, epochs, total, eval_every,
             checkpoint_every, checkpoints, None if model_dir is None else Checkpointer(model_dir),
-            received, quiet,
+            history_path, received, quiet,
         )  # fmt: skip
         trees, progress = restore_or_refuse(
             checkpoints, {"train": state, "carry": carry}, progress, resume
@@ -386,6 +388,8 @@ def train_lm_epoch(run: LmRun, state: TrainState, carry: LSTMState, progress: Lm
             window = np.zeros(3)
             if run.models is not None:
                 run.models.save(step, jax.device_get(state.params), {"step": step})
+            if run.history_path is not None:  # a result outlives the process that measured it
+                save_json(run.history_path, progress.history)
             if not run.quiet:
                 bar.write(_history_line(progress.history))
         if evaluate_now or signum or (run.checkpoint_every and step % run.checkpoint_every == 0):

@@ -760,6 +760,7 @@ def test_a_train_lm_run_killed_with_sigkill_resumes_to_the_same_result(
     assert killed.returncode == -signal.SIGKILL
     assert not (out / "metrics.json").exists()
     assert max(Checkpointer(out / "checkpoints").steps()) == 5  # (evaluated), then killed at 8
+    assert json.loads((out / "history.json").read_text())["step"] == [5]  # saved as evaluated
 
     code, _, stderr = run_main([*argv, "--resume"], capsys)
     assert code == 0, stderr
