@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -611,13 +612,32 @@ def inspect_html(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} ({len(data['tokens']) - 1} tokens, {size / 1e3:.0f} kB)")
 
 
+def use_compilation_cache() -> str | None:
+    """Keep what XLA compiles on disk between runs (JAX's persistent compilation cache), so a
+    second run of the same model does not compile its steps again: in
+    $JAX_COMPILATION_CACHE_DIR where that is set ("" turns the cache off), else in
+    ~/.cache/flaxlstm/jax ($XDG_CACHE_HOME). Every compiled function is kept, however fast it
+    compiled (a run compiles one step per bucket length, each under JAX's default 1 s floor).
+    Returns the directory, or None when off."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # JAX reads it itself
+        directory = os.environ["JAX_COMPILATION_CACHE_DIR"] or None
+    else:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        directory = os.path.join(cache, "flaxlstm", "jax")
+        jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return directory
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.command == "bench":  # its options are benchmarks/bench.py's, passed on whole
-        args.options = unknown + args.options
+        args.options = unknown + args.options  # (and it times compilations: no cache)
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    else:
+        use_compilation_cache()
     try:
         config_type = getattr(args, "config_type", None)
         args.run(from_options(config_type, args) if config_type else args)

@@ -2,6 +2,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))  # the numpy reference in tests/reference.py
+# No persistent compilation cache (flaxlstm's command keeps one in ~/.cache): each test
+# compiles what it runs, in this process and in the processes it starts, as a new machine does.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "")
 
 import jax  # noqa: E402
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -173,3 +174,33 @@ def test_cosine_schedule_spans_every_training_step():
 def test_bench_passes_its_options_to_the_checkouts_benchmark(capsys):
     code, _, stderr = run_main(["bench", "--shapes", "nope"], capsys)
     assert code == 2 and "unknown shape or peer 'nope'" in stderr, stderr
+
+
+CACHED_COMPILE = """
+import jax, jax.numpy as jnp
+from flaxlstm import cli
+events = []
+jax.monitoring.register_event_listener(lambda name, **kwargs: events.append(name))
+directory = cli.use_compilation_cache()
+jax.jit(lambda x: jnp.tanh(x) * 3.0)(jnp.ones(4))  # compiles in well under JAX's 1 s floor
+hits, misses = (events.count(f"/jax/compilation_cache/cache_{k}") for k in ("hits", "misses"))
+print(directory, hits, misses)
+"""
+
+
+def test_the_command_keeps_compiled_functions_on_disk_for_the_next_run(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+
+    def run(**extra):
+        command = [sys.executable, "-c", CACHED_COMPILE]
+        done = subprocess.run(command, env=env | extra, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    directory = str(tmp_path / "flaxlstm" / "jax")
+    where, hits, compiled = run()
+    assert where == directory and hits == "0" and int(compiled) >= 1  # compiled, and written
+    assert len(os.listdir(directory)) == int(compiled)
+    assert run() == [directory, compiled, "0"]  # all read back: nothing compiled
+    assert run(JAX_COMPILATION_CACHE_DIR="") == ["None", "0", "0"]  # turned off
