@@ -242,6 +242,7 @@ RUNNERS = {
     "flaxlstm-lengths": _flaxlstm("flaxlstm-lengths", with_lengths=True),
     "flaxlstm-unroll8": _flaxlstm("flaxlstm-unroll8", unroll=8),
     "flaxlstm-bf16": _flaxlstm("flaxlstm-bf16", dtype="bfloat16"),
+    "flaxlstm-scan": _flaxlstm("flaxlstm-scan", loop="scan"),
     "flax": flax_runner,
     "keras": keras_runner,
     "torch": torch_runner,

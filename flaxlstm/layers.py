@@ -68,11 +68,13 @@ class LSTM(nnx.Module):
     (``lstm_scan``'s ``matmul_dtype``; the standard cell only).
 
     ``hand_written_backward`` and ``accumulate_above_bytes`` choose how the time loop is
-    differentiated (``flaxlstm.recurrent.lstm_scan``); they are fields of the layer, so a
-    jitted step compiled for one setting is never reused for another. So is ``clamps`` (empty
-    at construction): units of gates or states held at fixed values at every step, an ablation
-    (``flaxlstm.cell.Clamp``; set and restored by ``flaxlstm.internals.ablate``); the loop then
-    runs on ``scan_cell``, so training and evaluation code run the ablated model unchanged.
+    differentiated and ``loop`` where its steps run ("auto": in C on the CPU where it can,
+    flaxlstm/native.py; "scan"; "native"; ``flaxlstm.recurrent.lstm_scan``). They are fields of
+    the layer, so a jitted step compiled for one setting is never reused for another. So is
+    ``clamps`` (empty at construction): units of gates or states held at fixed values at every
+    step, an ablation (``flaxlstm.cell.Clamp``; set and restored by
+    ``flaxlstm.internals.ablate``); the loop then runs on ``scan_cell``, so training and
+    evaluation code run the ablated model unchanged.
 
     Cell variants (``flaxlstm.variants``) subclass it and replace ``scan``; the checks,
     masking, dropout, reverse and traces stay this class's.
@@ -101,6 +103,7 @@ class LSTM(nnx.Module):
         dtype=None,
         hand_written_backward: bool = True,
         accumulate_above_bytes: int = ACCUMULATE_ABOVE_BYTES,
+        loop: str = "auto",
         rngs: nnx.Rngs,
     ):
         # The constructor's arguments, so that reversed_copy builds the same layer again
@@ -125,6 +128,7 @@ class LSTM(nnx.Module):
         self.dtype = dtype  # the matrix products' dtype (mixed precision); None: the inputs'
         self.hand_written_backward = hand_written_backward
         self.accumulate_above_bytes = accumulate_above_bytes
+        self.loop = loop  # "auto", "scan" or "native": where the time steps run (lstm_scan)
         self.clamps: Clamps = ()  # an ablation (flaxlstm.internals.ablate), static
         self.deterministic = False
         self.sow_intermediates = False
@@ -235,6 +239,7 @@ class LSTM(nnx.Module):
             accumulate_above_bytes=self.accumulate_above_bytes,
             matmul_dtype=self.dtype,
             clamps=self.clamps,
+            loop=self.loop,
         )
 
     def reversed_copy(self, rngs: nnx.Rngs) -> LSTM:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxlstm import native
 from flaxlstm.cell import (
     Activation,
     Clamps,
@@ -47,6 +48,12 @@ from flaxlstm.cell import (
 # slow to touch on this project's machines (page faults); docs/PERFORMANCE.md has the numbers.
 # Only a default: pass ``accumulate_above_bytes`` to ``lstm_scan`` (or ``flaxlstm.LSTM``).
 ACCUMULATE_ABOVE_BYTES = 16 * 2**20
+
+# ``loop="auto"`` runs the time steps in C (flaxlstm/native.py) on the CPU only while the
+# weights [W; U; b] take at most this many bytes: the C loop keeps them, and their gradient's
+# running sums, in a core's cache (1 MiB of L2 here). Larger, XLA's scan with its large matrix
+# products is faster (the character LM's H 512: docs/PERFORMANCE.md).
+NATIVE_MAX_WEIGHT_BYTES = 2**20
 
 
 def concrete(x) -> np.ndarray | None:
@@ -131,6 +138,7 @@ def lstm_scan(
     accumulate_above_bytes: int = ACCUMULATE_ABOVE_BYTES,
     matmul_dtype=None,
     clamps: Clamps = (),
+    loop: str = "auto",
 ) -> tuple[LSTMState, jax.Array, Trace | None]:
     """Run the LSTM over a batch of sequences.
 
@@ -156,6 +164,10 @@ def lstm_scan(
         inputs' and weights' dtype (``cell.matmul``). None: everything in that dtype.
       clamps: units of gates or states held at fixed values at every step (an ablation,
         ``cell.Clamp``); the loop then runs on ``scan_cell``.
+      loop: "auto" runs the hand-written loop's time steps in C (flaxlstm/native.py) where it
+        can (``native_loop_fits``: on the CPU, float32, no recurrent dropout) and the weights
+        are small (``NATIVE_MAX_WEIGHT_BYTES``), else on ``jax.lax.scan``; "scan" always
+        scans; "native" requires the C loop (a one-line error where it cannot run).
     Returns:
       the final state (c, h) [B, H] each, the outputs h_t [B, T, H] (zero at padded steps), and
       a ``Trace`` (i, f, g, o, c, h, zi, zf, zg, zo) [B, T, H] each when ``return_trace``,
@@ -175,10 +187,12 @@ def lstm_scan(
     state = zero_state(batch, hidden, dtype) if initial_state is None else initial_state
     state = LSTMState(*map(cast, state))
     fused = hand_written_backward and not (return_trace or clamps)
-    if fused and is_default(gate_activation, activation):
+    fused = fused and is_default(gate_activation, activation)
+    native_loop = _choose_loop(loop, fused, dtype, matmul_dtype, recurrent_mask, x.shape, hidden)
+    if fused:
         dz_bytes = time * batch * 4 * hidden * jnp.dtype(dtype).itemsize
-        accumulate = dz_bytes > accumulate_above_bytes
-        options = _Options(reverse, unroll, accumulate, remat, matmul_dtype)
+        accumulate = dz_bytes > accumulate_above_bytes and not native_loop
+        options = _Options(reverse, unroll, accumulate, remat, matmul_dtype, native_loop)
         final, outputs = _fused_scan(
             options, W, U, b, time_major(x), _time_major_mask(mask), state, recurrent_mask
         )
@@ -301,6 +315,35 @@ class _Options(NamedTuple):
     accumulate: bool  # sum the weight gradients inside the loop (see ACCUMULATE_ABOVE_BYTES)
     remat: bool  # save only the inputs; the backward runs the forward again first
     matmul_dtype: object = None  # the matrix products' operand dtype (mixed precision)
+    native: bool = False  # the time steps run in C (flaxlstm/native.py)
+
+
+def native_loop_fits(fused: bool, dtype, matmul_dtype, recurrent_mask, steps: int) -> str | None:
+    """Why the C loop (flaxlstm/native.py) cannot run this ``lstm_scan``; None when it can."""
+    reasons = [
+        (not native.available(), "flaxlstm._lstm_cpu is not built (see setup.py)"),
+        (jax.default_backend() != "cpu", f"the backend is {jax.default_backend()}, not the CPU"),
+        (not fused, "it runs only the standard cell with its hand-written backward"),
+        (dtype != jnp.float32 or matmul_dtype is not None, "it computes in float32 only"),
+        (recurrent_mask is not None, "it has no recurrent dropout"),
+        (steps == 0, "there is no step to run"),
+    ]
+    return next((why for bad, why in reasons if bad), None)
+
+
+def _choose_loop(loop: str, fused, dtype, matmul_dtype, recurrent_mask, x_shape, hidden) -> bool:
+    """Whether the time steps run in C: ``loop`` "scan", "native" or "auto" (the C loop where it
+    fits and its weights are at most ``NATIVE_MAX_WEIGHT_BYTES``)."""
+    if loop not in ("auto", "scan", "native"):
+        raise ValueError(f'loop must be "auto", "scan" or "native", got {loop!r}')
+    if loop == "scan":
+        return False
+    batch, time, features = x_shape
+    why_not = native_loop_fits(fused, dtype, matmul_dtype, recurrent_mask, batch * time)
+    if loop == "native" and why_not:
+        raise ValueError(f"loop='native' cannot run here: {why_not}")
+    weight_bytes = (features + hidden + 1) * 4 * hidden * 4  # [W; U; b] in float32
+    return why_not is None and (loop == "native" or weight_bytes <= NATIVE_MAX_WEIGHT_BYTES)
 
 
 def _stack(opt: _Options, W, U, b):
@@ -320,6 +363,10 @@ def _fused_forward(
     """The loop over time-major x [T, B, F]. Returns the final state, the outputs [T, B, H]
     (zero at padded steps) and, when ``save``, the per-step a [T, B, 4H] and the states each
     step started from, c_prev and h_prev [T, B, H]."""
+    if opt.native:
+        m = None if mask is None else mask[..., 0].astype(jnp.float32)
+        a, c_prev, h_prev, outputs, final = native.forward(x, W, U, b, *state, m, opt.reverse, save)
+        return LSTMState(*final), outputs, (a, c_prev, h_prev) if save else None
     WUb = _stack(opt, W, U, b)
 
     def step(state: LSTMState, inputs):
@@ -358,6 +405,12 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
         saved = _forward_again(opt, W, U, b, x, mask, state, recurrent_mask, cotangents)
     a, c_prev, h_prev = saved
     d_final, d_outputs = cotangents
+    if opt.native:
+        m = None if mask is None else mask[..., 0].astype(jnp.float32)
+        dx, dW, dU, db, dh0, dc0 = native.backward(
+            saved, x, W, U, m, *d_final[::-1], d_outputs, opt.reverse
+        )
+        return dW, dU, db, dx, None, LSTMState(dc0, dh0), None
     carry, ys = _backward_loop(
         opt, W, U, b, x, mask, recurrent_mask, a, c_prev, h_prev, d_final, d_outputs
     )

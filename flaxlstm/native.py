@@ -1,0 +1,98 @@
+"""The LSTM's time loop in C for the CPU (flaxlstm/_lstm_cpu.c), called from jitted code.
+
+    available()                                        is the compiled loop installed?
+    forward(x, W, U, b, c0, h0, mask, reverse, save) → a, c_prev, h_prev, outputs, (c_n, h_n)
+    backward(saved, x, W, U, mask, dh_n, dc_n, d_outputs, reverse) → dx, dW, dU, db, dh0, dc0
+
+On the CPU, XLA runs a ``jax.lax.scan`` step by step and pays a fixed cost for every operation
+of its body at every step: at the seeds' sizes that, not arithmetic, is most of the time. The
+C loop runs every step in one call, the batch rows split over the CPU's cores, each step one
+product [x_t, h]·[W; U] + b, and the backward sums the weight gradients as it goes.
+``recurrent.lstm_scan`` takes it for the standard cell in float32 on the CPU
+(``loop="auto"``).
+
+XLA calls the loop through its FFI (flaxlstm/_lstm_cpu_ffi.cc), on its own buffers, in
+place. The library is built with the package (setup.py; optional: where it cannot be compiled,
+``available()`` is False and every loop runs on ``jax.lax.scan``). Shapes: time-major, T steps,
+B rows, H units; gates [i, f, g, o] along 4H, as flaxlstm/cell.py lays them out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _load() -> bool:
+    """Load the compiled library and register its two FFI handlers with XLA."""
+    spec = importlib.util.find_spec("flaxlstm._lstm_cpu")
+    if spec is None or not spec.origin:
+        return False
+    try:
+        library = ctypes.CDLL(spec.origin)
+    except OSError:
+        return False
+    for name in ("LstmForward", "LstmBackward"):
+        handler = jax.ffi.pycapsule(getattr(library, name))
+        jax.ffi.register_ffi_target(f"flaxlstm_{name}", handler, platform="cpu")
+    return True
+
+
+_LOADED = _load()
+
+
+def available() -> bool:
+    """Whether the compiled loop is installed (``flaxlstm._lstm_cpu``)."""
+    return _LOADED
+
+
+def _call(name: str, shapes, *arrays, reverse: bool, mask):
+    """XLA's call of the handler ``name`` on float32 ``arrays``, then ``mask`` (None: every step
+    is real), with outputs of ``shapes``."""
+    results = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
+    call = jax.ffi.ffi_call(f"flaxlstm_{name}", results, vmap_method="sequential")
+    has_mask = mask is not None
+    mask = mask if has_mask else jnp.zeros((0,), jnp.float32)  # an unread placeholder
+    return call(*arrays, mask, reverse=np.int32(reverse), has_mask=np.int32(has_mask))
+
+
+def forward(x, W, U, b, c0, h0, mask, reverse: bool, save: bool = True):
+    """The loop's forward pass.
+
+    Args:
+      x: the inputs [T, B, F]; W [F, 4H], U [H, 4H], b [4H]; c0, h0: the start state [B, H].
+      mask: [T, B] float32, 1 at real steps, 0 at padded ones (which keep the state and output
+        0); None: every step is real.
+      reverse: run from the last step to the first (every array stays in time order).
+      save: also return what the backward needs (else None): writing it costs time.
+    Returns:
+      the activated gates a [T, B, 4H], the state each step started from c_prev and h_prev
+      [T, B, H] (or None), the outputs [T, B, H] and the final state (c, h) [B, H] each.
+    """
+    time, batch, _ = x.shape
+    hidden = U.shape[0]
+    gates = 4 * hidden
+    steps = time if save else 0
+    shapes = [(steps, batch, gates), (steps, batch, hidden), (steps, batch, hidden)]
+    shapes += [(time, batch, hidden), (batch, hidden), (batch, hidden)]
+    *saved, outputs, c_n, h_n = _call(
+        "LstmForward", shapes, x, W, U, b, c0, h0, reverse=reverse, mask=mask
+    )
+    return (*(saved if save else [None] * 3), outputs, (c_n, h_n))
+
+
+def backward(saved, x, W, U, mask, dh_n, dc_n, d_outputs, reverse: bool):
+    """The loop's backward pass, from what ``forward`` saved (a, c_prev, h_prev), its inputs
+    x [T, B, F], W, U and mask, the final state's gradients dh_n, dc_n [B, H] and the outputs'
+    d_outputs [T, B, H] (cell.lstm_step_backward's math, step by step). Returns dx [T, B, F],
+    dW, dU, db and the start state's dh0, dc0 [B, H]. The weight gradients are summed inside
+    the loop: the per-step dz [T, B, 4H] is never stored."""
+    time, batch, features = x.shape
+    hidden = U.shape[0]
+    shapes = [(time, batch, features), W.shape, U.shape, (4 * hidden,)] + [(batch, hidden)] * 2
+    arrays = (*saved, x, W, U, dh_n, dc_n, d_outputs)
+    return tuple(_call("LstmBackward", shapes, *arrays, reverse=reverse, mask=mask))
