@@ -1,0 +1,139 @@
+"""The time loop in C (flaxlstm/native.py) gives the numbers of the scanned loop.
+
+``lstm_scan(..., loop="native")`` runs the steps of the standard cell in C through XLA's FFI;
+``loop="scan"`` runs them on ``jax.lax.scan`` with the same hand-written backward, which
+tests/test_speed_paths.py compares with jax autodiff and the numpy reference. Here the two are
+compared on outputs, final states and every gradient, for padding anywhere (an all-padded row
+included), both directions, initial states, rematerialisation, a batch smaller than the CPU
+count, sizes that are not multiples of the loop's 16-wide vectors, and under ``jax.vmap``.
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxlstm import LSTMState, lstm_scan, native
+from flaxlstm.recurrent import NATIVE_MAX_WEIGHT_BYTES
+
+
+@pytest.fixture(autouse=True)
+def built():
+    """The C loop is built by ``pip install -e .`` (setup.py): required under CI."""
+    if native.available():
+        return
+    message = "flaxlstm._lstm_cpu is not built (pip install -e . compiles it with gcc)"
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+SHAPES = [(5, 6, 3, 9), (1, 4, 2, 16)]  # (B, T, F, H): 4H = 36 pads to 48; one row for 2 CPUs
+
+
+def case(shape, padding, seed=0):
+    batch, time, features, hidden = shape
+    rng = np.random.default_rng(seed)
+    normal = lambda *s: jnp.asarray(rng.normal(0, 0.6, s), jnp.float32)  # noqa: E731
+    lengths = rng.integers(1, time + 1, batch)
+    mask = {
+        None: None,
+        "post": np.arange(time)[None] < lengths[:, None],
+        "pre": np.arange(time)[None] >= time - lengths[:, None],
+        "scattered": rng.uniform(size=(batch, time)) < 0.6,
+    }[padding]
+    if padding == "scattered" and batch > 1:
+        mask[0] = False  # a row with no real step
+    params = (normal(features, 4 * hidden), normal(hidden, 4 * hidden), normal(4 * hidden))
+    x, state = normal(batch, time, features), (normal(batch, hidden), normal(batch, hidden))
+    weights = (normal(batch, time, hidden), normal(batch, hidden), normal(batch, hidden))
+    return params, x, None if mask is None else jnp.asarray(mask), state, weights
+
+
+@functools.partial(jax.jit, static_argnames=("loop", "reverse", "remat"))
+def value_and_grads(W, U, b, x, c0, h0, mask, weights, *, loop, reverse, remat=False):
+    """The loss over every output and both final states, the outputs, and the gradients with
+    respect to W, U, b, x, c0, h0."""
+
+    def loss(W, U, b, x, c0, h0):
+        kwargs = dict(reverse=reverse, remat=remat, loop=loop)
+        state, out, _ = lstm_scan(W, U, b, x, mask, LSTMState(c0, h0), **kwargs)
+        w_out, w_c, w_h = weights
+        total = jnp.sum(out * w_out) + jnp.sum(state.c * w_c) + jnp.sum(state.h * w_h)
+        return total, out
+
+    return jax.value_and_grad(loss, argnums=range(6), has_aux=True)(W, U, b, x, c0, h0)
+
+
+def assert_close(ours, theirs):
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("padding", [None, "post", "pre", "scattered"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_c_loop_equals_the_scan(shape, padding, reverse):
+    (W, U, b), x, mask, (c0, h0), weights = case(shape, padding)
+    args = (W, U, b, x, c0, h0, mask, weights)
+    ours = value_and_grads(*args, loop="native", reverse=reverse)
+    theirs = value_and_grads(*args, loop="scan", reverse=reverse)
+    assert_close(ours, theirs)
+    (_, out), grads = ours
+    assert np.abs(np.asarray(grads[1])).max() > 1e-2  # not vacuous: U's gradient is not zero
+    if mask is not None:  # padded steps output zeros
+        assert np.all(np.asarray(out)[~np.asarray(mask)] == 0)
+
+
+def test_rematerialised_c_loop_gives_the_same_gradients():
+    (W, U, b), x, mask, (c0, h0), weights = case(SHAPES[0], "post", seed=1)
+    args = (W, U, b, x, c0, h0, mask, weights)
+    remat = value_and_grads(*args, loop="native", reverse=True, remat=True)
+    assert_close(remat, value_and_grads(*args, loop="native", reverse=True))
+
+
+def test_the_c_loop_under_vmap_runs_each_batch_as_alone():
+    (W, U, b), x, _, _, _ = case(SHAPES[0], None, seed=2)
+    xs = jnp.stack([x, 2 * x])  # [2, B, T, F]: two batches
+
+    def outputs(x, loop):
+        return lstm_scan(W, U, b, x, loop=loop)[1]
+
+    mapped = jax.jit(jax.vmap(functools.partial(outputs, loop="native")))(xs)
+    for i in range(2):
+        np.testing.assert_allclose(mapped[i], outputs(xs[i], "scan"), rtol=2e-5, atol=2e-6)
+
+
+def runs_in_c(hidden, features=2, **kwargs) -> bool:
+    """Whether ``lstm_scan`` on these sizes calls the C loop (traced only, nothing run)."""
+    W = jax.ShapeDtypeStruct((features, 4 * hidden), jnp.float32)
+    U = jax.ShapeDtypeStruct((hidden, 4 * hidden), jnp.float32)
+    b = jax.ShapeDtypeStruct((4 * hidden,), jnp.float32)
+    x = jax.ShapeDtypeStruct((3, 5, features), jnp.float32)
+    scan = functools.partial(lstm_scan, **kwargs)
+    return "flaxlstm_LstmForward" in str(jax.make_jaxpr(scan)(W, U, b, x))
+
+
+def test_auto_takes_the_c_loop_for_small_weights_only():
+    assert runs_in_c(100, features=32)  # seed 003's layer
+    assert (1 + 256 + 1) * 4 * 256 * 4 > NATIVE_MAX_WEIGHT_BYTES
+    assert not runs_in_c(256, features=1)  # XLA's scan is faster with large weights
+    assert runs_in_c(256, features=1, loop="native")
+    assert not runs_in_c(4, loop="scan")
+    assert not runs_in_c(4, matmul_dtype=jnp.bfloat16)  # float32 only
+    assert not runs_in_c(4, return_trace=True)  # traces come from scan_cell
+    assert not runs_in_c(4, hand_written_backward=False)
+
+
+def test_loop_native_refuses_what_it_cannot_run_in_one_line():
+    W, U, b = jnp.zeros((2, 16)), jnp.zeros((4, 16)), jnp.zeros(16)
+    x = jnp.zeros((3, 5, 2))
+    with pytest.raises(ValueError, match="loop='native' cannot run here: it has no recurrent"):
+        lstm_scan(W, U, b, x, recurrent_dropout_mask=jnp.ones((3, 4)), loop="native")
+    with pytest.raises(ValueError, match="float32 only"):
+        lstm_scan(W, U, b, x, matmul_dtype=jnp.bfloat16, loop="native")
+    with pytest.raises(ValueError, match='loop must be "auto", "scan" or "native", got .fast.'):
+        lstm_scan(W, U, b, x, loop="fast")
