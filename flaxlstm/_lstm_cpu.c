@@ -6,7 +6,7 @@
  * one call runs all T steps. The batch rows are independent, so the rows are cut into one part
  * per CPU this process may run on, and each part goes through every step on its own thread
  * with no synchronisation between steps (threads started per call and joined: nothing is left
- * spinning between calls). Each step's products are register-tiled (4 rows x 64 columns of
+ * spinning between calls). Each step's products are register-tiled (8 rows x 32 columns of
  * accumulators); everything else of a step is one pass over [rows, H]. Arrays are float32,
  * time-major, C-contiguous.
  *
@@ -46,30 +46,30 @@ static inline void store(float *p, v16 v) { memcpy(p, &v, sizeof v); }
         for (int r = 0; r < R; r++)                                                              \
             for (int q = 0; q < Q; q++) store(out + r * out_stride + c + 16 * q, acc[r][q]);     \
     }
-TILE(4, 4)
-TILE(1, 4)
-TILE(4, 1)
+TILE(8, 2)
+TILE(1, 2)
+TILE(8, 1)
 TILE(1, 1)
 
 /* out[r, :n] = base[r, :n] + in[r, :k].m[:k, :n] for every row r < rows (n a multiple of 16;
  * base_stride 0 adds the same row to every row). Column panels outside, rows inside: a panel
- * of m (k x 64) stays in cache while every row block reads it. */
+ * of m (k x 32) stays in cache while every row block reads it. */
 static void gemm(int rows, int k, int n, const float *in, int in_stride, const float *m,
                  const float *base, int base_stride, float *out, int out_stride) {
 #define ROWS(Q)                                                                                  \
     for (int r = 0; r < rows;) {                                                                 \
         const float *ir = in + r * in_stride, *br = base + r * base_stride;                      \
         float *outr = out + r * out_stride;                                                      \
-        if (r + 4 <= rows) {                                                                     \
-            tile_4x##Q(k, n, c, ir, in_stride, m, br, base_stride, outr, out_stride);            \
-            r += 4;                                                                              \
+        if (r + 8 <= rows) {                                                                     \
+            tile_8x##Q(k, n, c, ir, in_stride, m, br, base_stride, outr, out_stride);            \
+            r += 8;                                                                              \
         } else {                                                                                 \
             tile_1x##Q(k, n, c, ir, in_stride, m, br, base_stride, outr, out_stride);            \
             r += 1;                                                                              \
         }                                                                                        \
     }
     int c = 0;
-    for (; c + 64 <= n; c += 64) ROWS(4)
+    for (; c + 32 <= n; c += 32) ROWS(2)
     for (; c < n; c += 16) ROWS(1)
 #undef ROWS
 }
@@ -190,16 +190,23 @@ typedef struct {
     float *dx, *dh, *dc, *sums; /* sums: each part's [dw; du; dbias] [K + 1, Gp] */
 } Backward;
 
+/* The backward adds [x_t, h_prev, 1]^T.dz to the weight gradients' sums for this many steps
+ * at once: one product over SUM_STEPS * rows instead of a pass over the sums every step. */
+enum { SUM_STEPS = 8 };
+
 static void backward_rows(const void *context, int part, int lo, int hi) {
     const Backward *p = context;
     int T = p->T, B = p->B, H = p->H, F = p->F, G = 4 * H, Gp = (G + 15) / 16 * 16;
-    int K = F + H, Kp = (K + 15) / 16 * 16, rows = hi - lo;
-    float *dz = calloc((size_t)rows * Gp, sizeof(float)), *dxh = calloc((size_t)rows * Kp, sizeof(float));
-    float *xh1t = calloc((size_t)(K + 1) * rows, sizeof(float)); /* [x_t, h_prev, 1]^T */
+    int K = F + H, Kp = (K + 15) / 16 * 16, rows = hi - lo, block = SUM_STEPS * rows;
+    /* the last SUM_STEPS steps' dz [block, Gp] and [x_t, h_prev, 1]^T [K + 1, block] */
+    float *dzs = calloc((size_t)block * Gp, sizeof(float)), *xh1t = calloc((size_t)(K + 1) * block, sizeof(float));
+    float *dxh = calloc((size_t)rows * Kp, sizeof(float));
     float *zero = calloc((size_t)Kp, sizeof(float)), *sum = p->sums + (size_t)part * (K + 1) * Gp;
     float *dh = p->dh + (size_t)lo * H, *dc = p->dc + (size_t)lo * H; /* carried */
-    for (int s = T - 1; s >= 0; s--) {
+    for (int s = T - 1, done = 0; s >= 0; s--, done++) {
         size_t row = (size_t)(p->reverse ? T - 1 - s : s) * B + lo;
+        int slot = done % SUM_STEPS;
+        float *dz = dzs + (size_t)slot * rows * Gp, *xh1t_s = xh1t + (size_t)slot * rows;
         for (int r = 0; r < rows; r++) {
             float m = p->mask ? p->mask[row + r] : 1.0f;
             const float *ar = p->a + (row + r) * G, *cp = p->c_prev + (row + r) * H;
@@ -219,19 +226,21 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
                 dcr[j] = real ? d_c * f_ : dcr[j];
                 dhr[j] = d_h; /* what a padded step passes back */
             }
-            for (int k = 0; k < F; k++) xh1t[(size_t)k * rows + r] = p->x[(row + r) * F + k];
-            for (int k = 0; k < H; k++) xh1t[(size_t)(F + k) * rows + r] = p->h_prev[(row + r) * H + k];
-            xh1t[(size_t)K * rows + r] = 1.0f;
+            for (int k = 0; k < F; k++) xh1t_s[(size_t)k * block + r] = p->x[(row + r) * F + k];
+            for (int k = 0; k < H; k++)
+                xh1t_s[(size_t)(F + k) * block + r] = p->h_prev[(row + r) * H + k];
+            xh1t_s[(size_t)K * block + r] = 1.0f;
         }
-        gemm(rows, G, Kp, dz, Gp, p->wut, zero, 0, dxh, Kp);     /* [dx_t, dh_prev] = dz.[w; u]^T */
-        gemm(K + 1, rows, Gp, xh1t, rows, dz, sum, Gp, sum, Gp); /* [dw; du; dbias] += */
+        gemm(rows, G, Kp, dz, Gp, p->wut, zero, 0, dxh, Kp); /* [dx_t, dh_prev] = dz.[w; u]^T */
+        if (slot == SUM_STEPS - 1 || s == 0) /* [dw; du; dbias] += the last steps' products */
+            gemm(K + 1, (slot + 1) * rows, Gp, xh1t, block, dzs, sum, Gp, sum, Gp);
         for (int r = 0; r < rows; r++) {
             memcpy(p->dx + (row + r) * F, dxh + (size_t)r * Kp, F * sizeof(float));
             if (!p->mask || p->mask[row + r] != 0.0f)
                 memcpy(dh + (size_t)r * H, dxh + (size_t)r * Kp + F, H * sizeof(float));
         }
     }
-    free(dz);
+    free(dzs);
     free(dxh);
     free(xh1t);
     free(zero);

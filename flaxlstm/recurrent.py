@@ -49,12 +49,6 @@ from flaxlstm.cell import (
 # Only a default: pass ``accumulate_above_bytes`` to ``lstm_scan`` (or ``flaxlstm.LSTM``).
 ACCUMULATE_ABOVE_BYTES = 16 * 2**20
 
-# ``loop="auto"`` runs the time steps in C (flaxlstm/native.py) on the CPU only while the
-# weights [W; U; b] take at most this many bytes: the C loop keeps them, and their gradient's
-# running sums, in a core's cache (1 MiB of L2 here). Larger, XLA's scan with its large matrix
-# products is faster (the character LM's H 512: docs/PERFORMANCE.md).
-NATIVE_MAX_WEIGHT_BYTES = 2**20
-
 
 def concrete(x) -> np.ndarray | None:
     """``x`` as a numpy array when its values are known now (outside jit), else None."""
@@ -165,9 +159,9 @@ def lstm_scan(
       clamps: units of gates or states held at fixed values at every step (an ablation,
         ``cell.Clamp``); the loop then runs on ``scan_cell``.
       loop: "auto" runs the hand-written loop's time steps in C (flaxlstm/native.py) where it
-        can (``native_loop_fits``: on the CPU, float32, no recurrent dropout) and the weights
-        are small (``NATIVE_MAX_WEIGHT_BYTES``), else on ``jax.lax.scan``; "scan" always
-        scans; "native" requires the C loop (a one-line error where it cannot run).
+        can (``native_loop_fits``: on the CPU, float32, no recurrent dropout), else on
+        ``jax.lax.scan``; "scan" always scans; "native" requires the C loop (a one-line error
+        where it cannot run).
     Returns:
       the final state (c, h) [B, H] each, the outputs h_t [B, T, H] (zero at padded steps), and
       a ``Trace`` (i, f, g, o, c, h, zi, zf, zg, zo) [B, T, H] each when ``return_trace``,
@@ -188,7 +182,7 @@ def lstm_scan(
     state = LSTMState(*map(cast, state))
     fused = hand_written_backward and not (return_trace or clamps)
     fused = fused and is_default(gate_activation, activation)
-    native_loop = _choose_loop(loop, fused, dtype, matmul_dtype, recurrent_mask, x.shape, hidden)
+    native_loop = _choose_loop(loop, fused, dtype, matmul_dtype, recurrent_mask, batch * time)
     if fused:
         dz_bytes = time * batch * 4 * hidden * jnp.dtype(dtype).itemsize
         accumulate = dz_bytes > accumulate_above_bytes and not native_loop
@@ -331,19 +325,17 @@ def native_loop_fits(fused: bool, dtype, matmul_dtype, recurrent_mask, steps: in
     return next((why for bad, why in reasons if bad), None)
 
 
-def _choose_loop(loop: str, fused, dtype, matmul_dtype, recurrent_mask, x_shape, hidden) -> bool:
-    """Whether the time steps run in C: ``loop`` "scan", "native" or "auto" (the C loop where it
-    fits and its weights are at most ``NATIVE_MAX_WEIGHT_BYTES``)."""
+def _choose_loop(loop: str, fused, dtype, matmul_dtype, recurrent_mask, steps: int) -> bool:
+    """Whether the time steps run in C: ``loop`` "scan", "native" or "auto" (in C where it
+    can)."""
     if loop not in ("auto", "scan", "native"):
         raise ValueError(f'loop must be "auto", "scan" or "native", got {loop!r}')
     if loop == "scan":
         return False
-    batch, time, features = x_shape
-    why_not = native_loop_fits(fused, dtype, matmul_dtype, recurrent_mask, batch * time)
+    why_not = native_loop_fits(fused, dtype, matmul_dtype, recurrent_mask, steps)
     if loop == "native" and why_not:
         raise ValueError(f"loop='native' cannot run here: {why_not}")
-    weight_bytes = (features + hidden + 1) * 4 * hidden * 4  # [W; U; b] in float32
-    return why_not is None and (loop == "native" or weight_bytes <= NATIVE_MAX_WEIGHT_BYTES)
+    return why_not is None
 
 
 def _stack(opt: _Options, W, U, b):
