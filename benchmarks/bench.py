@@ -26,7 +26,9 @@ JAX; GPU only, skipped elsewhere). Each step waits for its device (``block_until
 Extra implementations for ablations: ``flaxlstm-autodiff`` (the same model built with
 ``LSTM(..., hand_written_backward=False)``, i.e. jax autodiff of the scan),
 ``flaxlstm-lengths`` (flaxlstm given ``lengths``, so the masked code path runs; every length
-is T) and ``flaxlstm-unroll8`` (``LSTM(..., unroll=8)``: 8 time steps per loop iteration).
+is T), ``flaxlstm-unroll8`` (``LSTM(..., unroll=8)``: 8 time steps per loop iteration),
+``flaxlstm-bf16`` (bfloat16 products) and ``flaxlstm-scan`` (``LSTM(..., loop="scan")``: the
+steps on ``jax.lax.scan``, where ``flaxlstm`` runs them in C on the CPU, flaxlstm/native.py).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ hand (``_fused_scan``, a ``jax.custom_vjp``) that saves only each step's gates a
 state; other activations, ``return_trace``, ``clamps`` (an ablation) or
 ``hand_written_backward=False`` take ``scan_cell``, the plain scan differentiated by jax,
 which also runs every cell variant's step (flaxlstm/variants.py). Both give the same numbers
-(tests/test_speed_paths.py); docs/PERFORMANCE.md says why and how fast.
+(tests/test_speed_paths.py); docs/PERFORMANCE.md says why and how fast. On the CPU the fused
+loop's steps run in C (``loop``, flaxlstm/native.py; tests/test_native.py), with the same
+math and the same custom_vjp around them.
 
 Inputs are batch-major [B, T, F]. Padding is described by ``lengths`` [B] (real tokens first)
 or a boolean ``mask`` [B, T] (True at real tokens, wherever they are). A padded step leaves the
