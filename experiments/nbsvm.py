@@ -31,7 +31,7 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.svm import LinearSVC
 
 from flaxlstm.data.batches import split_point
-from flaxlstm.data.imdb import read_split, tokenize
+from flaxlstm.data.imdb import movie_slice_order, read_split, tokenize
 
 ALPHA, C, BETA = 1.0, 1.0, 0.25
 
@@ -62,12 +62,19 @@ def main() -> None:
         help="score this last fraction of the training reviews (trained on the rest), not the"
         " test split",
     )  # fmt: skip
+    parser.add_argument(
+        "--validation-slice", choices=("last", "movies"), default="last",
+        help="which training reviews --validation-split scores, as `flaxlstm train imdb`'s",
+    )  # fmt: skip
     args = parser.parse_args()
     if not 0 <= args.validation_split < 1:
         parser.error(f"--validation-split must be in [0, 1), got {args.validation_split}")
     start = time.perf_counter()
     train_texts, train_y = read_split("train", args.data_dir)
     if args.validation_split:  # the last fraction, as `flaxlstm train imdb --validation-split`
+        if args.validation_slice == "movies":
+            order = movie_slice_order(train_texts, train_y, args.validation_split)
+            train_texts, train_y = [train_texts[i] for i in order], train_y[order]
         n = split_point(len(train_y), args.validation_split)
         test_texts, test_y = train_texts[n:], train_y[n:]
         train_texts, train_y = train_texts[:n], train_y[:n]
@@ -84,7 +91,7 @@ def main() -> None:
         "model": "NBSVM-bigrams (Wang & Manning 2012): alpha 1, C 1, beta 0.25",
         "features": int(x_train.shape[1]),
         "train_reviews": len(train_y),
-        "scored": f"the last {args.validation_split:g} of the training reviews"
+        "scored": f"the {args.validation_slice} {args.validation_split:g} of the training reviews"
         if args.validation_split
         else "the test split",
         "test_reviews": len(test_y),

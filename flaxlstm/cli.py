@@ -297,6 +297,10 @@ def _train_imdb(config: ImdbConfig) -> None:
     if source is not None:  # (a resumed run's checkpoint then replaces them)
         model.load_pretrained(source.model)
     as_xy = lambda split: (split.ids, split.labels, split.lengths)  # noqa: E731
+    if config.validation_split and config.validation_slice == "movies":
+        texts, labels = imdb_data.read_split("train", config.data_dir, limit=config.limit)
+        order = imdb_data.movie_slice_order(texts, labels, config.validation_split)
+        data = data._replace(train=imdb_data.Split(*(a[order] for a in data.train)))
     # As seed 002's fit, the test split is scored after every epoch (never to choose a model),
     # unless --no-test: a run that chooses a model on its validation split never reads it.
     fit_and_test(

@@ -136,6 +136,42 @@ class BigramBag(nnx.Module):
         return rows.sum(axis=1) / jnp.maximum(real.sum(axis=1), 1)
 
 
+class NgramLinear(nnx.Module):
+    """A linear model of which words and word pairs a review holds: logistic regression on
+    binary unigram and bigram indicators x ∈ {0, 1}^buckets (Wang & Manning 2012's features,
+    without their Naive Bayes scaling, which Adam's per-weight steps would undo), its logit
+    w · x = Σ_{distinct n-grams g of the review} w[g]. A unigram (word id a) is row a; a pair of
+    neighbouring real tokens (a, b) is row V + (a·V + b) mod (buckets − V). During training
+    each of a review's n-grams is dropped with probability ``dropout`` (the rest scaled by
+    1 / (1 − dropout)): the model cannot lean on a few of them.
+
+    ``linear(ids [B, T], mask [B, T])`` → logits [B] (0 for a review without real tokens).
+    """
+
+    def __init__(self, vocab_size: int, buckets: int, dropout: float = 0.0, *, rngs: nnx.Rngs):
+        if buckets <= vocab_size:
+            raise ValueError(f"ngrams must exceed the vocabulary size {vocab_size}, got {buckets}")
+        self.vocab_size = vocab_size
+        self.weight = nnx.Param(jnp.zeros(buckets))
+        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout else None
+
+    def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
+        v, buckets = self.vocab_size, self.weight.shape[0]
+        first, second = ids[:, :-1].astype(jnp.uint32), ids[:, 1:].astype(jnp.uint32)
+        pairs = v + ((first * v + second) % (buckets - v)).astype(jnp.int32)
+        grams = jnp.concatenate(
+            [jnp.where(mask, ids, -1), jnp.where(mask[:, :-1] & mask[:, 1:], pairs, -1)], axis=1
+        )  # [B, 2T − 1], −1 where there is no n-gram
+        grams = jnp.sort(grams, axis=1)  # each n-gram once: where it differs from its left
+        distinct = (grams >= 0) & (
+            grams != jnp.pad(grams, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
+        )
+        terms = jnp.where(distinct, self.weight[...][jnp.maximum(grams, 0)], 0)
+        if self.dropout is not None:
+            terms = self.dropout(terms)
+        return terms.sum(axis=1)
+
+
 class MaxPool1D(nnx.Module):
     """Keras's ``MaxPooling1D(pool_size)`` (padding "valid") over real steps only.
 
@@ -176,6 +212,8 @@ class SentimentClassifier(nnx.Module):
     the LSTM's outputs over the real steps (``max_mean_pool``, 2× the features) instead of
     its h after the last one. ``bigrams`` > 0 adds a ``BigramBag`` of that many hashed
     bigram rows (``embedding_dim`` features each) whose average joins the head's input.
+    ``ngrams`` > 0 adds an ``NgramLinear`` of that many unigram and hashed bigram weights
+    (n-grams dropped at rate ``dropout``) whose logit adds to the head's.
     """
 
     def __init__(
@@ -193,6 +231,7 @@ class SentimentClassifier(nnx.Module):
         word_dropout: float = 0.0,
         pooling: str = "last",
         bigrams: int = 0,
+        ngrams: int = 0,
         rngs: nnx.Rngs,
     ):
         if pooling not in ("last", "max-mean"):
@@ -230,11 +269,12 @@ class SentimentClassifier(nnx.Module):
         self.bigrams = BigramBag(vocab_size, bigrams, embedding_dim, rngs=rngs) if bigrams else None
         pooled += embedding_dim if bigrams else 0
         self.head = nnx.Linear(pooled, 1, kernel_init=glorot, rngs=rngs)
+        self.ngrams = NgramLinear(vocab_size, ngrams, dropout, rngs=rngs) if ngrams else None
 
     # The layers in the order the forward pass runs them (those set to None are left out).
     layers = (
         "embed", "embed_dropout", "word_dropout", "conv", "pool", "lstm", "bigrams",
-        "head_dropout", "head",
+        "head_dropout", "head", "ngrams",
     )  # fmt: skip
 
     def __call__(
@@ -266,7 +306,10 @@ class SentimentClassifier(nnx.Module):
             x = jnp.concatenate([x, bag], axis=-1)
         if self.head_dropout is not None:
             x = sow_output(self, "head_dropout_output", self.head_dropout(x))
-        return sow_output(self, "head_output", self.head(x))[:, 0]
+        logits = sow_output(self, "head_output", self.head(x))[:, 0]
+        if self.ngrams is not None:
+            logits += sow_output(self, "ngrams_output", self.ngrams(ids, tokens))
+        return logits
 
 
 def language_model_layers(

@@ -89,7 +89,7 @@ def test_layer_options_override_the_seeds_and_no_test_scores_only_validation(tmp
         "train", "imdb", "--model", "bilstm", "--hidden", "6", "--embedding-dim", "4",
         "--pooling", "max-mean", "--word-dropout", "0.1", "--dropout", "0", "--epochs", "1",
         "--limit", "64", "--vocab-size", "100", "--maxlen", "20", "--batch-size", "16",
-        "--no-test", "--validation-split", "0.25",
+        "--ngrams", "1000", "--no-test", "--validation-split", "0.25",
         "--data-dir", str(DATA_DIR), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
         "--quiet",
     ]  # fmt: skip
@@ -97,9 +97,10 @@ def test_layer_options_override_the_seeds_and_no_test_scores_only_validation(tmp
     assert code == 0, err
     layers = json.loads((out / "config.json").read_text())["layers"]
     assert layers == {"embedding_dim": 4, "hidden": 6, "dropout": 0.0, "word_dropout": 0.1,
-                      "pooling": "max-mean", "bigrams": 0}  # fmt: skip
-    model = load_run(out).model  # rebuilt from config.json with these layers
+                      "pooling": "max-mean", "bigrams": 0, "ngrams": 1000}  # fmt: skip
+    model = load_run(out).model  # rebuilt from config.json with these layers, trained n-grams
     assert model.embed.embedding.shape == (100, 4) and model.head.in_features == 2 * 2 * 6
+    assert np.count_nonzero(np.asarray(model.ngrams.weight[...])) > 100
     assert model.head_dropout is None and model.word_dropout.rate == 0.1
     metrics = json.loads((out / "metrics.json").read_text())
     history = json.loads((out / "history.json").read_text())
@@ -108,3 +109,33 @@ def test_layer_options_override_the_seeds_and_no_test_scores_only_validation(tmp
     assert metrics["val_accuracy"] == history["val_accuracy"][int(np.argmin(history["val_loss"]))]
     code, _, err = run_main([*argv[:-5], "--validation-split", "0", "--out", str(out)], capsys)
     assert code == 1 and "--no-test needs --validation-split" in err
+
+
+@needs_data
+def test_a_movie_slice_reorders_the_training_reviews_before_fit(tmp_path, capsys, monkeypatch):
+    from flaxlstm import cli
+    from flaxlstm.data import imdb as imdb_data
+
+    seen = []
+    monkeypatch.setattr(
+        cli, "fit_and_test", lambda config, model, train, *a, **k: seen.append(train)
+    )
+    asked = []
+
+    def reverse(texts, labels, validation_split):
+        asked.append((len(texts), validation_split))
+        return np.arange(len(texts))[::-1]
+
+    monkeypatch.setattr(imdb_data, "movie_slice_order", reverse)
+    argv = [
+        "train", "imdb", "--limit", "32", "--vocab-size", "100", "--maxlen", "20", "--quiet",
+        "--data-dir", str(DATA_DIR), "--cache-dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    for n, extra in enumerate([[], ["--validation-split", "0.25", "--validation-slice", "movies"]]):
+        code, _, err = run_main([*argv, *extra, "--out", str(tmp_path / f"run{n}")], capsys)
+        assert code == 0, err
+    (ids, labels, lengths), (moved_ids, moved_labels, moved_lengths) = seen
+    assert asked == [(32, 0.25)]  # the reviews' own texts and labels, once
+    np.testing.assert_array_equal(moved_ids, ids[::-1])
+    np.testing.assert_array_equal(moved_labels, labels[::-1])
+    np.testing.assert_array_equal(moved_lengths, lengths[::-1])

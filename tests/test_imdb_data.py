@@ -13,11 +13,14 @@ import pytest
 from shared_data import DATA_DIR, needs_data
 
 from flaxlstm.data import imdb
+from flaxlstm.data.batches import split_point
 from flaxlstm.data.imdb import (
     OOV,
     PAD,
     START,
     Vocabulary,
+    movie_slice_order,
+    name_groups,
     pad_sequences,
     padding_mask,
     tokenize,
@@ -228,3 +231,46 @@ def test_cache_key_changes_with_its_parts(tmp_path):
     paths = {key(5000, Path("/a")), key(2000, Path("/a")), key(5000, Path("/b"))}
     assert len(paths) == 3
     assert f"tok{imdb.TOKENIZER_VERSION}" in key(5000, Path("/a")).name
+
+
+def _review(*names: str) -> bytes:
+    return ("It starred " + ", and ".join(names) + ", who was fine.").encode()
+
+
+def test_name_groups_join_reviews_that_share_enough_rare_names():
+    texts = [
+        _review("Xavi", "Yola", "Zeno"),  # 0, 1, 2: one movie (three shared names)
+        _review("Xavi", "Yola", "Zeno", "Quin"),
+        _review("Yola", "Zeno", "Quin", "Rolf"),  # shares Yola, Zeno, Quin with 1
+        _review("Abel", "Bram"),  # 3, 4: only two names shared
+        _review("Abel", "Bram", "Cruz"),
+        _review("Dora"),  # a name nobody else uses
+    ]
+    groups = name_groups(texts, shared=3, max_reviews=30)
+    assert groups[0] == groups[1] == groups[2]
+    assert len(set(groups[3:]) | {groups[0]}) == 4  # 3, 4 and 5 alone
+    assert name_groups(texts, shared=2)[3] == name_groups(texts, shared=2)[4]
+    # A name in more than max_reviews reviews is no one movie's: it joins nothing.
+    assert len(set(name_groups(texts, shared=3, max_reviews=2)[:3])) > 1
+    # A capitalised word that starts a sentence is not a name.
+    assert len(set(name_groups([b"Xavi Yola Zeno.", b"Xavi Yola Zeno."]))) == 2
+
+
+def test_movie_slice_holds_whole_groups_and_balanced_labels():
+    names = ["Xavi", "Yola", "Zeno", "Quin", "Rolf", "Abel", "Bram", "Cruz"]
+    texts, labels = [], []
+    for g in range(4):  # 4 movies of 3 reviews each, a label per movie
+        texts += [_review(*(n + "abcd"[g] for n in names[g : g + 3]))] * 3
+        labels += [g % 2] * 3
+    texts += [_review("Solo")] * 28  # 28 ungrouped reviews (one name: too few to join)
+    labels += [i % 2 for i in range(28)]
+    labels = np.array(labels)
+    order = movie_slice_order(texts, labels, 0.25)
+    assert sorted(order) == list(range(40))
+    held = order[split_point(40, 0.25) :]
+    assert len(held) == 10 and labels[held].sum() == 5  # balanced
+    groups = name_groups(texts)
+    assert not set(groups[held]) & set(groups[order[:30]])  # no movie on both sides
+    assert (np.bincount(groups[held]) == 3).sum() >= 2  # whole groups first, then singles
+    kept = order[:30]
+    assert list(kept) == sorted(kept)  # the rest keep their order

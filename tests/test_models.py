@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -47,7 +49,7 @@ def reviews(maxlen: int = 12, padding: str = "post"):
 
 
 def test_registry_and_settings_follow_the_seeds():
-    assert set(MODELS) == set(SETTINGS) == set(KERAS_PARAMS) | {"best"}
+    assert set(MODELS) == set(SETTINGS) == set(KERAS_PARAMS) | {"bilstm-big", "best"}
     sizes = lambda s: (s.vocab_size, s.maxlen, s.embedding_dim, s.batch_size, s.epochs)  # noqa: E731
     assert sizes(SETTINGS["simple"]) == (5000, 500, 32, 64, 3)
     assert sizes(SETTINGS["seed002"]) == (2000, 80, 128, 32, 15)
@@ -191,10 +193,40 @@ def test_the_bigram_bag_averages_the_rows_of_neighbouring_real_tokens():
                                rtol=1e-5, atol=1e-6)  # fmt: skip
 
 
-def test_the_best_model_is_the_validated_bilstm():
-    best = SETTINGS["best"]
-    assert (best.vocab_size, best.maxlen, best.embedding_dim, best.epochs) == (20000, 800, 64, 4)
+def test_the_ngram_linear_model_sums_the_weights_of_each_distinct_unigram_and_bigram_once():
+    model = MODELS["simple"](**SMALL, vocab_size=50, ngrams=57, dropout=0.5, rngs=nnx.Rngs(0))
+    weight = np.random.default_rng(0).normal(size=57).astype(np.float32)
+    model.ngrams.weight[...] = jnp.asarray(weight)
+    ids = np.array([[4, 9, 4, 9, 4, 0], [7, 7, 7, 0, 0, 0], [1, 0, 0, 0, 0, 0], [0] * 6])
+    expected = []
+    for row in ids:
+        real = list(row[row > 0])
+        grams = set(real) | {50 + (a * 50 + b) % 7 for a, b in zip(real, real[1:], strict=False)}
+        expected.append(weight[sorted(grams)].sum())  # [4, 9] and [4, 9] → (4, 9) once
+    model.eval()
+    logits = model.ngrams(jnp.asarray(ids), jnp.asarray(ids > 0))
+    np.testing.assert_allclose(logits, expected, rtol=1e-6)
+    pre = np.array([row[np.argsort(row > 0, kind="stable")] for row in ids])  # padding first
+    np.testing.assert_allclose(model.ngrams(jnp.asarray(pre), jnp.asarray(pre > 0)), logits)
+    # The model's logit is the head's plus this one.
+    no_ngrams = nnx.clone(model)
+    no_ngrams.ngrams = None
+    with_ngrams, without = forward(model, jnp.asarray(ids)), forward(no_ngrams, jnp.asarray(ids))
+    np.testing.assert_allclose(with_ngrams, without + logits, rtol=1e-5, atol=1e-6)
+    # Training drops n-grams: some terms go, the rest double (rate 0.5).
+    model.train()
+    dropped = model.ngrams(jnp.asarray(ids[:1]), jnp.asarray(ids[:1] > 0))
+    assert not np.isclose(dropped, logits[0])
+    with pytest.raises(ValueError, match="ngrams must exceed the vocabulary size 50"):
+        MODELS["simple"](**SMALL, vocab_size=50, ngrams=50, rngs=nnx.Rngs(0))
+
+
+def test_the_best_model_is_the_validated_bilstm_with_an_ngram_linear_model():
+    lstm, best = SETTINGS["bilstm-big"], SETTINGS["best"]
+    assert (lstm.vocab_size, lstm.maxlen, lstm.embedding_dim, lstm.epochs) == (20000, 800, 64, 4)
+    assert best == dataclasses.replace(lstm, ngrams=2**21, epochs=best.epochs)
     model = nnx.eval_shape(lambda: MODELS["best"](rngs=nnx.Rngs(0)))
     assert model.pooling == "max-mean" and model.head.in_features == 4 * best.hidden
     assert model.word_dropout.rate == 0.1 and model.head_dropout.rate == 0.3
-    assert "(None, 800, 64)" in summary("best")
+    assert model.ngrams.weight.shape == (2**21,) and model.ngrams.dropout.rate == 0.3
+    assert "(None, 800, 64)" in summary("best") and "ngrams (NgramLinear)" in summary("best")
