@@ -152,7 +152,8 @@ NBSVM = RUNS / "cpu" / "nbsvm" / "nbsvm-bigrams.json"
 # language model trained on the train and unsupervised reviews (docs/IMDB-BEST.md).
 SEMI = {
     "lm-word-256": (
-        "classifier fine-tuned from a CPU word LM (E 128, H 256, 3,000 steps)",
+        "classifier fine-tuned from a word LM of 15 CPU minutes (E 128, H 256, 3,000 steps;"
+        " docs/IMDB-BEST.md)",
         "flaxlstm train imdb --init-from runs/lm/word-256 --model best --dropout 0.3",
     ),
 }
@@ -344,6 +345,10 @@ def write_results(path: str) -> None:
         "training and the per-epoch test evaluation).",
         "",
         *ladder(found),
+        "",
+        "`bilstm-big`'s runs were made on the earlier CPU machine (Zen 3) as `--model best`,",
+        "which it was until the n-gram model joined it (docs/IMDB-BEST.md); `best`'s and the",
+        "fine-tuned classifiers' ran on this one (Zen 4), sharing its 2 cores with other runs.",
     ]
     lines += ["", "Per-epoch test accuracy (%), mean over the runs:", ""]
     for (device, recipe, model), metrics in sorted(found.items()):

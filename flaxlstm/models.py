@@ -139,8 +139,8 @@ class BigramBag(nnx.Module):
 class NgramLinear(nnx.Module):
     """A linear model of which words and word pairs a review holds: logistic regression on
     binary unigram and bigram indicators x ∈ {0, 1}^buckets (Wang & Manning 2012's features,
-    without their Naive Bayes scaling, which Adam's per-weight steps would undo), its logit
-    w · x = Σ_{distinct n-grams g of the review} w[g]. A unigram (word id a) is row a; a pair of
+    without their Naive Bayes scaling), its logit w · x = Σ_{distinct n-grams g of the review}
+    w[g], the weights starting at 0. A unigram (word id a) is row a; a pair of
     neighbouring real tokens (a, b) is row V + (a·V + b) mod (buckets − V). During training
     each of a review's n-grams is dropped with probability ``dropout`` (the rest scaled by
     1 / (1 − dropout)): the model cannot lean on a few of them.
