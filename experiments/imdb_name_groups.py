@@ -1,6 +1,7 @@
 """Do the training reviews that share a movie share a label? IMDB's train split holds up to 30
 reviews of each movie (its test split other movies), but TFDS keeps no movie ids. Reviews of
-one movie name the same people, so this groups the training reviews that share at least
+one movie name the same people, so this groups (``flaxlstm.data.imdb.name_groups``) the
+training reviews that share at least
 ``--shared`` rare capitalised words (a word after a lower-case letter or a comma, in 2 to
 ``--max-reviews`` reviews: names, not sentence starts) and compares how often a group's
 reviews agree on the label with groups of the same sizes drawn at random.
@@ -15,41 +16,10 @@ scores better there than on the test split's other movies.
 from __future__ import annotations
 
 import argparse
-import collections
-import re
 
 import numpy as np
 
-from flaxlstm.data.imdb import read_split
-
-NAME = re.compile(r"[a-z,;:]\s+([A-Z][a-z]+)")
-
-
-def name_groups(texts: list[bytes], shared: int, max_reviews: int) -> np.ndarray:
-    """A group id per review [N]: reviews joined (transitively) when they share at least
-    ``shared`` capitalised words that occur in 2 to ``max_reviews`` reviews."""
-    names = [set(NAME.findall(t.decode("utf-8", "replace").replace("<br />", " "))) for t in texts]
-    counts = collections.Counter(word for found in names for word in found)
-    reviews = collections.defaultdict(list)  # rare name → the reviews that hold it
-    for i, found in enumerate(names):
-        for word in found:
-            if 2 <= counts[word] <= max_reviews:
-                reviews[word].append(i)
-    pairs = collections.Counter(
-        (a, b) for r in reviews.values() for k, a in enumerate(r) for b in r[k + 1 :]
-    )
-    parent = np.arange(len(texts))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for (a, b), n in pairs.items():
-        if n >= shared:
-            parent[root(a)] = root(b)
-    return np.array([root(i) for i in range(len(texts))])
+from flaxlstm.data.imdb import name_groups, read_split
 
 
 def agreement(groups: np.ndarray, labels: np.ndarray) -> float:
