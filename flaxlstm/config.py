@@ -280,7 +280,7 @@ IMDB_MODELS: dict[str, ImdbModelConfig] = {
 }
 # Issue 14's best supervised model, chosen on the same slice: bilstm-big whose logit adds that
 # of a linear model of the review's words and word pairs (2^21 weights), trained together.
-IMDB_MODELS["best"] = dataclasses.replace(IMDB_MODELS["bilstm-big"], ngrams=2**21, epochs=4)
+IMDB_MODELS["best"] = dataclasses.replace(IMDB_MODELS["bilstm-big"], ngrams=2**21)
 
 
 # The seed's layer settings that ``flaxlstm train imdb`` options override.

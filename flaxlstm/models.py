@@ -116,6 +116,15 @@ def max_mean_pool(outputs: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.concatenate([top, outputs.sum(axis=1) / jnp.maximum(count, 1)], axis=-1)
 
 
+def word_pairs(ids: jax.Array, mask: jax.Array, vocab_size: int, rows: int):
+    """Every pair of neighbouring tokens (a, b) of ids [B, T] hashed to one of ``rows`` rows,
+    (a·V + b) mod rows (exact pair ids when V² ≤ rows), [B, T − 1] int32, and where both are
+    real tokens (``mask`` [B, T]), [B, T − 1] booleans."""
+    first, second = ids[:, :-1].astype(jnp.uint32), ids[:, 1:].astype(jnp.uint32)
+    pairs = ((first * vocab_size + second) % rows).astype(jnp.int32)
+    return pairs, mask[:, :-1] & mask[:, 1:]
+
+
 class BigramBag(nnx.Module):
     """fastText's bag of bigrams (Joulin et al. 2017): every pair of neighbouring real tokens
     (a, b) is hashed to one of ``buckets`` rows, (a·V + b) mod buckets (exact pair ids when
@@ -129,10 +138,9 @@ class BigramBag(nnx.Module):
         self.embed = Embedding(buckets, features, embedding_init=keras_embedding_init, rngs=rngs)
 
     def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
-        first, second = ids[:, :-1].astype(jnp.uint32), ids[:, 1:].astype(jnp.uint32)
-        pairs = (first * self.vocab_size + second) % self.embed.num_embeddings
-        real = (mask[:, :-1] & mask[:, 1:])[..., None]  # [B, T - 1, 1]
-        rows = jnp.where(real, self.embed(pairs.astype(jnp.int32)), 0)
+        pairs, real = word_pairs(ids, mask, self.vocab_size, self.embed.num_embeddings)
+        real = real[..., None]  # [B, T - 1, 1]
+        rows = jnp.where(real, self.embed(pairs), 0)
         return rows.sum(axis=1) / jnp.maximum(real.sum(axis=1), 1)
 
 
@@ -156,11 +164,10 @@ class NgramLinear(nnx.Module):
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout else None
 
     def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
-        v, buckets = self.vocab_size, self.weight.shape[0]
-        first, second = ids[:, :-1].astype(jnp.uint32), ids[:, 1:].astype(jnp.uint32)
-        pairs = v + ((first * v + second) % (buckets - v)).astype(jnp.int32)
+        v = self.vocab_size
+        pairs, real = word_pairs(ids, mask, v, self.weight.shape[0] - v)
         grams = jnp.concatenate(
-            [jnp.where(mask, ids, -1), jnp.where(mask[:, :-1] & mask[:, 1:], pairs, -1)], axis=1
+            [jnp.where(mask, ids, -1), jnp.where(real, v + pairs, -1)], axis=1
         )  # [B, 2T − 1], −1 where there is no n-gram
         grams = jnp.sort(grams, axis=1)  # each n-gram once: where it differs from its left
         distinct = (grams >= 0) & (

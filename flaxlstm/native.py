@@ -51,12 +51,14 @@ def available() -> bool:
 
 
 def _call(name: str, shapes, *arrays, reverse: bool, mask):
-    """XLA's call of the handler ``name`` on float32 ``arrays``, then ``mask`` (None: every step
-    is real), with outputs of ``shapes``."""
+    """XLA's call of the handler ``name`` on float32 ``arrays``, then ``mask`` (the scan's
+    [T, B, 1] booleans, True at real steps; None: every step is real), with outputs of
+    ``shapes``. The loop reads the mask as [T, B] float32, 1 at real steps."""
     results = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
     call = jax.ffi.ffi_call(f"flaxlstm_{name}", results, vmap_method="sequential")
     has_mask = mask is not None
-    mask = mask if has_mask else jnp.zeros((0,), jnp.float32)  # an unread placeholder
+    # (an unread placeholder without a mask)
+    mask = mask[..., 0].astype(jnp.float32) if has_mask else jnp.zeros((0,), jnp.float32)
     return call(*arrays, mask, reverse=np.int32(reverse), has_mask=np.int32(has_mask))
 
 
@@ -65,8 +67,8 @@ def forward(x, W, U, b, c0, h0, mask, reverse: bool, save: bool = True):
 
     Args:
       x: the inputs [T, B, F]; W [F, 4H], U [H, 4H], b [4H]; c0, h0: the start state [B, H].
-      mask: [T, B] float32, 1 at real steps, 0 at padded ones (which keep the state and output
-        0); None: every step is real.
+      mask: [T, B, 1] booleans, True at real steps (padded ones keep the state and output 0);
+        None: every step is real.
       reverse: run from the last step to the first (every array stays in time order).
       save: also return what the backward needs (else None): writing it costs time.
     Returns:

@@ -358,8 +358,9 @@ def _fused_forward(
     (zero at padded steps) and, when ``save``, the per-step a [T, B, 4H] and the states each
     step started from, c_prev and h_prev [T, B, H]."""
     if opt.native:
-        m = None if mask is None else mask[..., 0].astype(jnp.float32)
-        a, c_prev, h_prev, outputs, final = native.forward(x, W, U, b, *state, m, opt.reverse, save)
+        a, c_prev, h_prev, outputs, final = native.forward(
+            x, W, U, b, *state, mask, opt.reverse, save
+        )
         return LSTMState(*final), outputs, (a, c_prev, h_prev) if save else None
     WUb = _stack(opt, W, U, b)
 
@@ -400,9 +401,8 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
     a, c_prev, h_prev = saved
     d_final, d_outputs = cotangents
     if opt.native:
-        m = None if mask is None else mask[..., 0].astype(jnp.float32)
         dx, dW, dU, db, dh0, dc0 = native.backward(
-            saved, x, W, U, m, *d_final[::-1], d_outputs, opt.reverse
+            saved, x, W, U, mask, *d_final[::-1], d_outputs, opt.reverse
         )
         return dW, dU, db, dx, None, LSTMState(dc0, dh0), None
     carry, ys = _backward_loop(
