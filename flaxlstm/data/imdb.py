@@ -460,9 +460,10 @@ NAME = re.compile(r"[a-z,;:]\s+([A-Z][a-z]+)")
 
 
 def name_groups(texts: Sequence[bytes], shared: int = 3, max_reviews: int = 30) -> np.ndarray:
-    """A group id per review [N]: reviews are joined (transitively) when they share at least
-    ``shared`` rare names (``NAME`` words in 2 to ``max_reviews`` of the reviews). IMDB keeps
-    no movie ids, but reviews of one movie name its people: a group is about one movie."""
+    """A group id per review [N], the index of the group's first review: reviews are joined
+    (transitively) when they share at least ``shared`` rare names (``NAME`` words in 2 to
+    ``max_reviews`` of the reviews). IMDB keeps no movie ids, but reviews of one movie name
+    its people: a group is about one movie."""
     names = [set(NAME.findall(t.decode("utf-8", "replace").replace("<br />", " "))) for t in texts]
     counts = Counter(word for found in names for word in found)
     holders: dict[str, list[int]] = {}  # rare name → the reviews that hold it
@@ -484,7 +485,12 @@ def name_groups(texts: Sequence[bytes], shared: int = 3, max_reviews: int = 30) 
     for (a, b), n in pairs.items():
         if n >= shared:
             parent[root(a)] = root(b)
-    return np.array([root(i) for i in range(len(texts))], dtype=np.int64)
+    roots = np.array([root(i) for i in range(len(texts))], dtype=np.int64)
+    # A group's id is its first review: the same in every process (the roots depend on the
+    # order Python's salted string hashes give the sets of names).
+    first = np.full(len(texts), len(texts), dtype=np.int64)
+    np.minimum.at(first, roots, np.arange(len(texts)))
+    return first[roots]
 
 
 def movie_slice_order(
