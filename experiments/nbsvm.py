@@ -4,18 +4,13 @@ tokenizer as ``flaxlstm train imdb`` (``flaxlstm.data.imdb.tokenize``), no vocab
 
     python experiments/nbsvm.py --out runs/results/cpu/nbsvm/nbsvm-bigrams.json
 
-(``--data-dir`` or $TFDS_DATA_DIR: where TFDS's imdb_reviews is; needs scikit-learn,
-``pip install -e ".[experiments]"``.) With ``--validation-split 0.1`` it trains on the first
+(``--data-dir`` or $TFDS_DATA_DIR: where TFDS's imdb_reviews is.) With ``--validation-split 0.1`` it trains on the first
 90 % of the training reviews and scores the last 10 % instead of the test split: the slice on
 which ``experiments/imdb_best.py`` chooses the LSTM, so that the two show how far the slice's
 accuracy is from the test split's for a model other than the LSTM.
 
-The model is the paper's, with its published hyperparameters (nothing is tuned, so no
-validation slice is needed): binarised unigram + bigram indicators x ∈ {0, 1}^V; the
-log-count ratio r = log((p / ‖p‖₁) / (q / ‖q‖₁)) with p = α + Σ_{y=1} x, q = α + Σ_{y=0} x,
-α = 1; an L2-regularised, squared-hinge linear SVM (C = 1) on the scaled features r ∘ x; its
-weights interpolated as w′ = (1 − β) w̄ + β w, w̄ = ‖w‖₁ / V, β = 0.25. The paper reports
-91.22% test accuracy on IMDB.
+The model and its hyperparameters are the paper's (``flaxlstm.nbsvm``; nothing is tuned, so
+no validation slice is needed); the paper reports 91.22% test accuracy on IMDB.
 """
 
 from __future__ import annotations
@@ -25,32 +20,11 @@ import json
 import os
 import time
 
-import numpy as np
-from scipy import sparse
 from sklearn.feature_extraction.text import CountVectorizer
-from sklearn.svm import LinearSVC
 
 from flaxlstm.data.batches import split_point
 from flaxlstm.data.imdb import movie_slice_order, read_split, tokenize
-
-ALPHA, C, BETA = 1.0, 1.0, 0.25
-
-
-def log_count_ratio(x: sparse.csr_matrix, y: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
-    """r [V] = log((p / ‖p‖₁) / (q / ‖q‖₁)), p and q the smoothed feature counts of the
-    positive (y = 1) and negative (y = 0) examples of the binary features x [N, V]."""
-    p = alpha + np.asarray(x[y == 1].sum(axis=0)).ravel()
-    q = alpha + np.asarray(x[y == 0].sum(axis=0)).ravel()
-    return np.log((p / p.sum()) / (q / q.sum()))
-
-
-def fit_nbsvm(x: sparse.csr_matrix, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """(r [V], interpolated weights w′ [V], bias b): the classifier sign(w′ · (r ∘ x) + b)."""
-    r = log_count_ratio(x, y)
-    svm = LinearSVC(C=C, loss="squared_hinge", dual=True, max_iter=10_000)
-    svm.fit(x.multiply(r).tocsr(), y)
-    w = svm.coef_.ravel()
-    return r, (1 - BETA) * np.abs(w).mean() + BETA * w, float(svm.intercept_[0])
+from flaxlstm.nbsvm import fit_nbsvm
 
 
 def main() -> None:

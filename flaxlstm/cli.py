@@ -47,6 +47,7 @@ from flaxlstm.config import (
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
 from flaxlstm.data import text as text_data
+from flaxlstm.data.batches import split_point
 from flaxlstm.files import DirectoryLock, save_json
 from flaxlstm.interrupts import TrainingInterrupted
 from flaxlstm.models import MODELS, AddingModel, CumsumModel, ParityModel
@@ -301,6 +302,9 @@ def _train_imdb(config: ImdbConfig) -> None:
         texts, labels = imdb_data.read_split("train", config.data_dir, limit=config.limit)
         order = imdb_data.movie_slice_order(texts, labels, config.validation_split)
         data = data._replace(train=imdb_data.Split(*(a[order] for a in data.train)))
+    if getattr(model, "nbsvm", None) is not None:  # fitted to the reviews the network trains on
+        n = split_point(len(data.train.labels), config.validation_split)
+        model.nbsvm.fit(data.train.ids[:n], data.train.lengths[:n], data.train.labels[:n])
     # As seed 002's fit, the test split is scored after every epoch (never to choose a model),
     # unless --no-test: a run that chooses a model on its validation split never reads it.
     fit_and_test(

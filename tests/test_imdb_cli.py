@@ -89,7 +89,7 @@ def test_layer_options_override_the_seeds_and_no_test_scores_only_validation(tmp
         "train", "imdb", "--model", "bilstm", "--hidden", "6", "--embedding-dim", "4",
         "--pooling", "max-mean", "--word-dropout", "0.1", "--dropout", "0", "--epochs", "1",
         "--limit", "64", "--vocab-size", "100", "--maxlen", "20", "--batch-size", "16",
-        "--ngrams", "1000", "--no-test", "--validation-split", "0.25",
+        "--ngrams", "1000", "--nbsvm", "1.5", "--no-test", "--validation-split", "0.25",
         "--data-dir", str(DATA_DIR), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
         "--quiet",
     ]  # fmt: skip
@@ -97,10 +97,12 @@ def test_layer_options_override_the_seeds_and_no_test_scores_only_validation(tmp
     assert code == 0, err
     layers = json.loads((out / "config.json").read_text())["layers"]
     assert layers == {"embedding_dim": 4, "hidden": 6, "dropout": 0.0, "word_dropout": 0.1,
-                      "pooling": "max-mean", "bigrams": 0, "ngrams": 1000}  # fmt: skip
+                      "pooling": "max-mean", "bigrams": 0, "ngrams": 1000,
+                      "nbsvm": 1.5}  # fmt: skip
     model = load_run(out).model  # rebuilt from config.json with these layers, trained n-grams
     assert model.embed.embedding.shape == (100, 4) and model.head.in_features == 2 * 2 * 6
     assert np.count_nonzero(np.asarray(model.ngrams.weight[...])) > 100
+    assert np.count_nonzero(np.asarray(model.nbsvm.coef[...])) > 100  # fitted before training
     assert model.head_dropout is None and model.word_dropout.rate == 0.1
     metrics = json.loads((out / "metrics.json").read_text())
     history = json.loads((out / "history.json").read_text())

@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from scipy import sparse
 
+from flaxlstm import nbsvm
 from flaxlstm.data.imdb import pad_sequences, padding_mask
-from flaxlstm.models import MODELS, SETTINGS, MaxPool1D, count_params, summary
+from flaxlstm.models import MODELS, SETTINGS, MaxPool1D, Nbsvm, count_params, summary
 
 # The totals of the seeds' Keras model summaries (seed 002's: 256,000 + 131,584 + 129).
 KERAS_PARAMS = {
@@ -221,12 +223,58 @@ def test_the_ngram_linear_model_sums_the_weights_of_each_distinct_unigram_and_bi
         MODELS["simple"](**SMALL, vocab_size=50, ngrams=50, rngs=nnx.Rngs(0))
 
 
-def test_the_best_model_is_the_validated_bilstm_with_an_ngram_linear_model():
-    lstm, best = SETTINGS["bilstm-big"], SETTINGS["best"]
+def test_nbsvm_is_wang_and_mannings_on_the_ngram_indicators_and_joins_only_in_eval_mode():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 9, 60)
+    ids = np.where(np.arange(8) < lengths[:, None], rng.integers(3, 50, (60, 8)), 0)
+    labels = ((ids == 7) | (ids == 11)).any(axis=1).astype(np.int32)
+    x = np.zeros((60, 128), np.float32)  # the indicators, written out: words, then word pairs
+    for n, row in enumerate(ids):
+        real = list(row[: lengths[n]])
+        grams = set(real) | {50 + (a * 50 + b) % 78 for a, b in zip(real, real[1:], strict=False)}
+        x[n, sorted(grams)] = 1
+    r, w, b = nbsvm.fit_nbsvm(sparse.csr_matrix(x), labels)
+    member = Nbsvm(50, 2.0, buckets=128)
+    member.fit(ids, lengths, labels)
+    np.testing.assert_allclose(member.coef[...], r * w, rtol=1e-3, atol=1e-5)  # (SVM tolerance)
+    np.testing.assert_allclose(member.bias[...], b, rtol=1e-3)
+    member.eval()
+    margin = member(jnp.asarray(ids), jnp.asarray(ids > 0))
+    expected = 2.0 * (x @ np.asarray(member.coef[...]) + np.asarray(member.bias[...]))
+    np.testing.assert_allclose(margin, expected, rtol=1e-5, atol=1e-5)
+    assert ((np.asarray(margin) > 0) == labels).mean() >= 0.8  # it learnt the two words
+    member.train()  # the network trains alone: the member adds nothing
+    assert not np.asarray(member(jnp.asarray(ids), jnp.asarray(ids > 0))).any()
+    with pytest.raises(ValueError, match="NBSVM needs labels of both classes"):
+        member.fit(ids, lengths, np.ones(60, np.int32))
+
+
+def test_a_model_with_nbsvm_adds_its_margin_in_eval_mode_and_never_trains_it():
+    rng = np.random.default_rng(1)
+    ids = np.where(np.arange(6) < rng.integers(1, 7, (24, 1)), rng.integers(3, 50, (24, 6)), 0)
+    labels = (ids == 5).any(axis=1).astype(np.int32)
+    model = MODELS["simple"](**SMALL, vocab_size=50, nbsvm=3.0, rngs=nnx.Rngs(0))
+    model.nbsvm.fit(ids, (ids > 0).sum(axis=1), labels)
+    without = nnx.clone(model)
+    without.nbsvm = None
+    model.eval()
+    margin = model.nbsvm(jnp.asarray(ids), jnp.asarray(ids > 0))
+    assert np.abs(np.asarray(margin)).min() > 0
+    expected = forward(without, jnp.asarray(ids)) + margin
+    np.testing.assert_allclose(forward(model, jnp.asarray(ids)), expected, rtol=1e-5, atol=1e-5)
+    grads = nnx.grad(lambda m: m(jnp.asarray(ids)).sum())(model)
+    assert not np.asarray(grads.nbsvm.coef[...]).any() and np.asarray(grads.head.kernel[...]).any()
+
+
+def test_the_best_model_is_the_validated_bilstm_with_ngrams_and_nbsvm():
+    lstm, hybrid, best = SETTINGS["bilstm-big"], SETTINGS["bilstm-ngrams"], SETTINGS["best"]
     assert (lstm.vocab_size, lstm.maxlen, lstm.embedding_dim, lstm.epochs) == (20000, 800, 64, 4)
-    assert best == dataclasses.replace(lstm, ngrams=2**21, epochs=best.epochs)
+    assert hybrid == dataclasses.replace(lstm, ngrams=2**21)
+    assert best == dataclasses.replace(hybrid, nbsvm=8.0)
     model = nnx.eval_shape(lambda: MODELS["best"](rngs=nnx.Rngs(0)))
     assert model.pooling == "max-mean" and model.head.in_features == 4 * best.hidden
     assert model.word_dropout.rate == 0.1 and model.head_dropout.rate == 0.3
     assert model.ngrams.weight.shape == (2**21,) and model.ngrams.dropout.rate == 0.3
-    assert "(None, 800, 64)" in summary("best") and "ngrams (NgramLinear)" in summary("best")
+    assert model.nbsvm.coef.shape == (2**21,) and model.nbsvm.weight == 8.0
+    text = summary("best")
+    assert "(None, 800, 64)" in text and "ngrams (NgramLinear)" in text and "nbsvm (Nbsvm)" in text
