@@ -4,6 +4,7 @@ scored on the other 2,500; the test split is never read), and docs/IMDB-BEST.md 
 
     python experiments/imdb_best.py [--candidates NAME ...]   # run what is not finished yet
     python experiments/imdb_best.py --report                  # only rewrite the table
+    python experiments/imdb_best.py --nbsvm-weights RUN_DIR   # NBSVM's weight in the ensemble
 
 A candidate lives in runs/results/cpu/best-search/NAME; one whose metrics.json exists is not
 run again, and an interrupted one resumes from its checkpoints. Its metrics.json and
@@ -44,6 +45,9 @@ CANDIDATES = {
          f" {BIG.replace('--epochs 4', '--epochs 3')} --ngrams 2097152"),
         ("movies-bilstm-big", "bilstm-maxmean-big (`--model bilstm-big`) on the movie slice",
          "--model bilstm-big --validation-slice movies"),
+        ("bilstm-maxmean-big-ngrams-nbsvm", "-ngrams and NBSVM-bigrams fitted apart, an"
+         " ensemble: 8 × NBSVM's margin added to the logit at evaluation (the weight below)",
+         f"--model bilstm {BIG} --ngrams 2097152 --nbsvm 8"),
     ]
 }  # fmt: skip
 
@@ -271,12 +275,54 @@ def semi_supervised(best: list[float]) -> list[str]:
     ]
 
 
+WEIGHTS = RUNS / "nbsvm-weights.json"
+
+
+def nbsvm_weights(run_dir: str) -> None:
+    """Score the network of a `--nbsvm` validation run and its NBSVM together on the run's
+    slice for several weights k (logit + k · margin), and write them to WEIGHTS."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from flaxlstm import train
+    from flaxlstm.data import imdb as imdb_data
+    from flaxlstm.data.batches import split_point
+    from flaxlstm.runs import load_run
+
+    model, vocabulary, config = load_run(run_dir)
+    options = json.loads((Path(run_dir) / "metrics.json").read_text())["options"]
+    if options["validation_slice"] != "last" or not config["layers"].get("nbsvm"):
+        sys.exit(f"{run_dir} is no --nbsvm run validated on the last slice")
+    data = imdb_data.load_imdb(config["vocab_size"], config["maxlen"], vocabulary=vocabulary)
+    n = split_point(len(data.train.labels), options["validation_split"])
+    ids, lengths, labels = (a[n:] for a in data.train)
+    member, model.nbsvm = model.nbsvm, None  # the network alone, then NBSVM's margin alone
+    p = train.predict(model, ids, lengths=lengths, batch_size=250)
+    network = np.log(p) - np.log1p(-p)
+    member.eval()
+    member.weight = 1.0
+    real = jnp.arange(ids.shape[1]) < jnp.asarray(lengths)[:, None]
+    margin = np.asarray(nnx.jit(lambda m, i, r: m(i, r))(member, jnp.asarray(ids), real))
+    score = lambda logits: float(100 * ((logits > 0) == (labels == 1)).mean())  # noqa: E731
+    result = {
+        "run": run_dir,
+        "network alone": score(network),
+        "NBSVM alone": score(margin),
+        "weights": {k: score(network + k * margin) for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)},
+    }
+    WEIGHTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES)
     parser.add_argument("--report", action="store_true", help="only rewrite the table")
     parser.add_argument("--results", default="docs/IMDB-BEST.md", type=Path)
+    parser.add_argument("--nbsvm-weights", metavar="RUN_DIR", help="score NBSVM's weights")
     args = parser.parse_args()
+    if args.nbsvm_weights:
+        return nbsvm_weights(args.nbsvm_weights)
     if not args.report:
         for name in args.candidates:
             run(name)

@@ -4,10 +4,11 @@ tokenizer as ``flaxlstm train imdb`` (``flaxlstm.data.imdb.tokenize``), no vocab
 
     python experiments/nbsvm.py --out runs/results/cpu/nbsvm/nbsvm-bigrams.json
 
-(``--data-dir`` or $TFDS_DATA_DIR: where TFDS's imdb_reviews is.) With ``--validation-split 0.1`` it trains on the first
-90 % of the training reviews and scores the last 10 % instead of the test split: the slice on
-which ``experiments/imdb_best.py`` chooses the LSTM, so that the two show how far the slice's
-accuracy is from the test split's for a model other than the LSTM.
+(``--data-dir`` or $TFDS_DATA_DIR: where TFDS's imdb_reviews is.) With ``--validation-split
+0.1`` it trains on the first 90 % of the training reviews and scores the last 10 % instead of
+the test split: the slice on which ``experiments/imdb_best.py`` chooses the LSTM, so that the
+two show how far the slice's accuracy is from the test split's for a model other than the
+LSTM.
 
 The model and its hyperparameters are the paper's (``flaxlstm.nbsvm``; nothing is tuned, so
 no validation slice is needed); the paper reports 91.22% test accuracy on IMDB.
