@@ -348,7 +348,8 @@ def write_results(path: str) -> None:
         *ladder(found),
         "",
         "`bilstm-big`'s runs were made on the earlier CPU machine (Zen 3) as `--model best`,",
-        "which it was until the n-gram model joined it (docs/IMDB-BEST.md); `best`'s and the",
+        "which it was until the n-gram model joined it, and `bilstm-ngrams`'s as `--model best`",
+        "until NBSVM joined it (docs/IMDB-BEST.md); `bilstm-ngrams`', `best`'s and the",
         "fine-tuned classifiers' ran on this one (Zen 4), sharing its 2 cores with other runs.",
     ]
     lines += ["", "Per-epoch test accuracy (%), mean over the runs:", ""]

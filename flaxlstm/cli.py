@@ -292,6 +292,8 @@ def _train_imdb(config: ImdbConfig) -> None:
         sizes["num_layers"] = source.config["layers"]
         if config.dropout is not None:
             sizes["dropout"] = config.dropout
+        if config.nbsvm:
+            sizes["nbsvm"] = config.nbsvm
         run_config |= {"model": LM_CLASSIFIER, "init_from": config.init_from, **sizes}
     save_json(os.path.join(out, "config.json"), run_config)
     model = imdb_model(run_config)

@@ -344,7 +344,7 @@ class ImdbConfig(RunConfig):
         None,
         "an ensemble with NBSVM-bigrams (Wang & Manning 2012), fitted before the network"
         " trains: its margin times this joins the logits at evaluation (0: none; default: the"
-        " seed's, 0; best's, 8)",
+        " seed's, 0; best's, 8; with --init-from too, default 0)",
         non_negative_float,
     )
     bucket_width: int = option(50, "batch by length (0: pad all to maxlen)", non_negative_int)
@@ -386,7 +386,8 @@ class ImdbConfig(RunConfig):
 
     def resolved(self) -> ImdbConfig:
         """This config with every unset size and layer setting taken from the model's seed
-        (with ``init_from`` the layers are the language model's, but for ``dropout``)."""
+        (with ``init_from`` the layers are the language model's, but for ``dropout`` and
+        ``nbsvm``)."""
         if not (self.test or self.validation_split):
             raise ValueError("--no-test needs --validation-split: a run must score something")
         seed = IMDB_MODELS[self.model]
@@ -396,7 +397,7 @@ class ImdbConfig(RunConfig):
             given = [
                 name for name in (*layers, "dtype") if getattr(self, name) not in (None, "float32")
             ]
-            if [name for name in given if name != "dropout"]:
+            if [name for name in given if name not in ("dropout", "nbsvm")]:
                 flags = ", ".join("--" + name.replace("_", "-") for name in given)
                 raise ValueError(
                     f"--init-from takes the language model's layers: leave out {flags}"

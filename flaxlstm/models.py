@@ -399,7 +399,7 @@ class LmClassifier(nnx.Module):
     shapes of a ``LanguageModel``'s, so its parameters load into them (``load_pretrained``).
 
     ``model(ids [B, T] int, lengths=None, mask=None)`` → logits [B], padding as
-    ``SentimentClassifier``'s.
+    ``SentimentClassifier``'s. ``nbsvm`` > 0 adds an ``Nbsvm`` as ``SentimentClassifier``'s.
     """
 
     # What comes from the language model: these layers (the head is new).
@@ -413,12 +413,14 @@ class LmClassifier(nnx.Module):
         *,
         num_layers: int = 1,
         dropout: float = 0.0,
+        nbsvm: float = 0.0,
         rngs: nnx.Rngs,
     ):
         self.embed, self.lstm, self.drop = language_model_layers(
             vocab_size, embedding, hidden, num_layers, dropout, rngs
         )
         self.head = nnx.Linear(3 * hidden, 1, rngs=rngs)
+        self.nbsvm = Nbsvm(vocab_size, nbsvm) if nbsvm else None
 
     def __call__(
         self, ids: jax.Array, lengths: jax.Array | None = None, mask: jax.Array | None = None
@@ -429,7 +431,8 @@ class LmClassifier(nnx.Module):
         outputs, state = self.lstm(self.drop(self.embed(ids)), None, mask)
         # The last layer's h after the last real step, and the max and mean over the steps.
         pooled = jnp.concatenate([state.h[-1], max_mean_pool(outputs, mask)], axis=-1)
-        return self.head(self.drop(pooled))[:, 0]
+        logits = self.head(self.drop(pooled))[:, 0]
+        return logits if self.nbsvm is None else logits + self.nbsvm(ids, mask)
 
     def load_pretrained(self, language_model: LanguageModel) -> None:
         """Copy ``language_model``'s embedding and LSTM parameters into this model."""

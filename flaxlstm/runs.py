@@ -39,6 +39,7 @@ def imdb_model(config: dict) -> SentimentClassifier | LmClassifier:
     if config["model"] == LM_CLASSIFIER:
         sizes = (config["vocab_size"], config["embedding"], config["hidden"])
         options = {name: config[name] for name in ("num_layers", "dropout")}
+        options["nbsvm"] = config.get("nbsvm", 0.0)  # (runs before NBSVM: none)
         return LmClassifier(*sizes, **options, rngs=nnx.Rngs(config["seed"]))
     dtype = config.get("dtype", "float32")  # runs written before mixed precision: float32
     return MODELS[config["model"]](

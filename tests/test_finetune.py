@@ -102,13 +102,14 @@ def test_train_imdb_init_from_fine_tunes_the_language_models_layers(word_lm, tmp
         "train", "imdb", "--init-from", word_lm, "--limit", "200", "--maxlen", "40",
         "--epochs", "1", "--batch-size", "32", "--bucket-width", "20",
         "--pretrained-lr-scale", "1e-9", "--data-dir", DATA_DIR, "--cache-dir", tmp_path / "cache",
-        "--out", out, "--quiet",
+        "--nbsvm", "2", "--out", out, "--quiet",
     ]  # fmt: skip
     code, _, err = run_main([str(a) for a in argv], capsys)
     assert code == 0, err
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "lm-classifier" and config["init_from"] == str(word_lm)
     assert (config["vocab_size"], config["hidden"], config["embedding"]) == (400, 16, 8)
+    assert config["nbsvm"] == 2.0  # an ensemble with NBSVM, as --model best's
     assert (
         Vocabulary.load(out / "vocabulary.json").words
         == Vocabulary.load(word_lm / "vocabulary.json").words
@@ -121,6 +122,7 @@ def test_train_imdb_init_from_fine_tunes_the_language_models_layers(word_lm, tmp
     # ... while the new head learned at the full rate.
     fresh = LmClassifier(400, 8, 16, rngs=nnx.Rngs(0))
     assert np.abs(params_of(run.model.head)[1] - params_of(fresh.head)[1]).max() > 1e-4
+    assert run.model.nbsvm.weight == 2.0 and np.asarray(run.model.nbsvm.coef[...]).any()
     code, printed, err = run_main(["predict", "--model-dir", str(out), "A fine film."], capsys)
     assert code == 0 and printed.count("\t") == 2, err
 
