@@ -5,6 +5,7 @@ scored on the other 2,500; the test split is never read), and docs/IMDB-BEST.md 
     python experiments/imdb_best.py [--candidates NAME ...]   # run what is not finished yet
     python experiments/imdb_best.py --report                  # only rewrite the table
     python experiments/imdb_best.py --nbsvm-weights RUN_DIR   # NBSVM's weight in the ensemble
+    python experiments/imdb_best.py --semi-nbsvm              # the fine-tuned runs + NBSVM
 
 A candidate lives in runs/results/cpu/best-search/NAME; one whose metrics.json exists is not
 run again, and an interrupted one resumes from its checkpoints. Its metrics.json and
@@ -355,15 +356,47 @@ def nbsvm_weights(run_dir: str) -> None:
     print(json.dumps(result, indent=2))
 
 
+SEMI_RUNS = Path("runs/results/cpu/semi")
+SEMI_NBSVM = SEMI_RUNS / "lm-word-256-nbsvm.json"
+
+
+def semi_nbsvm(weight: float = 8.0) -> None:
+    """Score the semi-supervised runs' classifiers (SEMI_RUNS/lm-word-256-seedN) on the test
+    split with NBSVM fitted to all the training reviews added at ``weight`` (best's), as
+    `--nbsvm` would have added it (NBSVM takes no part in training), and write SEMI_NBSVM."""
+    from flaxlstm import train
+    from flaxlstm.data import imdb as imdb_data
+    from flaxlstm.models import Nbsvm
+    from flaxlstm.runs import load_run
+
+    scored, member = {}, None
+    for run_dir in sorted(SEMI_RUNS.glob("lm-word-256-seed*")):
+        model, vocabulary, config = load_run(run_dir)
+        if member is None:
+            sizes = config["vocab_size"], config["maxlen"]
+            data = imdb_data.load_imdb(*sizes, vocabulary=vocabulary)
+            member = Nbsvm(config["vocab_size"], weight)
+            member.fit(data.train.ids, data.train.lengths, data.train.labels)
+        model.nbsvm = member
+        test = data.test
+        p = train.predict(model, test.ids, lengths=test.lengths, batch_size=250)
+        scored[run_dir.name] = float(100 * ((p > 0.5) == (test.labels == 1)).mean())
+        print(run_dir.name, scored[run_dir.name], flush=True)
+    SEMI_NBSVM.write_text(json.dumps({"nbsvm": weight, "test_accuracy": scored}, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES)
     parser.add_argument("--report", action="store_true", help="only rewrite the table")
     parser.add_argument("--results", default="docs/IMDB-BEST.md", type=Path)
     parser.add_argument("--nbsvm-weights", metavar="RUN_DIR", help="score NBSVM's weights")
+    parser.add_argument("--semi-nbsvm", action="store_true", help="the semi runs + NBSVM")
     args = parser.parse_args()
     if args.nbsvm_weights:
         return nbsvm_weights(args.nbsvm_weights)
+    if args.semi_nbsvm:
+        return semi_nbsvm()
     if not args.report:
         for name in args.candidates:
             run(name)
