@@ -338,9 +338,9 @@ def nbsvm_weights(run_dir: str) -> None:
     data = imdb_data.load_imdb(config["vocab_size"], config["maxlen"], vocabulary=vocabulary)
     n = split_point(len(data.train.labels), options["validation_split"])
     ids, lengths, labels = (a[n:] for a in data.train)
-    member, model.nbsvm = model.nbsvm, None  # the network alone, then NBSVM's margin alone
-    p = train.predict(model, ids, lengths=lengths, batch_size=250)
-    network = np.log(p) - np.log1p(-p)
+    member = model.nbsvm
+    member.weight = 0.0  # the network alone, then NBSVM's margin alone
+    network = train.predict(model, ids, lengths=lengths, batch_size=250, loss="mse")  # logits
     member.eval()
     member.weight = 1.0
     real = jnp.arange(ids.shape[1]) < jnp.asarray(lengths)[:, None]
@@ -364,6 +364,8 @@ def semi_nbsvm(weight: float = 8.0) -> None:
     """Score the semi-supervised runs' classifiers (SEMI_RUNS/lm-word-256-seedN) on the test
     split with NBSVM fitted to all the training reviews added at ``weight`` (best's), as
     `--nbsvm` would have added it (NBSVM takes no part in training), and write SEMI_NBSVM."""
+    from flax import nnx
+
     from flaxlstm import train
     from flaxlstm.data import imdb as imdb_data
     from flaxlstm.models import Nbsvm
@@ -377,7 +379,7 @@ def semi_nbsvm(weight: float = 8.0) -> None:
             data = imdb_data.load_imdb(*sizes, vocabulary=vocabulary)
             member = Nbsvm(config["vocab_size"], weight)
             member.fit(data.train.ids, data.train.lengths, data.train.labels)
-        model.nbsvm = member
+        model.nbsvm = nnx.data(member)  # (a None attribute at first: static, so say it is data)
         test = data.test
         p = train.predict(model, test.ids, lengths=test.lengths, batch_size=250)
         scored[run_dir.name] = float(100 * ((p > 0.5) == (test.labels == 1)).mean())
