@@ -47,8 +47,9 @@ CANDIDATES = {
         ("movies-bilstm-big", "bilstm-maxmean-big (`--model bilstm-big`) on the movie slice",
          "--model bilstm-big --validation-slice movies"),
         ("bilstm-maxmean-big-ngrams-nbsvm", "-ngrams and NBSVM-bigrams fitted apart, an"
-         " ensemble: 8 × NBSVM's margin added to the logit at evaluation (the weight below)",
-         f"--model bilstm {BIG} --ngrams 2097152 --nbsvm 8"),
+         " ensemble: 8 × NBSVM's margin added to the logit at evaluation (the weight below);"
+         " the model after the last epoch, as in the final runs",
+         f"--model bilstm {BIG} --ngrams 2097152 --nbsvm 8 --no-restore-best"),
     ]
 }  # fmt: skip
 
