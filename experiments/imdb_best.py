@@ -315,6 +315,27 @@ def semi_supervised(best: list[float]) -> list[str]:
         "tuned: the sizes are the CPU's, the classifier's settings `best`'s. Issue 14's",
         "semi-supervised target, 92.8 %, is the literature's larger language models trained",
         "for many epochs (Dai & Le: 1,024 units; ULMFiT: 3 layers of 1,150); that needs the GPU.",
+    ] + semi_ensemble(test)
+
+
+def semi_ensemble(alone: list[float]) -> list[str]:
+    """The semi-supervised classifiers with NBSVM added (SEMI_NBSVM), once scored, beside
+    their test accuracies (%) ``alone``."""
+    if not SEMI_NBSVM.is_file():
+        return []
+    scored = json.loads(SEMI_NBSVM.read_text())
+    test = list(scored["test_accuracy"].values())
+    return [
+        "",
+        "The same classifiers with NBSVM added as in `--model best`",
+        f"(`--nbsvm {scored['nbsvm']:g}`, the weight chosen for `best`, not tuned again;",
+        "`python experiments/imdb_best.py",
+        "--semi-nbsvm` loads each run's network, fits NBSVM to all the training reviews and",
+        "scores the test split once, which is what the same fine-tuning command with",
+        f"`--nbsvm {scored['nbsvm']:g}` computes: NBSVM takes no part in training):",
+        f"{', '.join(f'{a:.2f}' for a in test)} %, mean **{np.mean(test):.2f} ±"
+        f" {np.std(test):.2f}**, {np.mean(test) - np.mean(alone):+.2f} points on the networks",
+        "alone.",
     ]
 
 
