@@ -62,8 +62,9 @@ def _call(name: str, shapes, *arrays, reverse: bool, mask, rmask):
     empty = jnp.zeros((0,), jnp.float32)  # an unread placeholder for a missing mask
     has_mask, has_rmask = mask is not None, rmask is not None
     mask = mask[..., 0].astype(jnp.float32) if has_mask else empty
-    flags = dict(has_mask=np.int32(has_mask), has_rmask=np.int32(has_rmask))
-    return call(*arrays, mask, empty if rmask is None else rmask, reverse=np.int32(reverse), **flags)
+    rmask = empty if rmask is None else rmask
+    flags = dict(reverse=np.int32(reverse), has_mask=np.int32(has_mask))
+    return call(*arrays, mask, rmask, **flags, has_rmask=np.int32(has_rmask))
 
 
 def forward(x, W, U, b, c0, h0, mask, rmask, reverse: bool, save: bool = True):
@@ -105,5 +106,5 @@ def backward(saved, x, W, U, mask, rmask, dh_n, dc_n, d_outputs, reverse: bool):
     shapes = [(time, batch, features), W.shape, U.shape, (4 * hidden,)] + [(batch, hidden)] * 2
     shapes.append((0,) if rmask is None else (batch, hidden))
     arrays = (*saved, x, W, U, dh_n, dc_n, d_outputs)
-    *grads, d_rmask = _call("LstmBackward", shapes, *arrays, reverse=reverse, mask=mask, rmask=rmask)
-    return (*grads, None if rmask is None else d_rmask)
+    grads = _call("LstmBackward", shapes, *arrays, reverse=reverse, mask=mask, rmask=rmask)
+    return (*grads[:-1], None if rmask is None else grads[-1])
