@@ -13,7 +13,9 @@
  * Gates are laid out [i, f, g, o] along the last axis of size 4H, as flaxlstm/cell.py has them:
  *   z = x_t.W + b + h.U,  i, f, o = sigma(z_i, z_f, z_o),  g = tanh(z_g)
  *   c = f * c_prev + i * g,  h = o * tanh(c)
- * A padded step (mask 0) keeps the state and outputs 0, as recurrent.keep_state_where_padded. */
+ * A padded step (mask 0) keeps the state and outputs 0, as recurrent.keep_state_where_padded.
+ * A recurrent dropout mask r [B, H] (variational: the same at every step) multiplies h where
+ * it enters the product: z = x_t.W + b + (h * r).U. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <pthread.h>
@@ -118,7 +120,7 @@ static inline float sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
 
 typedef struct {
     int T, B, H, F, reverse, save;
-    const float *x, *mask, *wu, *base; /* wu = [w; u] and base = bias, 4H padded to Gp */
+    const float *x, *mask, *rmask, *wu, *base; /* wu = [w; u], base = bias, 4H padded to Gp */
     float *a, *c_prev, *h_prev, *out, *c_n, *h_n;
 } Forward;
 
@@ -135,11 +137,13 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
             memcpy(p->c_prev + row * H, c_n, (size_t)rows * H * sizeof(float));
             memcpy(p->h_prev + row * H, h_n, (size_t)rows * H * sizeof(float));
         }
-        for (int r = 0; r < rows; r++) { /* [x_t, h] */
+        for (int r = 0; r < rows; r++) { /* [x_t, h * rmask] */
             memcpy(xh + (size_t)r * K, p->x + (row + r) * F, F * sizeof(float));
             memcpy(xh + (size_t)r * K + F, h_n + (size_t)r * H, H * sizeof(float));
+            if (p->rmask)
+                for (int j = 0; j < H; j++) xh[(size_t)r * K + F + j] *= p->rmask[(size_t)(lo + r) * H + j];
         }
-        gemm(rows, K, Gp, xh, K, p->wu, p->base, 0, z, Gp); /* z = [x_t, h].[w; u] + bias */
+        gemm(rows, K, Gp, xh, K, p->wu, p->base, 0, z, Gp); /* z = [x_t, h r].[w; u] + bias */
         for (int r = 0; r < rows; r++) {
             float m = p->mask ? p->mask[row + r] : 1.0f;
             float *zr = z + (size_t)r * Gp, *cr = c_n + (size_t)r * H, *hr = h_n + (size_t)r * H;
@@ -162,14 +166,14 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
 
 /* Forward over T steps of B rows (from the last step to the first when reverse; every array
  * stays in time order). x [T, B, F], w [F, 4H], u [H, 4H], bias [4H], c0, h0 [B, H], mask
- * [T, B] (1 real, 0 padded; NULL: all real). Writes the outputs out [T, B, H], the final state
+ * [T, B] (1 real, 0 padded; NULL: all real), rmask [B, H] (NULL: none). Writes the outputs out [T, B, H], the final state
  * c_n, h_n [B, H] and, when save (for the backward), the activated gates a [T, B, 4H] and the
  * state each step starts from, c_prev, h_prev [T, B, H]. Each step's product is
- * [x_t, h].[w; u] + bias: one product, and no [T, B, 4H] input projection in memory. */
+ * [x_t, h r].[w; u] + bias: one product, and no [T, B, 4H] input projection in memory. */
 void lstm_forward(int T, int B, int H, int F, int reverse, int save, const float *x,
                   const float *w, const float *u, const float *bias, const float *c0,
-                  const float *h0, const float *mask, float *a, float *c_prev, float *h_prev,
-                  float *out, float *c_n, float *h_n) {
+                  const float *h0, const float *mask, const float *rmask, float *a,
+                  float *c_prev, float *h_prev, float *out, float *c_n, float *h_n) {
     int G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H;
     float *wu = calloc((size_t)K * Gp, sizeof(float)), *base = calloc((size_t)Gp, sizeof(float));
     for (int k = 0; k < K; k++)
@@ -178,7 +182,7 @@ void lstm_forward(int T, int B, int H, int F, int reverse, int save, const float
     memcpy(base, bias, G * sizeof(float));
     memcpy(c_n, c0, (size_t)B * H * sizeof(float));
     memcpy(h_n, h0, (size_t)B * H * sizeof(float));
-    Forward context = {T, B, H, F, reverse, save, x, mask, wu, base, a, c_prev, h_prev, out, c_n, h_n};
+    Forward context = {T, B, H, F, reverse, save, x, mask, rmask, wu, base, a, c_prev, h_prev, out, c_n, h_n};
     in_parts(forward_rows, &context, B, parts_for(B));
     free(wu);
     free(base);
@@ -186,8 +190,8 @@ void lstm_forward(int T, int B, int H, int F, int reverse, int save, const float
 
 typedef struct {
     int T, B, H, F, reverse;
-    const float *a, *c_prev, *h_prev, *x, *d_out, *mask, *wut; /* wut = [w; u]^T [4H, Kp] */
-    float *dx, *dh, *dc, *sums; /* sums: each part's [dw; du; dbias] [K + 1, Gp] */
+    const float *a, *c_prev, *h_prev, *x, *d_out, *mask, *rmask, *wut; /* wut = [w; u]^T [4H, Kp] */
+    float *dx, *dh, *dc, *sums, *d_rmask; /* sums: each part's [dw; du; dbias] [K + 1, Gp] */
 } Backward;
 
 /* The backward adds [x_t, h_prev, 1]^T.dz to the weight gradients' sums for this many steps
@@ -228,7 +232,8 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
             }
             for (int k = 0; k < F; k++) xh1t_s[(size_t)k * block + r] = p->x[(row + r) * F + k];
             for (int k = 0; k < H; k++)
-                xh1t_s[(size_t)(F + k) * block + r] = p->h_prev[(row + r) * H + k];
+                xh1t_s[(size_t)(F + k) * block + r] =
+                    p->h_prev[(row + r) * H + k] * (p->rmask ? p->rmask[(size_t)(lo + r) * H + k] : 1.0f);
             xh1t_s[(size_t)K * block + r] = 1.0f;
         }
         gemm(rows, G, Kp, dz, Gp, p->wut, zero, 0, dxh, Kp); /* [dx_t, dh_prev] = dz.[w; u]^T */
@@ -236,8 +241,15 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
             gemm(K + 1, (slot + 1) * rows, Gp, xh1t, block, dzs, sum, Gp, sum, Gp);
         for (int r = 0; r < rows; r++) {
             memcpy(p->dx + (row + r) * F, dxh + (size_t)r * Kp, F * sizeof(float));
-            if (!p->mask || p->mask[row + r] != 0.0f)
-                memcpy(dh + (size_t)r * H, dxh + (size_t)r * Kp + F, H * sizeof(float));
+            const float *dh_in = dxh + (size_t)r * Kp + F; /* the gradient of h r */
+            if (p->rmask) { /* d rmask += h_prev dh_in;  dh_prev = dh_in r */
+                const float *rm = p->rmask + (size_t)(lo + r) * H, *hp = p->h_prev + (row + r) * H;
+                float *drm = p->d_rmask + (size_t)(lo + r) * H;
+                for (int j = 0; j < H; j++) drm[j] += hp[j] * dh_in[j];
+                if (!p->mask || p->mask[row + r] != 0.0f)
+                    for (int j = 0; j < H; j++) dh[(size_t)r * H + j] = dh_in[j] * rm[j];
+            } else if (!p->mask || p->mask[row + r] != 0.0f)
+                memcpy(dh + (size_t)r * H, dh_in, H * sizeof(float));
         }
     }
     free(dzs);
@@ -247,19 +259,21 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
 }
 
 /* Backward over the T steps, in the opposite order to the forward's. a, c_prev, h_prev
- * [T, B, ...] as the forward saved them; x, w, u as it read them; dh_n, dc_n [B, H]: the final
- * state's gradients; d_out [T, B, H]: the outputs'. Writes dx [T, B, F], dw [F, 4H], du [H, 4H],
- * dbias [4H] and the start state's dh0, dc0 [B, H]. Per step, as cell.lstm_step_backward:
+ * [T, B, ...] as the forward saved them; x, w, u, mask, rmask as it read them; dh_n, dc_n
+ * [B, H]: the final state's gradients; d_out [T, B, H]: the outputs'. Writes dx [T, B, F],
+ * dw [F, 4H], du [H, 4H], dbias [4H], the start state's dh0, dc0 [B, H] and, with rmask, its
+ * gradient d_rmask [B, H]. Per step, as cell.lstm_step_backward:
  *   dc~ = dc + dh o (1 - tanh^2 c),  dz = [dc~ g i(1-i), dc~ c_prev f(1-f), dc~ i (1-g^2),
  *   dh tanh(c) o(1-o)] (0 where padded),  dc_prev = dc~ f,
- *   [dx_t, dh_prev] = dz.[w; u]^T (dh passes unchanged where padded),
- *   [dw; du; dbias] += [x_t, h_prev, 1]^T.dz
+ *   [dx_t, dh_in] = dz.[w; u]^T,  dh_prev = dh_in r (dh passes unchanged where padded),
+ *   [dw; du; dbias] += [x_t, h_prev r, 1]^T.dz,  d_rmask += h_prev dh_in
  * The weight gradients are summed in the loop, each part over its rows, then the parts' sums
  * in order: dz [T, B, 4H] is never stored (a large fresh buffer is slow to touch). */
 void lstm_backward(int T, int B, int H, int F, int reverse, const float *a, const float *c_prev,
                    const float *h_prev, const float *x, const float *w, const float *u,
                    const float *dh_n, const float *dc_n, const float *d_out, const float *mask,
-                   float *dx, float *dw, float *du, float *dbias, float *dh0, float *dc0) {
+                   const float *rmask, float *dx, float *dw, float *du, float *dbias,
+                   float *dh0, float *dc0, float *d_rmask) {
     int G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H, Kp = (K + 15) / 16 * 16, parts = parts_for(B);
     float *wut = calloc((size_t)G * Kp, sizeof(float));
     for (int j = 0; j < G; j++)
@@ -268,7 +282,8 @@ void lstm_backward(int T, int B, int H, int F, int reverse, const float *a, cons
     float *sums = calloc((size_t)parts * (K + 1) * Gp, sizeof(float));
     memcpy(dh0, dh_n, (size_t)B * H * sizeof(float)); /* dh0, dc0 carry dh, dc */
     memcpy(dc0, dc_n, (size_t)B * H * sizeof(float));
-    Backward context = {T, B, H, F, reverse, a, c_prev, h_prev, x, d_out, mask, wut, dx, dh0, dc0, sums};
+    if (rmask) memset(d_rmask, 0, (size_t)B * H * sizeof(float)); /* each row's, by one part */
+    Backward context = {T, B, H, F, reverse, a, c_prev, h_prev, x, d_out, mask, rmask, wut, dx, dh0, dc0, sums, d_rmask};
     in_parts(backward_rows, &context, B, parts);
     for (int k = 0; k <= K; k++) {
         float *to = k < F ? dw + (size_t)k * G : k < K ? du + (size_t)(k - F) * G : dbias;

@@ -1,8 +1,10 @@
 """The LSTM's time loop in C for the CPU (flaxlstm/_lstm_cpu.c), called from jitted code.
 
     available()                                        is the compiled loop installed?
-    forward(x, W, U, b, c0, h0, mask, reverse, save) → a, c_prev, h_prev, outputs, (c_n, h_n)
-    backward(saved, x, W, U, mask, dh_n, dc_n, d_outputs, reverse) → dx, dW, dU, db, dh0, dc0
+    forward(x, W, U, b, c0, h0, mask, rmask, reverse, save)
+        → a, c_prev, h_prev, outputs, (c_n, h_n)
+    backward(saved, x, W, U, mask, rmask, dh_n, dc_n, d_outputs, reverse)
+        → dx, dW, dU, db, dh0, dc0, d_rmask
 
 On the CPU, XLA runs a ``jax.lax.scan`` step by step and pays a fixed cost for every operation
 of its body at every step: at the seeds' sizes that, not arithmetic, is most of the time. The
@@ -50,25 +52,30 @@ def available() -> bool:
     return _LOADED
 
 
-def _call(name: str, shapes, *arrays, reverse: bool, mask):
+def _call(name: str, shapes, *arrays, reverse: bool, mask, rmask):
     """XLA's call of the handler ``name`` on float32 ``arrays``, then ``mask`` (the scan's
-    [T, B, 1] booleans, True at real steps; None: every step is real), with outputs of
-    ``shapes``. The loop reads the mask as [T, B] float32, 1 at real steps."""
+    [T, B, 1] booleans, True at real steps; None: every step is real) and the recurrent
+    dropout mask ``rmask`` [B, H] (None: none), with outputs of ``shapes``. The loop reads the
+    mask as [T, B] float32, 1 at real steps."""
     results = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
     call = jax.ffi.ffi_call(f"flaxlstm_{name}", results, vmap_method="sequential")
-    has_mask = mask is not None
-    # (an unread placeholder without a mask)
-    mask = mask[..., 0].astype(jnp.float32) if has_mask else jnp.zeros((0,), jnp.float32)
-    return call(*arrays, mask, reverse=np.int32(reverse), has_mask=np.int32(has_mask))
+    empty = jnp.zeros((0,), jnp.float32)  # an unread placeholder for a missing mask
+    has_mask, has_rmask = mask is not None, rmask is not None
+    mask = mask[..., 0].astype(jnp.float32) if has_mask else empty
+    rmask = empty if rmask is None else rmask
+    flags = dict(reverse=np.int32(reverse), has_mask=np.int32(has_mask))
+    return call(*arrays, mask, rmask, **flags, has_rmask=np.int32(has_rmask))
 
 
-def forward(x, W, U, b, c0, h0, mask, reverse: bool, save: bool = True):
+def forward(x, W, U, b, c0, h0, mask, rmask, reverse: bool, save: bool = True):
     """The loop's forward pass.
 
     Args:
       x: the inputs [T, B, F]; W [F, 4H], U [H, 4H], b [4H]; c0, h0: the start state [B, H].
       mask: [T, B, 1] booleans, True at real steps (padded ones keep the state and output 0);
         None: every step is real.
+      rmask: the recurrent dropout mask [B, H] that multiplies h where it enters h·U (the
+        same at every step), or None.
       reverse: run from the last step to the first (every array stays in time order).
       save: also return what the backward needs (else None): writing it costs time.
     Returns:
@@ -82,19 +89,22 @@ def forward(x, W, U, b, c0, h0, mask, reverse: bool, save: bool = True):
     shapes = [(steps, batch, gates), (steps, batch, hidden), (steps, batch, hidden)]
     shapes += [(time, batch, hidden), (batch, hidden), (batch, hidden)]
     *saved, outputs, c_n, h_n = _call(
-        "LstmForward", shapes, x, W, U, b, c0, h0, reverse=reverse, mask=mask
+        "LstmForward", shapes, x, W, U, b, c0, h0, reverse=reverse, mask=mask, rmask=rmask
     )
     return (*(saved if save else [None] * 3), outputs, (c_n, h_n))
 
 
-def backward(saved, x, W, U, mask, dh_n, dc_n, d_outputs, reverse: bool):
+def backward(saved, x, W, U, mask, rmask, dh_n, dc_n, d_outputs, reverse: bool):
     """The loop's backward pass, from what ``forward`` saved (a, c_prev, h_prev), its inputs
-    x [T, B, F], W, U and mask, the final state's gradients dh_n, dc_n [B, H] and the outputs'
-    d_outputs [T, B, H] (cell.lstm_step_backward's math, step by step). Returns dx [T, B, F],
-    dW, dU, db and the start state's dh0, dc0 [B, H]. The weight gradients are summed inside
-    the loop: the per-step dz [T, B, 4H] is never stored."""
+    x [T, B, F], W, U, mask and rmask, the final state's gradients dh_n, dc_n [B, H] and the
+    outputs' d_outputs [T, B, H] (cell.lstm_step_backward's math, step by step). Returns
+    dx [T, B, F], dW, dU, db, the start state's dh0, dc0 [B, H] and rmask's gradient [B, H]
+    (None without one). The weight gradients are summed inside the loop: the per-step dz
+    [T, B, 4H] is never stored."""
     time, batch, features = x.shape
     hidden = U.shape[0]
     shapes = [(time, batch, features), W.shape, U.shape, (4 * hidden,)] + [(batch, hidden)] * 2
+    shapes.append((0,) if rmask is None else (batch, hidden))
     arrays = (*saved, x, W, U, dh_n, dc_n, d_outputs)
-    return tuple(_call("LstmBackward", shapes, *arrays, reverse=reverse, mask=mask))
+    grads = _call("LstmBackward", shapes, *arrays, reverse=reverse, mask=mask, rmask=rmask)
+    return (*grads[:-1], None if rmask is None else grads[-1])

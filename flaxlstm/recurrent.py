@@ -161,7 +161,7 @@ def lstm_scan(
       clamps: units of gates or states held at fixed values at every step (an ablation,
         ``cell.Clamp``); the loop then runs on ``scan_cell``.
       loop: "auto" runs the hand-written loop's time steps in C (flaxlstm/native.py) where it
-        can (``native_loop_fits``: on the CPU, float32, no recurrent dropout), else on
+        can (``native_loop_fits``: on the CPU, in float32), else on
         ``jax.lax.scan``; "scan" always scans; "native" requires the C loop (a one-line error
         where it cannot run).
     Returns:
@@ -184,7 +184,7 @@ def lstm_scan(
     state = LSTMState(*map(cast, state))
     fused = hand_written_backward and not (return_trace or clamps)
     fused = fused and is_default(gate_activation, activation)
-    native_loop = _choose_loop(loop, fused, dtype, matmul_dtype, recurrent_mask, batch * time)
+    native_loop = _choose_loop(loop, fused, dtype, matmul_dtype, batch * time)
     if fused:
         dz_bytes = time * batch * 4 * hidden * jnp.dtype(dtype).itemsize
         accumulate = dz_bytes > accumulate_above_bytes and not native_loop
@@ -314,27 +314,26 @@ class _Options(NamedTuple):
     native: bool = False  # the time steps run in C (flaxlstm/native.py)
 
 
-def native_loop_fits(fused: bool, dtype, matmul_dtype, recurrent_mask, steps: int) -> str | None:
+def native_loop_fits(fused: bool, dtype, matmul_dtype, steps: int) -> str | None:
     """Why the C loop (flaxlstm/native.py) cannot run this ``lstm_scan``; None when it can."""
     reasons = [
         (not native.available(), "flaxlstm._lstm_cpu is not built (see setup.py)"),
         (jax.default_backend() != "cpu", f"the backend is {jax.default_backend()}, not the CPU"),
         (not fused, "it runs only the standard cell with its hand-written backward"),
         (dtype != jnp.float32 or matmul_dtype is not None, "it computes in float32 only"),
-        (recurrent_mask is not None, "it has no recurrent dropout"),
         (steps == 0, "there is no step to run"),
     ]
     return next((why for bad, why in reasons if bad), None)
 
 
-def _choose_loop(loop: str, fused, dtype, matmul_dtype, recurrent_mask, steps: int) -> bool:
+def _choose_loop(loop: str, fused, dtype, matmul_dtype, steps: int) -> bool:
     """Whether the time steps run in C: ``loop`` "scan", "native" or "auto" (in C where it
     can)."""
     if loop not in ("auto", "scan", "native"):
         raise ValueError(f'loop must be "auto", "scan" or "native", got {loop!r}')
     if loop == "scan":
         return False
-    why_not = native_loop_fits(fused, dtype, matmul_dtype, recurrent_mask, steps)
+    why_not = native_loop_fits(fused, dtype, matmul_dtype, steps)
     if loop == "native" and why_not:
         raise ValueError(f"loop='native' cannot run here: {why_not}")
     return why_not is None
@@ -359,7 +358,7 @@ def _fused_forward(
     step started from, c_prev and h_prev [T, B, H]."""
     if opt.native:
         a, c_prev, h_prev, outputs, final = native.forward(
-            x, W, U, b, *state, mask, opt.reverse, save
+            x, W, U, b, *state, mask, recurrent_mask, opt.reverse, save
         )
         return LSTMState(*final), outputs, (a, c_prev, h_prev) if save else None
     WUb = _stack(opt, W, U, b)
@@ -401,10 +400,10 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
     a, c_prev, h_prev = saved
     d_final, d_outputs = cotangents
     if opt.native:
-        dx, dW, dU, db, dh0, dc0 = native.backward(
-            saved, x, W, U, mask, *d_final[::-1], d_outputs, opt.reverse
+        dx, dW, dU, db, dh0, dc0, d_recurrent_mask = native.backward(
+            saved, x, W, U, mask, recurrent_mask, *d_final[::-1], d_outputs, opt.reverse
         )
-        return dW, dU, db, dx, None, LSTMState(dc0, dh0), None
+        return dW, dU, db, dx, None, LSTMState(dc0, dh0), d_recurrent_mask
     carry, ys = _backward_loop(
         opt, W, U, b, x, mask, recurrent_mask, a, c_prev, h_prev, d_final, d_outputs
     )

@@ -4,8 +4,9 @@
 ``loop="scan"`` runs them on ``jax.lax.scan`` with the same hand-written backward, which
 tests/test_speed_paths.py compares with jax autodiff and the numpy reference. Here the two are
 compared on outputs, final states and every gradient, for padding anywhere (an all-padded row
-included), both directions, initial states, rematerialisation, a batch smaller than the CPU
-count, sizes that are not multiples of the loop's 16-wide vectors, and under ``jax.vmap``.
+included), both directions, initial states, recurrent dropout (the mask's gradient included),
+rematerialisation, a batch smaller than the CPU count, sizes that are not multiples of the
+loop's 16-wide vectors, and under ``jax.vmap``.
 """
 
 import functools
@@ -53,18 +54,19 @@ def case(shape, padding, seed=0):
 
 
 @functools.partial(jax.jit, static_argnames=("loop", "reverse", "remat"))
-def value_and_grads(W, U, b, x, c0, h0, mask, weights, *, loop, reverse, remat=False):
+def value_and_grads(W, U, b, x, c0, h0, mask, weights, rmask=None, *, loop, reverse, remat=False):
     """The loss over every output and both final states, the outputs, and the gradients with
-    respect to W, U, b, x, c0, h0."""
+    respect to W, U, b, x, c0, h0 and the recurrent dropout mask ``rmask`` [B, H] (if any)."""
 
-    def loss(W, U, b, x, c0, h0):
-        kwargs = dict(reverse=reverse, remat=remat, loop=loop)
+    def loss(W, U, b, x, c0, h0, rmask):
+        kwargs = dict(reverse=reverse, remat=remat, loop=loop, recurrent_dropout_mask=rmask)
         state, out, _ = lstm_scan(W, U, b, x, mask, LSTMState(c0, h0), **kwargs)
         w_out, w_c, w_h = weights
         total = jnp.sum(out * w_out) + jnp.sum(state.c * w_c) + jnp.sum(state.h * w_h)
         return total, out
 
-    return jax.value_and_grad(loss, argnums=range(6), has_aux=True)(W, U, b, x, c0, h0)
+    argnums = range(6 if rmask is None else 7)
+    return jax.value_and_grad(loss, argnums=argnums, has_aux=True)(W, U, b, x, c0, h0, rmask)
 
 
 def assert_close(ours, theirs):
@@ -85,6 +87,22 @@ def test_the_c_loop_equals_the_scan(shape, padding, reverse):
     assert np.abs(np.asarray(grads[1])).max() > 1e-2  # not vacuous: U's gradient is not zero
     if mask is not None:  # padded steps output zeros
         assert np.all(np.asarray(out)[~np.asarray(mask)] == 0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("padding", [None, "scattered"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_c_loop_with_recurrent_dropout_equals_the_scan(shape, padding, reverse):
+    (W, U, b), x, mask, (c0, h0), weights = case(shape, padding, seed=3)
+    batch, _, _, hidden = shape
+    keep = np.random.default_rng(4).uniform(size=(batch, hidden)) < 0.7
+    rmask = jnp.asarray(keep / 0.7, jnp.float32)  # inverted dropout, as layers.LSTM makes it
+    args = (W, U, b, x, c0, h0, mask, weights, rmask)
+    ours = value_and_grads(*args, loop="native", reverse=reverse)
+    assert_close(ours, value_and_grads(*args, loop="scan", reverse=reverse))
+    without = value_and_grads(*args[:-1], loop="native", reverse=reverse)
+    assert not np.allclose(ours[0][1], without[0][1])  # the mask changed the outputs
+    assert np.abs(np.asarray(ours[1][6])).max() > 1e-2  # and has a gradient
 
 
 def test_rematerialised_c_loop_gives_the_same_gradients():
@@ -123,14 +141,13 @@ def test_auto_takes_the_c_loop_wherever_it_can_run():
     assert not runs_in_c(4, matmul_dtype=jnp.bfloat16)  # float32 only
     assert not runs_in_c(4, return_trace=True)  # traces come from scan_cell
     assert not runs_in_c(4, hand_written_backward=False)
+    assert runs_in_c(4, recurrent_dropout_mask=jnp.ones((3, 4)))
 
 
 def test_loop_native_refuses_what_it_cannot_run_in_one_line():
     W, U, b = jnp.zeros((2, 16)), jnp.zeros((4, 16)), jnp.zeros(16)
     x = jnp.zeros((3, 5, 2))
-    with pytest.raises(ValueError, match="loop='native' cannot run here: it has no recurrent"):
-        lstm_scan(W, U, b, x, recurrent_dropout_mask=jnp.ones((3, 4)), loop="native")
-    with pytest.raises(ValueError, match="float32 only"):
+    with pytest.raises(ValueError, match="loop='native' cannot run here: it computes in float32"):
         lstm_scan(W, U, b, x, matmul_dtype=jnp.bfloat16, loop="native")
     with pytest.raises(ValueError, match='loop must be "auto", "scan" or "native", got .fast.'):
         lstm_scan(W, U, b, x, loop="fast")
