@@ -51,7 +51,8 @@ def reviews(maxlen: int = 12, padding: str = "post"):
 
 
 def test_registry_and_settings_follow_the_seeds():
-    assert set(MODELS) == set(SETTINGS) == set(KERAS_PARAMS) | {"bilstm-big", "best"}
+    issue_14 = {"bilstm-big", "bilstm-ngrams", "best"}
+    assert set(MODELS) == set(SETTINGS) == set(KERAS_PARAMS) | issue_14
     sizes = lambda s: (s.vocab_size, s.maxlen, s.embedding_dim, s.batch_size, s.epochs)  # noqa: E731
     assert sizes(SETTINGS["simple"]) == (5000, 500, 32, 64, 3)
     assert sizes(SETTINGS["seed002"]) == (2000, 80, 128, 32, 15)
