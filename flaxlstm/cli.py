@@ -306,6 +306,8 @@ def _train_imdb(config: ImdbConfig) -> None:
         data = data._replace(train=imdb_data.Split(*(a[order] for a in data.train)))
     if getattr(model, "nbsvm", None) is not None:  # fitted to the reviews the network trains on
         n = split_point(len(data.train.labels), config.validation_split)
+        if not config.quiet:
+            print(f"NBSVM: fitting to {n:,} reviews (about a minute for 25,000)", flush=True)
         model.nbsvm.fit(data.train.ids[:n], data.train.lengths[:n], data.train.labels[:n])
     # As seed 002's fit, the test split is scored after every epoch (never to choose a model),
     # unless --no-test: a run that chooses a model on its validation split never reads it.
