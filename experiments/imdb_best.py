@@ -340,7 +340,10 @@ def semi_ensemble(alone: list[float], best: list[float]) -> list[str]:
         "`python experiments/imdb_best.py",
         "--semi-nbsvm` loads each run's network, fits NBSVM to all the training reviews and",
         "scores the test split once, which is what the same fine-tuning command with",
-        f"`--nbsvm {scored['nbsvm']:g}` computes: NBSVM takes no part in training):",
+        f"`--nbsvm {scored['nbsvm']:g}` computes: NBSVM takes no part in training; checked for",
+        "seed 0, where the command itself, `flaxlstm train imdb --init-from runs/lm/word-256",
+        "--model best --dropout 0.3 --nbsvm 8 --seed 0`, gave the same losses to the last digit",
+        "and 91.59 %):",
         f"{', '.join(f'{a:.2f}' for a in test)} %, mean **{np.mean(test):.2f} ±"
         f" {np.std(test):.2f}**, {np.mean(test) - np.mean(alone):+.2f} points on the networks",
         f"alone and {np.mean(test) - np.mean(best):+.2f} on the supervised `best`.",
