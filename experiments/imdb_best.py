@@ -131,7 +131,7 @@ def report(path: Path) -> None:
         lstm, hybrid, best = (finals[name] for name in ("bilstm-big", "bilstm-ngrams", "best"))
         best_seconds = [
             json.loads(path.read_text())["train_seconds"]
-            for path in Path("runs/results/cpu/clip-buckets-cosine").glob("best-seed*/metrics.json")
+            for path in FINALS.glob("best-seed*/metrics.json")
         ]
         listed = lambda runs: ", ".join(f"{a:.2f}" for a in runs)  # noqa: E731
         lines += [
@@ -225,12 +225,14 @@ def accuracy(path: Path, name: str = "test_accuracy") -> float | None:
     return 100 * json.loads(path.read_text())[name] if path.is_file() else None
 
 
+FINALS = Path("runs/results/cpu/clip-buckets-cosine")  # experiments/imdb_results.py's runs
+
+
 def final_runs() -> dict[str, list[float]]:
     """The test accuracies (%) of the runs of `--model bilstm-big`, `bilstm-ngrams` and
-    `best` on all the training reviews (experiments/imdb_results.py)."""
-    runs = Path("runs/results/cpu/clip-buckets-cosine")
+    `best` on all the training reviews (FINALS)."""
     return {
-        name: [accuracy(f) for f in sorted(runs.glob(f"{name}-seed*/metrics.json"))]
+        name: [accuracy(f) for f in sorted(FINALS.glob(f"{name}-seed*/metrics.json"))]
         for name in ("bilstm-big", "bilstm-ngrams", "best")
     }
 

@@ -137,11 +137,11 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
             memcpy(p->c_prev + row * H, c_n, (size_t)rows * H * sizeof(float));
             memcpy(p->h_prev + row * H, h_n, (size_t)rows * H * sizeof(float));
         }
-        for (int r = 0; r < rows; r++) { /* [x_t, h * rmask] */
+        for (int r = 0; r < rows; r++) { /* [x_t, h r] */
+            const float *rm = p->rmask ? p->rmask + (size_t)(lo + r) * H : NULL;
             memcpy(xh + (size_t)r * K, p->x + (row + r) * F, F * sizeof(float));
-            memcpy(xh + (size_t)r * K + F, h_n + (size_t)r * H, H * sizeof(float));
-            if (p->rmask)
-                for (int j = 0; j < H; j++) xh[(size_t)r * K + F + j] *= p->rmask[(size_t)(lo + r) * H + j];
+            for (int j = 0; j < H; j++)
+                xh[(size_t)r * K + F + j] = h_n[(size_t)r * H + j] * (rm ? rm[j] : 1.0f);
         }
         gemm(rows, K, Gp, xh, K, p->wu, p->base, 0, z, Gp); /* z = [x_t, h r].[w; u] + bias */
         for (int r = 0; r < rows; r++) {
@@ -166,9 +166,10 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
 
 /* Forward over T steps of B rows (from the last step to the first when reverse; every array
  * stays in time order). x [T, B, F], w [F, 4H], u [H, 4H], bias [4H], c0, h0 [B, H], mask
- * [T, B] (1 real, 0 padded; NULL: all real), rmask [B, H] (NULL: none). Writes the outputs out [T, B, H], the final state
- * c_n, h_n [B, H] and, when save (for the backward), the activated gates a [T, B, 4H] and the
- * state each step starts from, c_prev, h_prev [T, B, H]. Each step's product is
+ * [T, B] (1 real, 0 padded; NULL: all real), rmask [B, H] (NULL: none). Writes the outputs
+ * out [T, B, H], the final state c_n, h_n [B, H] and, when save (for the backward), the
+ * activated gates a [T, B, 4H] and the state each step starts from, c_prev, h_prev [T, B, H].
+ * Each step's product is
  * [x_t, h r].[w; u] + bias: one product, and no [T, B, 4H] input projection in memory. */
 void lstm_forward(int T, int B, int H, int F, int reverse, int save, const float *x,
                   const float *w, const float *u, const float *bias, const float *c0,
@@ -182,7 +183,8 @@ void lstm_forward(int T, int B, int H, int F, int reverse, int save, const float
     memcpy(base, bias, G * sizeof(float));
     memcpy(c_n, c0, (size_t)B * H * sizeof(float));
     memcpy(h_n, h0, (size_t)B * H * sizeof(float));
-    Forward context = {T, B, H, F, reverse, save, x, mask, rmask, wu, base, a, c_prev, h_prev, out, c_n, h_n};
+    Forward context = {T, B, H, F, reverse, save, x, mask, rmask, wu, base,
+                       a, c_prev, h_prev, out, c_n, h_n};
     in_parts(forward_rows, &context, B, parts_for(B));
     free(wu);
     free(base);
@@ -190,7 +192,7 @@ void lstm_forward(int T, int B, int H, int F, int reverse, int save, const float
 
 typedef struct {
     int T, B, H, F, reverse;
-    const float *a, *c_prev, *h_prev, *x, *d_out, *mask, *rmask, *wut; /* wut = [w; u]^T [4H, Kp] */
+    const float *a, *c_prev, *h_prev, *x, *d_out, *mask, *rmask, *wut; /* wut: [w; u]^T */
     float *dx, *dh, *dc, *sums, *d_rmask; /* sums: each part's [dw; du; dbias] [K + 1, Gp] */
 } Backward;
 
@@ -231,9 +233,9 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
                 dhr[j] = d_h; /* what a padded step passes back */
             }
             for (int k = 0; k < F; k++) xh1t_s[(size_t)k * block + r] = p->x[(row + r) * F + k];
+            const float *rm = p->rmask ? p->rmask + (size_t)(lo + r) * H : NULL;
             for (int k = 0; k < H; k++)
-                xh1t_s[(size_t)(F + k) * block + r] =
-                    p->h_prev[(row + r) * H + k] * (p->rmask ? p->rmask[(size_t)(lo + r) * H + k] : 1.0f);
+                xh1t_s[(size_t)(F + k) * block + r] = p->h_prev[(row + r) * H + k] * (rm ? rm[k] : 1.0f);
             xh1t_s[(size_t)K * block + r] = 1.0f;
         }
         gemm(rows, G, Kp, dz, Gp, p->wut, zero, 0, dxh, Kp); /* [dx_t, dh_prev] = dz.[w; u]^T */
@@ -242,14 +244,12 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
         for (int r = 0; r < rows; r++) {
             memcpy(p->dx + (row + r) * F, dxh + (size_t)r * Kp, F * sizeof(float));
             const float *dh_in = dxh + (size_t)r * Kp + F; /* the gradient of h r */
-            if (p->rmask) { /* d rmask += h_prev dh_in;  dh_prev = dh_in r */
-                const float *rm = p->rmask + (size_t)(lo + r) * H, *hp = p->h_prev + (row + r) * H;
-                float *drm = p->d_rmask + (size_t)(lo + r) * H;
-                for (int j = 0; j < H; j++) drm[j] += hp[j] * dh_in[j];
-                if (!p->mask || p->mask[row + r] != 0.0f)
-                    for (int j = 0; j < H; j++) dh[(size_t)r * H + j] = dh_in[j] * rm[j];
-            } else if (!p->mask || p->mask[row + r] != 0.0f)
-                memcpy(dh + (size_t)r * H, dh_in, H * sizeof(float));
+            const float *rm = p->rmask ? p->rmask + (size_t)(lo + r) * H : NULL;
+            if (!p->mask || p->mask[row + r] != 0.0f) /* dh_prev = dh_in r */
+                for (int j = 0; j < H; j++) dh[(size_t)r * H + j] = dh_in[j] * (rm ? rm[j] : 1.0f);
+            if (rm) /* d rmask += h_prev dh_in (dh_in is 0 where padded) */
+                for (int j = 0; j < H; j++)
+                    p->d_rmask[(size_t)(lo + r) * H + j] += p->h_prev[(row + r) * H + j] * dh_in[j];
         }
     }
     free(dzs);
@@ -283,7 +283,8 @@ void lstm_backward(int T, int B, int H, int F, int reverse, const float *a, cons
     memcpy(dh0, dh_n, (size_t)B * H * sizeof(float)); /* dh0, dc0 carry dh, dc */
     memcpy(dc0, dc_n, (size_t)B * H * sizeof(float));
     if (rmask) memset(d_rmask, 0, (size_t)B * H * sizeof(float)); /* each row's, by one part */
-    Backward context = {T, B, H, F, reverse, a, c_prev, h_prev, x, d_out, mask, rmask, wut, dx, dh0, dc0, sums, d_rmask};
+    Backward context = {T, B, H, F, reverse, a, c_prev, h_prev, x, d_out, mask, rmask, wut,
+                        dx, dh0, dc0, sums, d_rmask};
     in_parts(backward_rows, &context, B, parts);
     for (int k = 0; k <= K; k++) {
         float *to = k < F ? dw + (size_t)k * G : k < K ? du + (size_t)(k - F) * G : dbias;

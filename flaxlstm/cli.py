@@ -304,7 +304,7 @@ def _train_imdb(config: ImdbConfig) -> None:
         texts, labels = imdb_data.read_split("train", config.data_dir, limit=config.limit)
         order = imdb_data.movie_slice_order(texts, labels, config.validation_split)
         data = data._replace(train=imdb_data.Split(*(a[order] for a in data.train)))
-    if getattr(model, "nbsvm", None) is not None:  # fitted to the reviews the network trains on
+    if model.nbsvm is not None:  # fitted to the reviews the network trains on
         n = split_point(len(data.train.labels), config.validation_split)
         if not config.quiet:
             print(f"NBSVM: fitting to {n:,} reviews (about a minute for 25,000)", flush=True)

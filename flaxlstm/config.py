@@ -283,8 +283,8 @@ IMDB_MODELS: dict[str, ImdbModelConfig] = {
 # (2^21 weights), trained together.
 IMDB_MODELS["bilstm-ngrams"] = dataclasses.replace(IMDB_MODELS["bilstm-big"], ngrams=2**21)
 # Issue 14's best supervised model, chosen on the same slice: an ensemble of bilstm-ngrams and
-# NBSVM-bigrams fitted apart, the network's logit plus 8 × NBSVM's margin (weights 1 to 12
-# all scored 92.1–92.5 % there; 8 the most, docs/IMDB-BEST.md).
+# NBSVM-bigrams fitted apart, the network's logit plus 8 × NBSVM's margin (weights 1 to 32 all
+# scored 91.80–92.56 % there, 8 the most; docs/IMDB-BEST.md).
 IMDB_MODELS["best"] = dataclasses.replace(IMDB_MODELS["bilstm-ngrams"], nbsvm=8.0)
 
 

@@ -63,8 +63,8 @@ def _call(name: str, shapes, *arrays, reverse: bool, mask, rmask):
     has_mask, has_rmask = mask is not None, rmask is not None
     mask = mask[..., 0].astype(jnp.float32) if has_mask else empty
     rmask = empty if rmask is None else rmask
-    flags = dict(reverse=np.int32(reverse), has_mask=np.int32(has_mask))
-    return call(*arrays, mask, rmask, **flags, has_rmask=np.int32(has_rmask))
+    flags = dict(has_mask=np.int32(has_mask), has_rmask=np.int32(has_rmask))
+    return call(*arrays, mask, rmask, reverse=np.int32(reverse), **flags)
 
 
 def forward(x, W, U, b, c0, h0, mask, rmask, reverse: bool, save: bool = True):
