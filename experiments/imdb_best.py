@@ -214,8 +214,8 @@ def ensemble_choice() -> list[str]:
         "rows; scikit-learn's exact n-grams of the whole reviews: 90.72, below). NBSVM's",
         f"margins are smaller than the network's logits (medians {medians['NBSVM']:.2f} and",
         f"{medians['network']:.2f}), so small weights leave the network's decisions as they are",
-        "and large ones NBSVM's. Every weight tried beats both members; 8 scores the most (it",
-        "was first picked the same way on -ngrams' network of epoch 3), and `--model best` is",
+        "and large ones NBSVM's. Every weight tried beats both members; 8 scores the most (as",
+        "in an earlier ad-hoc trial on -ngrams' network of epoch 3, not kept), and `--model best` is",
         "`bilstm-ngrams` with `--nbsvm 8`: the choice is the slice's, not the test split's.",
     ]
 
