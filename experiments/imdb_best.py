@@ -215,8 +215,9 @@ def ensemble_choice() -> list[str]:
         f"margins are smaller than the network's logits (medians {medians['NBSVM']:.2f} and",
         f"{medians['network']:.2f}), so small weights leave the network's decisions as they are",
         "and large ones NBSVM's. Every weight tried beats both members; 8 scores the most (as",
-        "in an earlier ad-hoc trial on -ngrams' network of epoch 3, not kept), and `--model best` is",
-        "`bilstm-ngrams` with `--nbsvm 8`: the choice is the slice's, not the test split's.",
+        "in an earlier ad-hoc trial on -ngrams' network of epoch 3, not kept), and `--model",
+        "best` is `bilstm-ngrams` with `--nbsvm 8`: the choice is the slice's, not the test",
+        "split's.",
     ]
 
 
