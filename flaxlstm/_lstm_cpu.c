@@ -15,11 +15,17 @@
  *   c = f * c_prev + i * g,  h = o * tanh(c)
  * A padded step (mask 0) keeps the state and outputs 0, as recurrent.keep_state_where_padded.
  * A recurrent dropout mask r [B, H] (variational: the same at every step) multiplies h where
- * it enters the product: z = x_t.W + b + (h * r).U. */
+ * it enters the product: z = x_t.W + b + (h * r).U.
+ *
+ * With bf16 set (built only where the compiler targets AVX512-BF16: lstm_has_bf16()), every
+ * product takes bfloat16 operands, rounded to nearest even, and accumulates in float32
+ * (vdpbf16ps: two products per 32-bit lane), as lstm_scan's matmul_dtype=bfloat16 does: the
+ * bias is rounded too, everything else (gates, states, sums) stays float32. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,6 +82,115 @@ static void gemm(int rows, int k, int n, const float *in, int in_stride, const f
 #undef ROWS
 }
 
+/* Products on bfloat16 pairs: a `pair` holds two bfloat16 (the first in the low half), the
+ * operands of one vdpbf16ps lane. pack_rows turns in [rows, k] into pairs along k,
+ * [rows, (k + 1) / 2]; pack_cols turns m [k, n] into pairs down its columns, [(k + 1) / 2, n];
+ * an odd k's missing half is 0. */
+typedef uint32_t pair;
+
+static inline uint32_t bf16_bits(float f) { /* round to nearest even (finite f) */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
+static inline float bf16_round(float f) {
+    uint32_t u = bf16_bits(f) << 16;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static void pack_rows(int rows, int k, const float *in, int in_stride, pair *out) {
+    int k2 = (k + 1) / 2;
+    for (int r = 0; r < rows; r++) {
+        const float *ir = in + (size_t)r * in_stride;
+        pair *outr = out + (size_t)r * k2;
+        for (int i = 0; i < k / 2; i++) outr[i] = bf16_bits(ir[2 * i]) | bf16_bits(ir[2 * i + 1]) << 16;
+        if (k % 2) outr[k2 - 1] = bf16_bits(ir[k - 1]);
+    }
+}
+
+static void pack_cols(int k, int n, const float *m, int m_stride, pair *out) {
+    for (int i = 0; i < k / 2; i++) {
+        const float *a = m + (size_t)2 * i * m_stride, *b = a + m_stride;
+        for (int j = 0; j < n; j++) out[(size_t)i * n + j] = bf16_bits(a[j]) | bf16_bits(b[j]) << 16;
+    }
+    if (k % 2)
+        for (int j = 0; j < n; j++) out[(size_t)(k / 2) * n + j] = bf16_bits(m[(size_t)(k - 1) * m_stride + j]);
+}
+
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+int lstm_has_bf16(void) { return 1; }
+
+/* As TILE, on pairs: k2 pairs of in's row against k2 rows of pairs of m. */
+#define TILE_BF16(R, Q)                                                                          \
+    static void tileb_##R##x##Q(int k2, int n, int c, const pair *in, int in_stride,            \
+                                const pair *m, const float *base, int base_stride, float *out,  \
+                                int out_stride) {                                                \
+        __m512 acc[R][Q];                                                                        \
+        for (int r = 0; r < R; r++)                                                              \
+            for (int q = 0; q < Q; q++) acc[r][q] = _mm512_loadu_ps(base + r * base_stride + c + 16 * q); \
+        for (int i = 0; i < k2; i++) {                                                           \
+            __m512bh mi[Q];                                                                      \
+            for (int q = 0; q < Q; q++)                                                          \
+                mi[q] = (__m512bh)_mm512_loadu_si512(m + (size_t)i * n + c + 16 * q);            \
+            for (int r = 0; r < R; r++) {                                                        \
+                __m512bh a = (__m512bh)_mm512_set1_epi32((int)in[r * in_stride + i]);           \
+                for (int q = 0; q < Q; q++) acc[r][q] = _mm512_dpbf16_ps(acc[r][q], a, mi[q]);   \
+            }                                                                                    \
+        }                                                                                        \
+        for (int r = 0; r < R; r++)                                                              \
+            for (int q = 0; q < Q; q++) _mm512_storeu_ps(out + r * out_stride + c + 16 * q, acc[r][q]); \
+    }
+TILE_BF16(8, 2)
+TILE_BF16(1, 2)
+TILE_BF16(8, 1)
+TILE_BF16(1, 1)
+
+/* As gemm, on pairs: out = base + in.m, in [rows, k2] and m [k2, n] pairs. */
+static void gemm_bf16(int rows, int k2, int n, const pair *in, int in_stride, const pair *m,
+                      const float *base, int base_stride, float *out, int out_stride) {
+#define ROWS(Q)                                                                                  \
+    for (int r = 0; r < rows;) {                                                                 \
+        const pair *ir = in + r * in_stride;                                                     \
+        const float *br = base + r * base_stride;                                                \
+        float *outr = out + r * out_stride;                                                      \
+        if (r + 8 <= rows) {                                                                     \
+            tileb_8x##Q(k2, n, c, ir, in_stride, m, br, base_stride, outr, out_stride);          \
+            r += 8;                                                                              \
+        } else {                                                                                 \
+            tileb_1x##Q(k2, n, c, ir, in_stride, m, br, base_stride, outr, out_stride);          \
+            r += 1;                                                                              \
+        }                                                                                        \
+    }
+    int c = 0;
+    for (; c + 32 <= n; c += 32) ROWS(2)
+    for (; c < n; c += 16) ROWS(1)
+#undef ROWS
+}
+#else
+int lstm_has_bf16(void) { return 0; }
+static void gemm_bf16(int rows, int k2, int n, const pair *in, int in_stride, const pair *m,
+                      const float *base, int base_stride, float *out, int out_stride) {
+    (void)rows, (void)k2, (void)n, (void)in, (void)in_stride, (void)m, (void)base;
+    (void)base_stride, (void)out, (void)out_stride;
+    abort(); /* never called: native.py asks lstm_has_bf16() first */
+}
+#endif
+
+/* out = base + in.m for in [rows, k] (float32, rounded to pairs into the scratch in2 when m
+ * is pairs) and m [k, n]: float32, or pairs [(k + 1) / 2, n] when bf16. */
+static void product(int bf16, int rows, int k, int n, const float *in, int in_stride,
+                    pair *in2, const void *m, const float *base, int base_stride, float *out,
+                    int out_stride) {
+    if (!bf16) {
+        gemm(rows, k, n, in, in_stride, m, base, base_stride, out, out_stride);
+        return;
+    }
+    pack_rows(rows, k, in, in_stride, in2);
+    gemm_bf16(rows, (k + 1) / 2, n, in2, (k + 1) / 2, m, base, base_stride, out, out_stride);
+}
+
 /* Runs work(context, part, lo, hi) on parts of the rows [0, B), one thread per part, the
  * first on the calling thread; returns when all are done. */
 typedef void (*Work)(const void *context, int part, int lo, int hi);
@@ -116,11 +231,18 @@ static void in_parts(Work work, const void *context, int B, int parts) {
     }
 }
 
-static inline float sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
+/* σ and tanh through glibc's vector expf, on arguments clamped to where they are 0 or 1 (±1)
+ * in float32 already: glibc's vector expf and tanhf compute arguments beyond their range one
+ * lane at a time, which costs more than all the other lanes. */
+static inline float sigmoid(float z) { return 1.0f / (1.0f + expf(-fmaxf(z, -88.0f))); }
+static inline float tanh_(float z) { /* tanh z = 1 - 2 / (e^2z + 1) */
+    return 1.0f - 2.0f / (expf(2.0f * fminf(fmaxf(z, -9.0f), 9.0f)) + 1.0f);
+}
 
 typedef struct {
-    int T, B, H, F, reverse, save;
-    const float *x, *mask, *rmask, *wu, *base; /* wu = [w; u], base = bias, 4H padded to Gp */
+    int T, B, H, F, reverse, save, bf16;
+    const float *x, *mask, *rmask, *base; /* base = bias, 4H padded to Gp */
+    const void *wu;                       /* [w; u] [K, Gp], or its pairs when bf16 */
     float *a, *c_prev, *h_prev, *out, *c_n, *h_n;
 } Forward;
 
@@ -129,6 +251,7 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
     int T = p->T, B = p->B, H = p->H, F = p->F, G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H;
     int rows = hi - lo;
     float *z = calloc((size_t)rows * Gp, sizeof(float)), *xh = calloc((size_t)rows * K, sizeof(float));
+    pair *xh2 = p->bf16 ? calloc((size_t)rows * ((K + 1) / 2), sizeof(pair)) : NULL;
     float *c_n = p->c_n + (size_t)lo * H, *h_n = p->h_n + (size_t)lo * H; /* the carried state */
     (void)part;
     for (int s = 0; s < T; s++) {
@@ -143,7 +266,8 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
             for (int j = 0; j < H; j++)
                 xh[(size_t)r * K + F + j] = h_n[(size_t)r * H + j] * (rm ? rm[j] : 1.0f);
         }
-        gemm(rows, K, Gp, xh, K, p->wu, p->base, 0, z, Gp); /* z = [x_t, h r].[w; u] + bias */
+        /* z = [x_t, h r].[w; u] + bias */
+        product(p->bf16, rows, K, Gp, xh, K, xh2, p->wu, p->base, 0, z, Gp);
         for (int r = 0; r < rows; r++) {
             float m = p->mask ? p->mask[row + r] : 1.0f;
             float *zr = z + (size_t)r * Gp, *cr = c_n + (size_t)r * H, *hr = h_n + (size_t)r * H;
@@ -151,8 +275,8 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
 #pragma omp simd
             for (int j = 0; j < H; j++) {
                 float i_ = sigmoid(zr[j]), f_ = sigmoid(zr[H + j]);
-                float g_ = tanhf(zr[2 * H + j]), o_ = sigmoid(zr[3 * H + j]);
-                float c = f_ * cr[j] + i_ * g_, h = o_ * tanhf(c);
+                float g_ = tanh_(zr[2 * H + j]), o_ = sigmoid(zr[3 * H + j]);
+                float c = f_ * cr[j] + i_ * g_, h = o_ * tanh_(c);
                 ar[j] = i_, ar[H + j] = f_, ar[2 * H + j] = g_, ar[3 * H + j] = o_;
                 cr[j] = m != 0.0f ? c : cr[j];
                 hr[j] = m != 0.0f ? h : hr[j];
@@ -162,6 +286,7 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
     }
     free(z);
     free(xh);
+    free(xh2);
 }
 
 /* Forward over T steps of B rows (from the last step to the first when reverse; every array
@@ -170,8 +295,9 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
  * out [T, B, H], the final state c_n, h_n [B, H] and, when save (for the backward), the
  * activated gates a [T, B, 4H] and the state each step starts from, c_prev, h_prev [T, B, H].
  * Each step's product is
- * [x_t, h r].[w; u] + bias: one product, and no [T, B, 4H] input projection in memory. */
-void lstm_forward(int T, int B, int H, int F, int reverse, int save, const float *x,
+ * [x_t, h r].[w; u] + bias: one product, and no [T, B, 4H] input projection in memory;
+ * bf16: on bfloat16 operands (see the top). */
+void lstm_forward(int T, int B, int H, int F, int reverse, int save, int bf16, const float *x,
                   const float *w, const float *u, const float *bias, const float *c0,
                   const float *h0, const float *mask, const float *rmask, float *a,
                   float *c_prev, float *h_prev, float *out, float *c_n, float *h_n) {
@@ -180,39 +306,51 @@ void lstm_forward(int T, int B, int H, int F, int reverse, int save, const float
     for (int k = 0; k < K; k++)
         memcpy(wu + (size_t)k * Gp, k < F ? w + (size_t)k * G : u + (size_t)(k - F) * G,
                G * sizeof(float));
-    memcpy(base, bias, G * sizeof(float));
+    for (int j = 0; j < G; j++) base[j] = bf16 ? bf16_round(bias[j]) : bias[j];
+    pair *wu2 = bf16 ? malloc((size_t)(K + 1) / 2 * Gp * sizeof(pair)) : NULL;
+    if (bf16) pack_cols(K, Gp, wu, Gp, wu2);
     memcpy(c_n, c0, (size_t)B * H * sizeof(float));
     memcpy(h_n, h0, (size_t)B * H * sizeof(float));
-    Forward context = {T, B, H, F, reverse, save, x, mask, rmask, wu, base,
-                       a, c_prev, h_prev, out, c_n, h_n};
+    Forward context = {T, B, H, F, reverse, save, bf16, x, mask, rmask, base,
+                       bf16 ? (const void *)wu2 : wu, a, c_prev, h_prev, out, c_n, h_n};
     in_parts(forward_rows, &context, B, parts_for(B));
     free(wu);
+    free(wu2);
     free(base);
 }
 
 typedef struct {
-    int T, B, H, F, reverse;
-    const float *a, *c_prev, *h_prev, *x, *d_out, *mask, *rmask, *wut; /* wut: [w; u]^T */
+    int T, B, H, F, reverse, bf16;
+    const float *a, *c_prev, *h_prev, *x, *d_out, *mask, *rmask;
+    const void *wut; /* [w; u]^T [4H, Kp], or its pairs when bf16 */
     float *dx, *dh, *dc, *sums, *d_rmask; /* sums: each part's [dw; du; dbias] [K + 1, Gp] */
 } Backward;
 
-/* The backward adds [x_t, h_prev, 1]^T.dz to the weight gradients' sums for this many steps
- * at once: one product over SUM_STEPS * rows instead of a pass over the sums every step. */
+/* The backward adds [x_t, h_prev]^T.dz to the weight gradients' sums for this many steps at
+ * once: one product over SUM_STEPS * rows instead of a pass over the sums every step. */
 enum { SUM_STEPS = 8 };
 
 static void backward_rows(const void *context, int part, int lo, int hi) {
     const Backward *p = context;
     int T = p->T, B = p->B, H = p->H, F = p->F, G = 4 * H, Gp = (G + 15) / 16 * 16;
     int K = F + H, Kp = (K + 15) / 16 * 16, rows = hi - lo, block = SUM_STEPS * rows;
-    /* the last SUM_STEPS steps' dz [block, Gp] and [x_t, h_prev, 1]^T [K + 1, block] */
-    float *dzs = calloc((size_t)block * Gp, sizeof(float)), *xh1t = calloc((size_t)(K + 1) * block, sizeof(float));
+    /* the last SUM_STEPS steps' dz [block, Gp] and [x_t, h_prev]^T [K, block] */
+    float *dzs = calloc((size_t)block * Gp, sizeof(float)), *xht = calloc((size_t)K * block, sizeof(float));
     float *dxh = calloc((size_t)rows * Kp, sizeof(float));
+    /* bf16: the pairs of dz, of [x_t, h_prev]^T and of the last steps' dz */
+    pair *dz2 = NULL, *xht2 = NULL, *dzs2 = NULL;
+    if (p->bf16) {
+        dz2 = calloc((size_t)rows * (G / 2), sizeof(pair));
+        xht2 = calloc((size_t)K * ((block + 1) / 2), sizeof(pair));
+        dzs2 = calloc((size_t)(block + 1) / 2 * Gp, sizeof(pair));
+    }
     float *zero = calloc((size_t)Kp, sizeof(float)), *sum = p->sums + (size_t)part * (K + 1) * Gp;
+    float *dbias = sum + (size_t)K * Gp; /* summed in float32 as dz comes */
     float *dh = p->dh + (size_t)lo * H, *dc = p->dc + (size_t)lo * H; /* carried */
     for (int s = T - 1, done = 0; s >= 0; s--, done++) {
         size_t row = (size_t)(p->reverse ? T - 1 - s : s) * B + lo;
         int slot = done % SUM_STEPS;
-        float *dz = dzs + (size_t)slot * rows * Gp, *xh1t_s = xh1t + (size_t)slot * rows;
+        float *dz = dzs + (size_t)slot * rows * Gp, *xht_s = xht + (size_t)slot * rows;
         for (int r = 0; r < rows; r++) {
             float m = p->mask ? p->mask[row + r] : 1.0f;
             const float *ar = p->a + (row + r) * G, *cp = p->c_prev + (row + r) * H;
@@ -221,7 +359,7 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
 #pragma omp simd
             for (int j = 0; j < H; j++) {
                 float i_ = ar[j], f_ = ar[H + j], g_ = ar[2 * H + j], o_ = ar[3 * H + j];
-                float tc = tanhf(f_ * cp[j] + i_ * g_); /* c recomputed */
+                float tc = tanh_(f_ * cp[j] + i_ * g_); /* c recomputed */
                 int real = m != 0.0f;
                 float d_h = dhr[j] + (real ? dout[j] : 0.0f);
                 float d_c = dcr[j] + d_h * o_ * (1 - tc * tc);
@@ -232,15 +370,20 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
                 dcr[j] = real ? d_c * f_ : dcr[j];
                 dhr[j] = d_h; /* what a padded step passes back */
             }
-            for (int k = 0; k < F; k++) xh1t_s[(size_t)k * block + r] = p->x[(row + r) * F + k];
+            for (int j = 0; j < G; j++) dbias[j] += dzr[j];
+            for (int k = 0; k < F; k++) xht_s[(size_t)k * block + r] = p->x[(row + r) * F + k];
             const float *rm = p->rmask ? p->rmask + (size_t)(lo + r) * H : NULL;
             for (int k = 0; k < H; k++)
-                xh1t_s[(size_t)(F + k) * block + r] = p->h_prev[(row + r) * H + k] * (rm ? rm[k] : 1.0f);
-            xh1t_s[(size_t)K * block + r] = 1.0f;
+                xht_s[(size_t)(F + k) * block + r] = p->h_prev[(row + r) * H + k] * (rm ? rm[k] : 1.0f);
         }
-        gemm(rows, G, Kp, dz, Gp, p->wut, zero, 0, dxh, Kp); /* [dx_t, dh_prev] = dz.[w; u]^T */
-        if (slot == SUM_STEPS - 1 || s == 0) /* [dw; du; dbias] += the last steps' products */
-            gemm(K + 1, (slot + 1) * rows, Gp, xh1t, block, dzs, sum, Gp, sum, Gp);
+        /* [dx_t, dh_prev] = dz.[w; u]^T */
+        product(p->bf16, rows, G, Kp, dz, Gp, dz2, p->wut, zero, 0, dxh, Kp);
+        if (slot == SUM_STEPS - 1 || s == 0) { /* [dw; du] += the last steps' products */
+            int n = (slot + 1) * rows;
+            if (p->bf16) pack_cols(n, Gp, dzs, Gp, dzs2);
+            const void *m = p->bf16 ? (const void *)dzs2 : dzs;
+            product(p->bf16, K, n, Gp, xht, block, xht2, m, sum, Gp, sum, Gp);
+        }
         for (int r = 0; r < rows; r++) {
             memcpy(p->dx + (row + r) * F, dxh + (size_t)r * Kp, F * sizeof(float));
             const float *dh_in = dxh + (size_t)r * Kp + F; /* the gradient of h r */
@@ -254,8 +397,11 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
     }
     free(dzs);
     free(dxh);
-    free(xh1t);
+    free(xht);
     free(zero);
+    free(dz2);
+    free(xht2);
+    free(dzs2);
 }
 
 /* Backward over the T steps, in the opposite order to the forward's. a, c_prev, h_prev
@@ -266,11 +412,12 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
  *   dc~ = dc + dh o (1 - tanh^2 c),  dz = [dc~ g i(1-i), dc~ c_prev f(1-f), dc~ i (1-g^2),
  *   dh tanh(c) o(1-o)] (0 where padded),  dc_prev = dc~ f,
  *   [dx_t, dh_in] = dz.[w; u]^T,  dh_prev = dh_in r (dh passes unchanged where padded),
- *   [dw; du; dbias] += [x_t, h_prev r, 1]^T.dz,  d_rmask += h_prev dh_in
+ *   [dw; du] += [x_t, h_prev r]^T.dz,  dbias += dz,  d_rmask += h_prev dh_in
  * The weight gradients are summed in the loop, each part over its rows, then the parts' sums
- * in order: dz [T, B, 4H] is never stored (a large fresh buffer is slow to touch). */
-void lstm_backward(int T, int B, int H, int F, int reverse, const float *a, const float *c_prev,
-                   const float *h_prev, const float *x, const float *w, const float *u,
+ * in order: dz [T, B, 4H] is never stored (a large fresh buffer is slow to touch). bf16: every
+ * product on bfloat16 operands (see the top). */
+void lstm_backward(int T, int B, int H, int F, int reverse, int bf16, const float *a,
+                   const float *c_prev, const float *h_prev, const float *x, const float *w, const float *u,
                    const float *dh_n, const float *dc_n, const float *d_out, const float *mask,
                    const float *rmask, float *dx, float *dw, float *du, float *dbias,
                    float *dh0, float *dc0, float *d_rmask) {
@@ -279,12 +426,14 @@ void lstm_backward(int T, int B, int H, int F, int reverse, const float *a, cons
     for (int j = 0; j < G; j++)
         for (int k = 0; k < K; k++)
             wut[(size_t)j * Kp + k] = k < F ? w[(size_t)k * G + j] : u[(size_t)(k - F) * G + j];
+    pair *wut2 = bf16 ? malloc((size_t)(G / 2) * Kp * sizeof(pair)) : NULL;
+    if (bf16) pack_cols(G, Kp, wut, Kp, wut2);
     float *sums = calloc((size_t)parts * (K + 1) * Gp, sizeof(float));
     memcpy(dh0, dh_n, (size_t)B * H * sizeof(float)); /* dh0, dc0 carry dh, dc */
     memcpy(dc0, dc_n, (size_t)B * H * sizeof(float));
     if (rmask) memset(d_rmask, 0, (size_t)B * H * sizeof(float)); /* each row's, by one part */
-    Backward context = {T, B, H, F, reverse, a, c_prev, h_prev, x, d_out, mask, rmask, wut,
-                        dx, dh0, dc0, sums, d_rmask};
+    Backward context = {T, B, H, F, reverse, bf16, a, c_prev, h_prev, x, d_out, mask, rmask,
+                        bf16 ? (const void *)wut2 : wut, dx, dh0, dc0, sums, d_rmask};
     in_parts(backward_rows, &context, B, parts);
     for (int k = 0; k <= K; k++) {
         float *to = k < F ? dw + (size_t)k * G : k < K ? du + (size_t)(k - F) * G : dbias;
@@ -295,5 +444,6 @@ void lstm_backward(int T, int B, int H, int F, int reverse, const float *a, cons
         }
     }
     free(wut);
+    free(wut2);
     free(sums);
 }

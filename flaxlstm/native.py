@@ -1,9 +1,10 @@
 """The LSTM's time loop in C for the CPU (flaxlstm/_lstm_cpu.c), called from jitted code.
 
     available()                                        is the compiled loop installed?
-    forward(x, W, U, b, c0, h0, mask, rmask, reverse, save)
+    has_bfloat16()                      can it take bfloat16 products (AVX512-BF16)?
+    forward(x, W, U, b, c0, h0, mask, rmask, reverse, save, bf16)
         → a, c_prev, h_prev, outputs, (c_n, h_n)
-    backward(saved, x, W, U, mask, rmask, dh_n, dc_n, d_outputs, reverse)
+    backward(saved, x, W, U, mask, rmask, dh_n, dc_n, d_outputs, reverse, bf16)
         → dx, dW, dU, db, dh0, dc0, d_rmask
 
 On the CPU, XLA runs a ``jax.lax.scan`` step by step and pays a fixed cost for every operation
@@ -11,7 +12,9 @@ of its body at every step: at the seeds' sizes that, not arithmetic, is most of 
 C loop runs every step in one call, the batch rows split over the CPU's cores, each step one
 product [x_t, h]·[W; U] + b, and the backward sums the weight gradients as it goes.
 ``recurrent.lstm_scan`` takes it for the standard cell in float32 on the CPU
-(``loop="auto"``).
+(``loop="auto"``), and for bfloat16 products (``matmul_dtype``) where the CPU multiplies
+bfloat16 itself (AVX512-BF16; built with ``-march=native``): operands rounded to bfloat16 as the
+scan rounds them, float32 accumulation, state and gates.
 
 XLA calls the loop through its FFI (flaxlstm/_lstm_cpu_ffi.cc), on its own buffers, in
 place. The library is built with the package (setup.py; optional: where it cannot be compiled,
@@ -29,45 +32,53 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _load() -> bool:
+def _load() -> ctypes.CDLL | None:
     """Load the compiled library and register its two FFI handlers with XLA."""
     spec = importlib.util.find_spec("flaxlstm._lstm_cpu")
     if spec is None or not spec.origin:
-        return False
+        return None
     try:
         library = ctypes.CDLL(spec.origin)
     except OSError:
-        return False
+        return None
     for name in ("LstmForward", "LstmBackward"):
         handler = jax.ffi.pycapsule(getattr(library, name))
         jax.ffi.register_ffi_target(f"flaxlstm_{name}", handler, platform="cpu")
-    return True
+    return library
 
 
-_LOADED = _load()
+_LIBRARY = _load()
 
 
 def available() -> bool:
     """Whether the compiled loop is installed (``flaxlstm._lstm_cpu``)."""
-    return _LOADED
+    return _LIBRARY is not None
 
 
-def _call(name: str, shapes, *arrays, reverse: bool, mask, rmask):
+def has_bfloat16() -> bool:
+    """Whether the compiled loop can take bfloat16 products: built for a CPU with AVX512-BF16."""
+    return _LIBRARY is not None and bool(_LIBRARY.lstm_has_bf16())
+
+
+def _call(name: str, shapes, *arrays, reverse: bool, mask, rmask, bf16: bool):
     """XLA's call of the handler ``name`` on float32 ``arrays``, then ``mask`` (the scan's
     [T, B, 1] booleans, True at real steps; None: every step is real) and the recurrent
-    dropout mask ``rmask`` [B, H] (None: none), with outputs of ``shapes``. The loop reads the
-    mask as [T, B] float32, 1 at real steps."""
+    dropout mask ``rmask`` [B, H] (None: none), with outputs of ``shapes``; ``bf16``: the
+    products on bfloat16 operands. The loop reads the mask as [T, B] float32, 1 at real
+    steps."""
+    if bf16 and not has_bfloat16():
+        raise ValueError("the C loop cannot take bfloat16 products on this CPU (no AVX512-BF16)")
     results = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
     call = jax.ffi.ffi_call(f"flaxlstm_{name}", results, vmap_method="sequential")
     empty = jnp.zeros((0,), jnp.float32)  # an unread placeholder for a missing mask
     has_mask, has_rmask = mask is not None, rmask is not None
     mask = mask[..., 0].astype(jnp.float32) if has_mask else empty
     rmask = empty if rmask is None else rmask
-    flags = dict(has_mask=np.int32(has_mask), has_rmask=np.int32(has_rmask))
+    flags = dict(has_mask=np.int32(has_mask), has_rmask=np.int32(has_rmask), bf16=np.int32(bf16))
     return call(*arrays, mask, rmask, reverse=np.int32(reverse), **flags)
 
 
-def forward(x, W, U, b, c0, h0, mask, rmask, reverse: bool, save: bool = True):
+def forward(x, W, U, b, c0, h0, mask, rmask, reverse: bool, save: bool = True, bf16=False):
     """The loop's forward pass.
 
     Args:
@@ -78,6 +89,7 @@ def forward(x, W, U, b, c0, h0, mask, rmask, reverse: bool, save: bool = True):
         same at every step), or None.
       reverse: run from the last step to the first (every array stays in time order).
       save: also return what the backward needs (else None): writing it costs time.
+      bf16: the products on bfloat16 operands (``has_bfloat16()`` only), float32 elsewhere.
     Returns:
       the activated gates a [T, B, 4H], the state each step started from c_prev and h_prev
       [T, B, H] (or None), the outputs [T, B, H] and the final state (c, h) [B, H] each.
@@ -89,22 +101,35 @@ def forward(x, W, U, b, c0, h0, mask, rmask, reverse: bool, save: bool = True):
     shapes = [(steps, batch, gates), (steps, batch, hidden), (steps, batch, hidden)]
     shapes += [(time, batch, hidden), (batch, hidden), (batch, hidden)]
     *saved, outputs, c_n, h_n = _call(
-        "LstmForward", shapes, x, W, U, b, c0, h0, reverse=reverse, mask=mask, rmask=rmask
+        "LstmForward",
+        shapes,
+        x,
+        W,
+        U,
+        b,
+        c0,
+        h0,
+        reverse=reverse,
+        mask=mask,
+        rmask=rmask,
+        bf16=bf16,
     )
     return (*(saved if save else [None] * 3), outputs, (c_n, h_n))
 
 
-def backward(saved, x, W, U, mask, rmask, dh_n, dc_n, d_outputs, reverse: bool):
+def backward(saved, x, W, U, mask, rmask, dh_n, dc_n, d_outputs, reverse: bool, bf16=False):
     """The loop's backward pass, from what ``forward`` saved (a, c_prev, h_prev), its inputs
     x [T, B, F], W, U, mask and rmask, the final state's gradients dh_n, dc_n [B, H] and the
     outputs' d_outputs [T, B, H] (cell.lstm_step_backward's math, step by step). Returns
     dx [T, B, F], dW, dU, db, the start state's dh0, dc0 [B, H] and rmask's gradient [B, H]
     (None without one). The weight gradients are summed inside the loop: the per-step dz
-    [T, B, 4H] is never stored."""
+    [T, B, 4H] is never stored. ``bf16`` as ``forward``'s."""
     time, batch, features = x.shape
     hidden = U.shape[0]
     shapes = [(time, batch, features), W.shape, U.shape, (4 * hidden,)] + [(batch, hidden)] * 2
     shapes.append((0,) if rmask is None else (batch, hidden))
     arrays = (*saved, x, W, U, dh_n, dc_n, d_outputs)
-    grads = _call("LstmBackward", shapes, *arrays, reverse=reverse, mask=mask, rmask=rmask)
+    grads = _call(
+        "LstmBackward", shapes, *arrays, reverse=reverse, mask=mask, rmask=rmask, bf16=bf16
+    )
     return (*grads[:-1], None if rmask is None else grads[-1])

@@ -320,10 +320,22 @@ def native_loop_fits(fused: bool, dtype, matmul_dtype, steps: int) -> str | None
         (not native.available(), "flaxlstm._lstm_cpu is not built (see setup.py)"),
         (jax.default_backend() != "cpu", f"the backend is {jax.default_backend()}, not the CPU"),
         (not fused, "it runs only the standard cell with its hand-written backward"),
-        (dtype != jnp.float32 or matmul_dtype is not None, "it computes in float32 only"),
+        (dtype != jnp.float32, "it computes in float32 only"),
+        (
+            jnp.dtype(matmul_dtype or jnp.float32) != jnp.float32
+            and not _bf16_products(matmul_dtype),
+            "its products are float32, or bfloat16 on a CPU with AVX512-BF16",
+        ),
         (steps == 0, "there is no step to run"),
     ]
     return next((why for bad, why in reasons if bad), None)
+
+
+def _bf16_products(matmul_dtype) -> bool:
+    """Whether the C loop takes ``matmul_dtype``'s products in bfloat16 (None: float32)."""
+    if matmul_dtype is None:
+        return False
+    return jnp.dtype(matmul_dtype) == jnp.bfloat16 and native.has_bfloat16()
 
 
 def _choose_loop(loop: str, fused, dtype, matmul_dtype, steps: int) -> bool:
@@ -358,7 +370,16 @@ def _fused_forward(
     step started from, c_prev and h_prev [T, B, H]."""
     if opt.native:
         a, c_prev, h_prev, outputs, final = native.forward(
-            x, W, U, b, *state, mask, recurrent_mask, opt.reverse, save
+            x,
+            W,
+            U,
+            b,
+            *state,
+            mask,
+            recurrent_mask,
+            opt.reverse,
+            save,
+            bf16=_bf16_products(opt.matmul_dtype),
         )
         return LSTMState(*final), outputs, (a, c_prev, h_prev) if save else None
     WUb = _stack(opt, W, U, b)
@@ -401,7 +422,16 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
     d_final, d_outputs = cotangents
     if opt.native:
         dx, dW, dU, db, dh0, dc0, d_recurrent_mask = native.backward(
-            saved, x, W, U, mask, recurrent_mask, *d_final[::-1], d_outputs, opt.reverse
+            saved,
+            x,
+            W,
+            U,
+            mask,
+            recurrent_mask,
+            *d_final[::-1],
+            d_outputs,
+            opt.reverse,
+            bf16=_bf16_products(opt.matmul_dtype),
         )
         return dW, dU, db, dx, None, LSTMState(dc0, dh0), d_recurrent_mask
     carry, ys = _backward_loop(

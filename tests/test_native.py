@@ -6,7 +6,7 @@ tests/test_speed_paths.py compares with jax autodiff and the numpy reference. He
 compared on outputs, final states and every gradient, for padding anywhere (an all-padded row
 included), both directions, initial states, recurrent dropout (the mask's gradient included),
 rematerialisation, a batch smaller than the CPU count, sizes that are not multiples of the
-loop's 16-wide vectors, and under ``jax.vmap``.
+loop's 16-wide vectors, under ``jax.vmap``, and with bfloat16 products where the CPU has them.
 """
 
 import functools
@@ -53,13 +53,16 @@ def case(shape, padding, seed=0):
     return params, x, None if mask is None else jnp.asarray(mask), state, weights
 
 
-@functools.partial(jax.jit, static_argnames=("loop", "reverse", "remat"))
-def value_and_grads(W, U, b, x, c0, h0, mask, weights, rmask=None, *, loop, reverse, remat=False):
+@functools.partial(jax.jit, static_argnames=("loop", "reverse", "remat", "matmul_dtype"))
+def value_and_grads(
+    W, U, b, x, c0, h0, mask, weights, rmask=None, *, loop, reverse, remat=False, matmul_dtype=None
+):
     """The loss over every output and both final states, the outputs, and the gradients with
     respect to W, U, b, x, c0, h0 and the recurrent dropout mask ``rmask`` [B, H] (if any)."""
 
     def loss(W, U, b, x, c0, h0, rmask):
         kwargs = dict(reverse=reverse, remat=remat, loop=loop, recurrent_dropout_mask=rmask)
+        kwargs |= dict(matmul_dtype=matmul_dtype)
         state, out, _ = lstm_scan(W, U, b, x, mask, LSTMState(c0, h0), **kwargs)
         w_out, w_c, w_h = weights
         total = jnp.sum(out * w_out) + jnp.sum(state.c * w_c) + jnp.sum(state.h * w_h)
@@ -69,9 +72,14 @@ def value_and_grads(W, U, b, x, c0, h0, mask, weights, rmask=None, *, loop, reve
     return jax.value_and_grad(loss, argnums=argnums, has_aux=True)(W, U, b, x, c0, h0, rmask)
 
 
-def assert_close(ours, theirs):
+def assert_close(ours, theirs, rtol=2e-5, atol=2e-6):
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+
+
+def dropout_mask(batch, hidden):
+    keep = np.random.default_rng(4).uniform(size=(batch, hidden)) < 0.7
+    return jnp.asarray(keep / 0.7, jnp.float32)  # inverted dropout, as layers.LSTM makes it
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -94,15 +102,28 @@ def test_the_c_loop_equals_the_scan(shape, padding, reverse):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_the_c_loop_with_recurrent_dropout_equals_the_scan(shape, padding, reverse):
     (W, U, b), x, mask, (c0, h0), weights = case(shape, padding, seed=3)
-    batch, _, _, hidden = shape
-    keep = np.random.default_rng(4).uniform(size=(batch, hidden)) < 0.7
-    rmask = jnp.asarray(keep / 0.7, jnp.float32)  # inverted dropout, as layers.LSTM makes it
+    rmask = dropout_mask(shape[0], shape[3])
     args = (W, U, b, x, c0, h0, mask, weights, rmask)
     ours = value_and_grads(*args, loop="native", reverse=reverse)
     assert_close(ours, value_and_grads(*args, loop="scan", reverse=reverse))
     without = value_and_grads(*args[:-1], loop="native", reverse=reverse)
     assert not np.allclose(ours[0][1], without[0][1])  # the mask changed the outputs
     assert np.abs(np.asarray(ours[1][6])).max() > 1e-2  # and has a gradient
+
+
+@pytest.mark.skipif(not native.has_bfloat16(), reason="the CPU has no AVX512-BF16")
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_c_loop_in_bfloat16_equals_the_scan_in_bfloat16(shape, reverse):
+    (W, U, b), x, mask, (c0, h0), weights = case(shape, "scattered", seed=5)
+    args = (W, U, b, x, c0, h0, mask, weights, dropout_mask(shape[0], shape[3]))
+    ours = value_and_grads(*args, loop="native", reverse=reverse, matmul_dtype=jnp.bfloat16)
+    theirs = value_and_grads(*args, loop="scan", reverse=reverse, matmul_dtype=jnp.bfloat16)
+    # the same bfloat16 roundings of operands that differ in their last float32 bits only
+    assert_close(ours, theirs, rtol=1e-3, atol=1e-4)
+    in_float32 = value_and_grads(*args, loop="native", reverse=reverse)
+    for a, b in zip(jax.tree.leaves(ours[1]), jax.tree.leaves(in_float32[1]), strict=True):
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4  # really in bfloat16
 
 
 def test_rematerialised_c_loop_gives_the_same_gradients():
@@ -138,7 +159,8 @@ def test_auto_takes_the_c_loop_wherever_it_can_run():
     assert runs_in_c(100, features=32)  # seed 003's layer
     assert runs_in_c(4, loop="native")
     assert not runs_in_c(4, loop="scan")
-    assert not runs_in_c(4, matmul_dtype=jnp.bfloat16)  # float32 only
+    assert runs_in_c(4, matmul_dtype=jnp.bfloat16) == native.has_bfloat16()  # AVX512-BF16
+    assert not runs_in_c(4, matmul_dtype=jnp.float16)
     assert not runs_in_c(4, return_trace=True)  # traces come from scan_cell
     assert not runs_in_c(4, hand_written_backward=False)
     assert runs_in_c(4, recurrent_dropout_mask=jnp.ones((3, 4)))
@@ -147,7 +169,7 @@ def test_auto_takes_the_c_loop_wherever_it_can_run():
 def test_loop_native_refuses_what_it_cannot_run_in_one_line():
     W, U, b = jnp.zeros((2, 16)), jnp.zeros((4, 16)), jnp.zeros(16)
     x = jnp.zeros((3, 5, 2))
-    with pytest.raises(ValueError, match="loop='native' cannot run here: it computes in float32"):
-        lstm_scan(W, U, b, x, matmul_dtype=jnp.bfloat16, loop="native")
+    with pytest.raises(ValueError, match="loop='native' cannot run here: its products are"):
+        lstm_scan(W, U, b, x, matmul_dtype=jnp.float16, loop="native")
     with pytest.raises(ValueError, match='loop must be "auto", "scan" or "native", got .fast.'):
         lstm_scan(W, U, b, x, loop="fast")
