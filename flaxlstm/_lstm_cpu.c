@@ -28,6 +28,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 typedef float v16 __attribute__((vector_size(64)));
 
@@ -234,6 +235,15 @@ static void in_parts(Work work, const void *context, int B, int parts) {
 /* σ and tanh through glibc's vector expf, on arguments clamped to where they are 0 or 1 (±1)
  * in float32 already: glibc's vector expf and tanhf compute arguments beyond their range one
  * lane at a time, which costs more than all the other lanes. */
+/* Asks the kernel for 2 MiB pages under the whole 2 MiB pages inside [p, p + bytes): XLA hands
+ * the loop large output buffers in freshly mapped memory, and touching it 4 KiB page by page
+ * costs more than writing it (docs/PERFORMANCE.md). Only a hint: nothing changes if refused. */
+static void huge_pages(void *p, size_t bytes) {
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    uintptr_t lo = ((uintptr_t)p + huge - 1) & ~(huge - 1), hi = ((uintptr_t)p + bytes) & ~(huge - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+}
+
 static inline float sigmoid(float z) { return 1.0f / (1.0f + expf(-fmaxf(z, -88.0f))); }
 static inline float tanh_(float z) { /* tanh z = 1 - 2 / (e^2z + 1) */
     return 1.0f - 2.0f / (expf(2.0f * fminf(fmaxf(z, -9.0f), 9.0f)) + 1.0f);
@@ -313,6 +323,12 @@ void lstm_forward(int T, int B, int H, int F, int reverse, int save, int bf16, c
     memcpy(h_n, h0, (size_t)B * H * sizeof(float));
     Forward context = {T, B, H, F, reverse, save, bf16, x, mask, rmask, base,
                        bf16 ? (const void *)wu2 : wu, a, c_prev, h_prev, out, c_n, h_n};
+    if (save) {
+        huge_pages(a, (size_t)T * B * G * sizeof(float));
+        huge_pages(c_prev, (size_t)T * B * H * sizeof(float));
+        huge_pages(h_prev, (size_t)T * B * H * sizeof(float));
+    }
+    huge_pages(out, (size_t)T * B * H * sizeof(float));
     in_parts(forward_rows, &context, B, parts_for(B));
     free(wu);
     free(wu2);
@@ -434,6 +450,7 @@ void lstm_backward(int T, int B, int H, int F, int reverse, int bf16, const floa
     if (rmask) memset(d_rmask, 0, (size_t)B * H * sizeof(float)); /* each row's, by one part */
     Backward context = {T, B, H, F, reverse, bf16, a, c_prev, h_prev, x, d_out, mask, rmask,
                         bf16 ? (const void *)wut2 : wut, dx, dh0, dc0, sums, d_rmask};
+    huge_pages(dx, (size_t)T * B * F * sizeof(float));
     in_parts(backward_rows, &context, B, parts);
     for (int k = 0; k <= K; k++) {
         float *to = k < F ? dw + (size_t)k * G : k < K ? du + (size_t)(k - F) * G : dbias;
