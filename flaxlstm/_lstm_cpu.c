@@ -25,6 +25,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -192,19 +193,58 @@ static void product(int bf16, int rows, int k, int n, const float *in, int in_st
     gemm_bf16(rows, (k + 1) / 2, n, in2, (k + 1) / 2, m, base, base_stride, out, out_stride);
 }
 
-/* Runs work(context, part, lo, hi) on parts of the rows [0, B), one thread per part, the
- * first on the calling thread; returns when all are done. */
+/* Runs work(context, part, lo, hi) on parts of the rows [0, B) and returns when all are done.
+ * Helpers are started with spawn(pool, task, arg) (XLA's own thread pool, handed to the FFI
+ * handler: its idle threads take them at once, where a new thread would have to share a CPU
+ * with them), or on new threads when spawn is NULL. The caller and its helpers each take the
+ * next part not yet taken until none is left, so the parts are done even if no helper ever
+ * starts (a pool whose every thread is busy); the last holder of the shared state frees it. */
 typedef void (*Work)(const void *context, int part, int lo, int hi);
+typedef void (*Spawn)(void *pool, void (*task)(void *), void *arg);
 typedef struct {
     Work work;
     const void *context;
-    int part, lo, hi;
-} Job;
+    int B, parts;
+    atomic_int next, done, holders; /* parts taken, parts done, who may still read this */
+} Parts;
 
-static void *run_job(void *job) {
-    const Job *j = job;
-    j->work(j->context, j->part, j->lo, j->hi);
+static void take_parts(Parts *ps) {
+    for (int p; (p = atomic_fetch_add(&ps->next, 1)) < ps->parts; atomic_fetch_add(&ps->done, 1))
+        ps->work(ps->context, p, ps->B * p / ps->parts, ps->B * (p + 1) / ps->parts);
+}
+
+static void let_go(Parts *ps) {
+    if (atomic_fetch_sub(&ps->holders, 1) == 1) free(ps);
+}
+
+static void helper(void *ps) {
+    take_parts(ps);
+    let_go(ps);
+}
+
+typedef struct {
+    void (*task)(void *);
+    void *arg;
+} Task;
+
+static void *run_task(void *task) {
+    Task t = *(Task *)task;
+    free(task);
+    t.task(t.arg);
     return NULL;
+}
+
+/* A Spawn without a pool: task(arg) on a new thread (or here, if none can be had). */
+static void spawn_thread(void *pool, void (*task)(void *), void *arg) {
+    pthread_t thread;
+    pthread_attr_t attr;
+    Task *t = malloc(sizeof *t);
+    (void)pool;
+    *t = (Task){task, arg};
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&thread, &attr, run_task, t) != 0) run_task(t);
+    pthread_attr_destroy(&attr);
 }
 
 enum { MAX_PARTS = 64 };
@@ -217,19 +257,14 @@ static int parts_for(int B) {
     return parts < 1 ? 1 : parts > MAX_PARTS ? MAX_PARTS : parts;
 }
 
-static void in_parts(Work work, const void *context, int B, int parts) {
-    Job jobs[MAX_PARTS];
-    pthread_t threads[MAX_PARTS];
-    int started[MAX_PARTS] = {0};
-    for (int p = 0; p < parts; p++) jobs[p] = (Job){work, context, p, B * p / parts, B * (p + 1) / parts};
-    for (int p = 1; p < parts; p++) started[p] = pthread_create(&threads[p], NULL, run_job, &jobs[p]) == 0;
-    run_job(&jobs[0]);
-    for (int p = 1; p < parts; p++) {
-        if (started[p])
-            pthread_join(threads[p], NULL);
-        else
-            run_job(&jobs[p]); /* no thread to be had: this one does it */
-    }
+static void in_parts(Work work, const void *context, int B, int parts, Spawn spawn, void *pool) {
+    Parts *ps = malloc(sizeof *ps);
+    ps->work = work, ps->context = context, ps->B = B, ps->parts = parts;
+    atomic_init(&ps->next, 0), atomic_init(&ps->done, 0), atomic_init(&ps->holders, parts);
+    for (int p = 1; p < parts; p++) (spawn ? spawn : spawn_thread)(pool, helper, ps);
+    take_parts(ps);
+    while (atomic_load(&ps->done) < parts) sched_yield(); /* a helper finishing its part */
+    let_go(ps);
 }
 
 /* σ and tanh through glibc's vector expf, on arguments clamped to where they are 0 or 1 (±1)
@@ -318,7 +353,7 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
  * Each step's product is
  * [x_t, h r].[w; u] + bias: one product, and no [T, B, 4H] input projection in memory;
  * bf16: on bfloat16 operands (see the top). */
-void lstm_forward(int T, int B, int H, int F, int reverse, int save, int bf16, const float *x,
+void lstm_forward(Spawn spawn, void *pool, int T, int B, int H, int F, int reverse, int save, int bf16, const float *x,
                   const float *w, const float *u, const float *bias, const float *c0,
                   const float *h0, const float *mask, const float *rmask, float *a,
                   float *c_prev, float *h_prev, float *out, float *c_n, float *h_n) {
@@ -340,7 +375,7 @@ void lstm_forward(int T, int B, int H, int F, int reverse, int save, int bf16, c
         huge_pages(h_prev, (size_t)T * B * H * sizeof(float));
     }
     huge_pages(out, (size_t)T * B * H * sizeof(float));
-    in_parts(forward_rows, &context, B, parts_for(B));
+    in_parts(forward_rows, &context, B, parts_for(B), spawn, pool);
     free(wu);
     free(wu2);
     free(base);
@@ -443,7 +478,7 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
  * The weight gradients are summed in the loop, each part over its rows, then the parts' sums
  * in order: dz [T, B, 4H] is never stored (a large fresh buffer is slow to touch). bf16: every
  * product on bfloat16 operands (see the top). */
-void lstm_backward(int T, int B, int H, int F, int reverse, int bf16, const float *a,
+void lstm_backward(Spawn spawn, void *pool, int T, int B, int H, int F, int reverse, int bf16, const float *a,
                    const float *c_prev, const float *h_prev, const float *x, const float *w, const float *u,
                    const float *dh_n, const float *dc_n, const float *d_out, const float *mask,
                    const float *rmask, float *dx, float *dw, float *du, float *dbias,
@@ -462,7 +497,7 @@ void lstm_backward(int T, int B, int H, int F, int reverse, int bf16, const floa
     Backward context = {T, B, H, F, reverse, bf16, a, c_prev, h_prev, x, d_out, mask, rmask,
                         bf16 ? (const void *)wut2 : wut, dx, dh0, dc0, sums, d_rmask};
     huge_pages(dx, (size_t)T * B * F * sizeof(float));
-    in_parts(backward_rows, &context, B, parts);
+    in_parts(backward_rows, &context, B, parts, spawn, pool);
     for (int k = 0; k <= K; k++) {
         float *to = k < F ? dw + (size_t)k * G : k < K ? du + (size_t)(k - F) * G : dbias;
         for (int j = 0; j < G; j++) {
