@@ -267,9 +267,6 @@ static void in_parts(Work work, const void *context, int B, int parts, Spawn spa
     let_go(ps);
 }
 
-/* σ and tanh through glibc's vector expf, on arguments clamped to where they are 0 or 1 (±1)
- * in float32 already: glibc's vector expf and tanhf compute arguments beyond their range one
- * lane at a time, which costs more than all the other lanes. */
 /* Asks the kernel for 2 MiB pages under the whole 2 MiB pages inside [p, p + bytes): XLA hands
  * the loop large output buffers in freshly mapped memory, and touching it 4 KiB page by page
  * costs more than writing it (docs/PERFORMANCE.md). Only a hint: nothing changes if refused. */
@@ -279,10 +276,9 @@ static void huge_pages(void *p, size_t bytes) {
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
 }
 
+/* σ through glibc's vector expf (tanhf is glibc's too), z clamped where σ is 0 in float32
+ * already, so that e^-z stays finite. */
 static inline float sigmoid(float z) { return 1.0f / (1.0f + expf(-fmaxf(z, -88.0f))); }
-static inline float tanh_(float z) { /* tanh z = 1 - 2 / (e^2z + 1) */
-    return 1.0f - 2.0f / (expf(2.0f * fminf(fmaxf(z, -9.0f), 9.0f)) + 1.0f);
-}
 
 /* A row of 4H's four gate slices, i, f, g, o: one pointer each, so that the compiler reads
  * each slice with plain vector loads (j + H indexing made gcc gather element by element). */
@@ -331,8 +327,8 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
 #pragma omp simd
             for (int j = 0; j < H; j++) {
                 float i_ = sigmoid(zg.i[j]), f_ = sigmoid(zg.f[j]);
-                float g_ = tanh_(zg.g[j]), o_ = sigmoid(zg.o[j]);
-                float c = f_ * cr[j] + i_ * g_, h = o_ * tanh_(c);
+                float g_ = tanhf(zg.g[j]), o_ = sigmoid(zg.o[j]);
+                float c = f_ * cr[j] + i_ * g_, h = o_ * tanhf(c);
                 ag.i[j] = i_, ag.f[j] = f_, ag.g[j] = g_, ag.o[j] = o_;
                 cr[j] = m != 0.0f ? c : cr[j];
                 hr[j] = m != 0.0f ? h : hr[j];
@@ -421,7 +417,7 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
 #pragma omp simd
             for (int j = 0; j < H; j++) {
                 float i_ = ag.i[j], f_ = ag.f[j], g_ = ag.g[j], o_ = ag.o[j];
-                float tc = tanh_(f_ * cp[j] + i_ * g_); /* c recomputed */
+                float tc = tanhf(f_ * cp[j] + i_ * g_); /* c recomputed */
                 int real = m != 0.0f;
                 float d_h = dhr[j] + (real ? dout[j] : 0.0f);
                 float d_c = dcr[j] + d_h * o_ * (1 - tc * tc);
