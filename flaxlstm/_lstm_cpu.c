@@ -4,11 +4,11 @@
  * XLA:CPU pays a fixed cost for every operation of a loop's body, every step; at the sizes of
  * the seeds' models that cost, not arithmetic, is most of a step (docs/PERFORMANCE.md). Here
  * one call runs all T steps. The batch rows are independent, so the rows are cut into one part
- * per CPU this process may run on, and each part goes through every step on its own thread
- * with no synchronisation between steps (threads started per call and joined: nothing is left
- * spinning between calls). Each step's products are register-tiled (8 rows x 32 columns of
- * accumulators); everything else of a step is one pass over [rows, H]. Arrays are float32,
- * time-major, C-contiguous.
+ * per CPU this process may run on, and each part goes through every step on one thread with
+ * no synchronisation between steps: the calling thread and helpers on XLA's own thread pool
+ * (in_parts; no thread is left spinning between calls). Each step's products are
+ * register-tiled (8 rows x 32 columns of accumulators); everything else of a step is one pass
+ * over [rows, H]. Arrays are float32, time-major, C-contiguous.
  *
  * Gates are laid out [i, f, g, o] along the last axis of size 4H, as flaxlstm/cell.py has them:
  *   z = x_t.W + b + h.U,  i, f, o = sigma(z_i, z_f, z_o),  g = tanh(z_g)
