@@ -15,8 +15,11 @@ tokens per second (B·T / step), the compile time (the first call for PyTorch, w
 nothing), XLA's memory plan of the compiled step (arguments + outputs + temporaries − aliased;
 JAX only), the peak resident memory of a fresh process that builds the model and runs
 ``--rss-steps`` steps (``--no-rss`` skips it), and each one's step time as a ratio to
-flaxlstm's. Peers that are not installed are skipped with a note (``pip install
-"flaxlstm[bench]"``).
+flaxlstm's. On the CPU also the FLOP floor: the step's matrix products (the LSTM's forward
+[B·T, E + H]·[E + H, 4H] and the backward's two of that size; the rest of the step is small
+next to them) at the float32 rate numpy's matrix product reaches in the same run at
+2048 × 2048 × 2048, and each step time as a multiple of it. Peers that are not installed are
+skipped with a note (``pip install "flaxlstm[bench]"``).
 
 On a GPU every JAX implementation runs on JAX's default device, PyTorch on ``cuda`` (its
 ``nn.LSTM`` then calls cuDNN), and ``cudnn`` is ``jax.experimental.rnn.lstm`` (cuDNN through
@@ -173,7 +176,36 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} logical CPUs" + "".join(f", {g}" for g in gpus)
 
 
-def run_shape(shape_name: str, names: list[str], repeats: int, budget_s: float) -> list[dict]:
+def step_flops(shape: dict) -> float:
+    """The train step's matrix-product FLOPs: 2·B·T·(E + H)·4H forward, twice that backward."""
+    return (
+        3
+        * 2
+        * shape["batch"]
+        * shape["time"]
+        * (shape["embed"] + shape["hidden"])
+        * (4 * shape["hidden"])
+    )
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """numpy's float32 matrix product n × n × n on this machine, now: the best of ``repeats``,
+    GFLOP/s."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a  # warm-up: threads started, pages touched
+    best = min(_seconds(lambda: a @ a) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_shape(
+    shape_name: str, names: list[str], repeats: int, budget_s: float, gflops: float | None = None
+) -> list[dict]:
     shape = SHAPES[shape_name]
     ids, labels = make_data(shape)
     runners = []
@@ -197,24 +229,28 @@ def run_shape(shape_name: str, names: list[str], repeats: int, budget_s: float) 
             )
         )
     base = rows[0]["step_ms"]
+    floor_ms = None if gflops is None else 1e3 * step_flops(shape) / (gflops * 1e9)
     for row in rows:
         row["ratio"] = row["step_ms"] / base
+        row["floor_ms"] = floor_ms
+        row["floor_ratio"] = None if floor_ms is None else row["step_ms"] / floor_ms
     return rows
 
 
 def table(rows: list[dict]) -> str:
     head = (
         "| implementation | step ms (median) | min–max ms | tokens/s | compile s "
-        "| XLA plan MiB | peak RSS MiB | peak GPU MiB | × flaxlstm |"
+        "| XLA plan MiB | peak RSS MiB | peak GPU MiB | × flaxlstm | × FLOP floor |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
         lines.append(
             f"| {r['name']} | {r['step_ms']:.1f} | {min(r['step_ms_all']):.1f}–"
             f"{max(r['step_ms_all']):.1f} | {r['tokens_per_s']:,.0f} | {r['compile_s']:.2f} "
             f"| {fmt(r['xla_mib'], '.1f')} | {fmt(r.get('rss_mib'), '.0f')} "
-            f"| {fmt(r.get('gpu_mib'), '.0f')} | {r['ratio']:.2f} |"
+            f"| {fmt(r.get('gpu_mib'), '.0f')} | {r['ratio']:.2f} "
+            f"| {fmt(r.get('floor_ratio'), '.2f')} |"
         )
     return "\n".join(lines)
 
@@ -261,10 +297,19 @@ def main(argv: list[str] | None = None) -> int:
     if env:
         print("environment: " + " ".join(f"{k}={v}" for k, v in env.items()))
     command = "python benchmarks/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    import jax
+
+    if jax.default_backend() == "cpu":
+        info["matmul_gflops"] = matmul_gflops()
+        print(f"numpy float32 matrix product, 2048³: {info['matmul_gflops']:.0f} GFLOP/s")
     results = []
     for shape_name in shapes:
         print(f"\n{shape_name}: {SHAPES[shape_name]}", flush=True)
-        rows = run_shape(shape_name, names, args.repeats, args.budget)
+        floor = info.get("matmul_gflops")
+        rows = run_shape(shape_name, names, args.repeats, args.budget, floor)
+        if floor:
+            flops = step_flops(SHAPES[shape_name])
+            print(f"FLOP floor: {rows[0]['floor_ms']:.1f} ms ({flops:.3g} FLOP)")
         if not args.no_rss:
             for row in rows:
                 row["rss_mib"], row["gpu_mib"] = peak_memory_mib(

@@ -276,9 +276,12 @@ static void huge_pages(void *p, size_t bytes) {
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
 }
 
-/* σ through glibc's vector expf (tanhf is glibc's too), z clamped where σ is 0 in float32
- * already, so that e^-z stays finite. */
-static inline float sigmoid(float z) { return 1.0f / (1.0f + expf(-fmaxf(z, -88.0f))); }
+/* tanh of n floats, n a multiple of 16 (glibc's vector tanhf, 16 lanes at a time: a loop to
+ * H = 100 would leave 4 lanes to the scalar tanhf, which costs as much as the other 96). */
+static void tanh_all(int n, const float *in, float *out) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) out[j] = tanhf(in[j]);
+}
 
 /* A row of 4H's four gate slices, i, f, g, o: one pointer each, so that the compiler reads
  * each slice with plain vector loads (j + H indexing made gcc gather element by element). */
@@ -293,6 +296,7 @@ static inline Gates gates(const float *row, int H) {
 typedef struct {
     int T, B, H, F, reverse, save, bf16;
     const float *x, *mask, *rmask, *base; /* base = bias, 4H padded to Gp */
+    const float *scale; /* [Gp]: 1 in g's columns, 1/2 elsewhere (forward_rows) */
     const void *wu;                       /* [w; u] [K, Gp], or its pairs when bf16 */
     float *a, *c_prev, *h_prev, *out, *c_n, *h_n;
 } Forward;
@@ -300,8 +304,9 @@ typedef struct {
 static void forward_rows(const void *context, int part, int lo, int hi) {
     const Forward *p = context;
     int T = p->T, B = p->B, H = p->H, F = p->F, G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H;
-    int rows = hi - lo;
+    int rows = hi - lo, Hp = (H + 15) / 16 * 16;
     float *z = calloc((size_t)rows * Gp, sizeof(float)), *xh = calloc((size_t)rows * K, sizeof(float));
+    float *c = calloc((size_t)Hp, sizeof(float)), *tc = calloc((size_t)Hp, sizeof(float));
     pair *xh2 = p->bf16 ? calloc((size_t)rows * ((K + 1) / 2), sizeof(pair)) : NULL;
     float *c_n = p->c_n + (size_t)lo * H, *h_n = p->h_n + (size_t)lo * H; /* the carried state */
     (void)part;
@@ -323,22 +328,29 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
             float m = p->mask ? p->mask[row + r] : 1.0f;
             float *zr = z + (size_t)r * Gp, *cr = c_n + (size_t)r * H, *hr = h_n + (size_t)r * H;
             float *outr = p->out + (row + r) * H;
-            Gates zg = gates(zr, H), ag = gates(p->save ? p->a + (row + r) * G : zr, H);
+            /* the gates in place, the whole padded row in one pass: σ(z) = tanh(z/2)/2 + 1/2,
+             * so a = s tanh(s z) + 1 - s with s = 1/2 for i, f, o and s = 1 for g */
+#pragma omp simd
+            for (int j = 0; j < Gp; j++) zr[j] = p->scale[j] * tanhf(p->scale[j] * zr[j]) + 1 - p->scale[j];
+            Gates a = gates(zr, H);
+#pragma omp simd
+            for (int j = 0; j < H; j++) c[j] = a.f[j] * cr[j] + a.i[j] * a.g[j];
+            tanh_all(Hp, c, tc);
 #pragma omp simd
             for (int j = 0; j < H; j++) {
-                float i_ = sigmoid(zg.i[j]), f_ = sigmoid(zg.f[j]);
-                float g_ = tanhf(zg.g[j]), o_ = sigmoid(zg.o[j]);
-                float c = f_ * cr[j] + i_ * g_, h = o_ * tanhf(c);
-                ag.i[j] = i_, ag.f[j] = f_, ag.g[j] = g_, ag.o[j] = o_;
-                cr[j] = m != 0.0f ? c : cr[j];
+                float h = a.o[j] * tc[j];
+                cr[j] = m != 0.0f ? c[j] : cr[j];
                 hr[j] = m != 0.0f ? h : hr[j];
                 outr[j] = m != 0.0f ? h : 0.0f;
             }
+            if (p->save) memcpy(p->a + (row + r) * G, zr, G * sizeof(float));
         }
     }
     free(z);
     free(xh);
     free(xh2);
+    free(c);
+    free(tc);
 }
 
 /* Forward over T steps of B rows (from the last step to the first when reverse; every array
@@ -358,12 +370,14 @@ void lstm_forward(Spawn spawn, void *pool, int T, int B, int H, int F, int rever
     for (int k = 0; k < K; k++)
         memcpy(wu + (size_t)k * Gp, k < F ? w + (size_t)k * G : u + (size_t)(k - F) * G,
                G * sizeof(float));
+    float *scale = malloc((size_t)Gp * sizeof(float));
+    for (int j = 0; j < Gp; j++) scale[j] = j >= 2 * H && j < 3 * H ? 1.0f : 0.5f;
     for (int j = 0; j < G; j++) base[j] = bf16 ? bf16_round(bias[j]) : bias[j];
     pair *wu2 = bf16 ? malloc((size_t)(K + 1) / 2 * Gp * sizeof(pair)) : NULL;
     if (bf16) pack_cols(K, Gp, wu, Gp, wu2);
     memcpy(c_n, c0, (size_t)B * H * sizeof(float));
     memcpy(h_n, h0, (size_t)B * H * sizeof(float));
-    Forward context = {T, B, H, F, reverse, save, bf16, x, mask, rmask, base,
+    Forward context = {T, B, H, F, reverse, save, bf16, x, mask, rmask, base, scale,
                        bf16 ? (const void *)wu2 : wu, a, c_prev, h_prev, out, c_n, h_n};
     if (save) {
         huge_pages(a, (size_t)T * B * G * sizeof(float));
@@ -375,6 +389,7 @@ void lstm_forward(Spawn spawn, void *pool, int T, int B, int H, int F, int rever
     free(wu);
     free(wu2);
     free(base);
+    free(scale);
 }
 
 typedef struct {
@@ -395,6 +410,8 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
     /* the last SUM_STEPS steps' dz [block, Gp] and [x_t, h_prev]^T [K, block] */
     float *dzs = calloc((size_t)block * Gp, sizeof(float)), *xht = calloc((size_t)K * block, sizeof(float));
     float *dxh = calloc((size_t)rows * Kp, sizeof(float));
+    int Hp = (H + 15) / 16 * 16; /* c recomputed and its tanh, padded (tanh_all) */
+    float *c = calloc((size_t)Hp, sizeof(float)), *tc = calloc((size_t)Hp, sizeof(float));
     /* bf16: the pairs of dz, of [x_t, h_prev]^T and of the last steps' dz */
     pair *dz2 = NULL, *xht2 = NULL, *dzs2 = NULL;
     if (p->bf16) {
@@ -415,16 +432,18 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
             float *dzr = dz + (size_t)r * Gp, *dhr = dh + (size_t)r * H, *dcr = dc + (size_t)r * H;
             Gates ag = gates(p->a + (row + r) * G, H), dzg = gates(dzr, H);
 #pragma omp simd
+            for (int j = 0; j < H; j++) c[j] = ag.f[j] * cp[j] + ag.i[j] * ag.g[j];
+            tanh_all(Hp, c, tc);
+#pragma omp simd
             for (int j = 0; j < H; j++) {
                 float i_ = ag.i[j], f_ = ag.f[j], g_ = ag.g[j], o_ = ag.o[j];
-                float tc = tanhf(f_ * cp[j] + i_ * g_); /* c recomputed */
                 int real = m != 0.0f;
                 float d_h = dhr[j] + (real ? dout[j] : 0.0f);
-                float d_c = dcr[j] + d_h * o_ * (1 - tc * tc);
+                float d_c = dcr[j] + d_h * o_ * (1 - tc[j] * tc[j]);
                 dzg.i[j] = real ? d_c * g_ * i_ * (1 - i_) : 0.0f;
                 dzg.f[j] = real ? d_c * cp[j] * f_ * (1 - f_) : 0.0f;
                 dzg.g[j] = real ? d_c * i_ * (1 - g_ * g_) : 0.0f;
-                dzg.o[j] = real ? d_h * tc * o_ * (1 - o_) : 0.0f;
+                dzg.o[j] = real ? d_h * tc[j] * o_ * (1 - o_) : 0.0f;
                 dcr[j] = real ? d_c * f_ : dcr[j];
                 dhr[j] = d_h; /* what a padded step passes back */
             }
@@ -460,6 +479,8 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
     free(dz2);
     free(xht2);
     free(dzs2);
+    free(c);
+    free(tc);
 }
 
 /* Backward over the T steps, in the opposite order to the forward's. a, c_prev, h_prev

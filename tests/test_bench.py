@@ -30,6 +30,10 @@ def test_bench_runs_and_writes_json(tmp_path, monkeypatch, capsys):
         assert "cudnn: needs a GPU (cuDNN), skipped" in capsys.readouterr().out
     assert [r["name"] for r in rows] == names
     assert rows[0]["ratio"] == 1.0 and all(r["step_ms"] > 0 for r in rows)
+    if jax.default_backend() == "cpu":  # the FLOP floor: 3 · 2·B·T·(E + H)·4H at numpy's rate
+        floor = rows[0]["floor_ms"]
+        assert bench.step_flops(TINY) == 3 * 2 * 2 * 3 * (4 + 5) * 20
+        assert floor > 0 and rows[1]["floor_ratio"] == pytest.approx(rows[1]["step_ms"] / floor)
 
 
 def test_peak_memory_comes_from_a_fresh_process():
