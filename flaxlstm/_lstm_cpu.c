@@ -36,53 +36,63 @@ typedef float v16 __attribute__((vector_size(64)));
 static inline v16 load(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
 static inline void store(float *p, v16 v) { memcpy(p, &v, sizeof v); }
 
-/* One tile of out = base + in.m: R rows x 16Q columns from column c, the accumulators held in
- * registers over the whole k loop. Strides in floats; m's is n. out may be base. */
-#define TILE(R, Q)                                                                               \
-    static void tile_##R##x##Q(int k, int n, int c, const float *in, int in_stride,             \
-                               const float *m, const float *base, int base_stride, float *out,  \
-                               int out_stride) {                                                 \
+/* The products' register tiles, for float32 (In float, each k one multiply-add) and for
+ * bfloat16 pairs (In pair, below: each k two, vdpbf16ps). One tile of out = base + in.m: R rows
+ * x 16Q columns from column c, the accumulators held in registers over the whole k loop, m's
+ * rows loaded once for all R rows. Strides in In; m's is n. out may be base. */
+#define TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, R, Q)                                         \
+    static void NAME##_##R##x##Q(int k, int n, int c, const In *in, int in_stride, const In *m,  \
+                                 const float *base, int base_stride, float *out, int out_stride) { \
         v16 acc[R][Q];                                                                           \
         for (int r = 0; r < R; r++)                                                              \
             for (int q = 0; q < Q; q++) acc[r][q] = load(base + r * base_stride + c + 16 * q);   \
         for (int i = 0; i < k; i++) {                                                            \
-            v16 mi[Q];                                                                           \
-            for (int q = 0; q < Q; q++) mi[q] = load(m + (size_t)i * n + c + 16 * q);            \
+            Mv mi[Q];                                                                            \
+            for (int q = 0; q < Q; q++) mi[q] = LOAD_M(m + (size_t)i * n + c + 16 * q);          \
             for (int r = 0; r < R; r++) {                                                        \
-                float a = in[r * in_stride + i];                                                 \
-                for (int q = 0; q < Q; q++) acc[r][q] += a * mi[q];                              \
+                Mv a = BROADCAST(in[r * in_stride + i]);                                         \
+                for (int q = 0; q < Q; q++) acc[r][q] = MADD(acc[r][q], a, mi[q]);               \
             }                                                                                    \
         }                                                                                        \
         for (int r = 0; r < R; r++)                                                              \
             for (int q = 0; q < Q; q++) store(out + r * out_stride + c + 16 * q, acc[r][q]);     \
     }
-TILE(8, 2)
-TILE(1, 2)
-TILE(8, 1)
-TILE(1, 1)
 
-/* out[r, :n] = base[r, :n] + in[r, :k].m[:k, :n] for every row r < rows (n a multiple of 16;
- * base_stride 0 adds the same row to every row). Column panels outside, rows inside: a panel
- * of m (k x 32) stays in cache while every row block reads it. */
-static void gemm(int rows, int k, int n, const float *in, int in_stride, const float *m,
-                 const float *base, int base_stride, float *out, int out_stride) {
-#define ROWS(Q)                                                                                  \
-    for (int r = 0; r < rows;) {                                                                 \
-        const float *ir = in + r * in_stride, *br = base + r * base_stride;                      \
-        float *outr = out + r * out_stride;                                                      \
-        if (r + 8 <= rows) {                                                                     \
-            tile_8x##Q(k, n, c, ir, in_stride, m, br, base_stride, outr, out_stride);            \
-            r += 8;                                                                              \
-        } else {                                                                                 \
-            tile_1x##Q(k, n, c, ir, in_stride, m, br, base_stride, outr, out_stride);            \
-            r += 1;                                                                              \
+/* NAME(rows, k, n, in, ...): out[r, :n] = base[r, :n] + in[r, :k].m[:k, :n] for every row
+ * r < rows (n a multiple of 16; base_stride 0 adds the same row to every row), with NAME's
+ * four tiles. Column panels outside, rows inside: a panel of m (k x 32) stays in cache while
+ * every row block reads it. */
+#define GEMM(NAME, In)                                                                           \
+    static void NAME(int rows, int k, int n, const In *in, int in_stride, const In *m,           \
+                     const float *base, int base_stride, float *out, int out_stride) {           \
+        for (int c = 0, q; c < n; c += 16 * q) {                                                 \
+            q = c + 32 <= n ? 2 : 1;                                                             \
+            for (int r = 0; r < rows;) {                                                         \
+                const In *ir = in + r * in_stride;                                               \
+                const float *br = base + r * base_stride;                                        \
+                float *outr = out + r * out_stride;                                              \
+                int full = r + 8 <= rows;                                                        \
+                if (q == 2)                                                                      \
+                    (full ? NAME##_8x2 : NAME##_1x2)(k, n, c, ir, in_stride, m, br, base_stride, \
+                                                    outr, out_stride);                           \
+                else                                                                             \
+                    (full ? NAME##_8x1 : NAME##_1x1)(k, n, c, ir, in_stride, m, br, base_stride, \
+                                                    outr, out_stride);                           \
+                r += full ? 8 : 1;                                                               \
+            }                                                                                    \
         }                                                                                        \
     }
-    int c = 0;
-    for (; c + 32 <= n; c += 32) ROWS(2)
-    for (; c < n; c += 16) ROWS(1)
-#undef ROWS
-}
+#define TILES(NAME, In, Mv, LOAD_M, BROADCAST, MADD)                                             \
+    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 8, 2)                                            \
+    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 1, 2)                                            \
+    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 8, 1)                                            \
+    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 1, 1)                                            \
+    GEMM(NAME, In)
+
+/* float32: a scalar of in, broadcast, times a row of m (gcc's vector extension: AVX-512 or not). */
+#define SPLAT(x) ((v16){} + (x))
+#define FMA32(acc, a, mi) ((acc) + (a) * (mi))
+TILES(gemm, float, v16, load, SPLAT, FMA32)
 
 /* Products on bfloat16 pairs: a `pair` holds two bfloat16 (the first in the low half), the
  * operands of one vdpbf16ps lane. pack_rows turns in [rows, k] into pairs along k,
@@ -124,52 +134,11 @@ static void pack_cols(int k, int n, const float *m, int m_stride, pair *out) {
 #include <immintrin.h>
 int lstm_has_bf16(void) { return 1; }
 
-/* As TILE, on pairs: k2 pairs of in's row against k2 rows of pairs of m. */
-#define TILE_BF16(R, Q)                                                                          \
-    static void tileb_##R##x##Q(int k2, int n, int c, const pair *in, int in_stride,            \
-                                const pair *m, const float *base, int base_stride, float *out,  \
-                                int out_stride) {                                                \
-        __m512 acc[R][Q];                                                                        \
-        for (int r = 0; r < R; r++)                                                              \
-            for (int q = 0; q < Q; q++) acc[r][q] = _mm512_loadu_ps(base + r * base_stride + c + 16 * q); \
-        for (int i = 0; i < k2; i++) {                                                           \
-            __m512bh mi[Q];                                                                      \
-            for (int q = 0; q < Q; q++)                                                          \
-                mi[q] = (__m512bh)_mm512_loadu_si512(m + (size_t)i * n + c + 16 * q);            \
-            for (int r = 0; r < R; r++) {                                                        \
-                __m512bh a = (__m512bh)_mm512_set1_epi32((int)in[r * in_stride + i]);           \
-                for (int q = 0; q < Q; q++) acc[r][q] = _mm512_dpbf16_ps(acc[r][q], a, mi[q]);   \
-            }                                                                                    \
-        }                                                                                        \
-        for (int r = 0; r < R; r++)                                                              \
-            for (int q = 0; q < Q; q++) _mm512_storeu_ps(out + r * out_stride + c + 16 * q, acc[r][q]); \
-    }
-TILE_BF16(8, 2)
-TILE_BF16(1, 2)
-TILE_BF16(8, 1)
-TILE_BF16(1, 1)
-
-/* As gemm, on pairs: out = base + in.m, in [rows, k2] and m [k2, n] pairs. */
-static void gemm_bf16(int rows, int k2, int n, const pair *in, int in_stride, const pair *m,
-                      const float *base, int base_stride, float *out, int out_stride) {
-#define ROWS(Q)                                                                                  \
-    for (int r = 0; r < rows;) {                                                                 \
-        const pair *ir = in + r * in_stride;                                                     \
-        const float *br = base + r * base_stride;                                                \
-        float *outr = out + r * out_stride;                                                      \
-        if (r + 8 <= rows) {                                                                     \
-            tileb_8x##Q(k2, n, c, ir, in_stride, m, br, base_stride, outr, out_stride);          \
-            r += 8;                                                                              \
-        } else {                                                                                 \
-            tileb_1x##Q(k2, n, c, ir, in_stride, m, br, base_stride, outr, out_stride);          \
-            r += 1;                                                                              \
-        }                                                                                        \
-    }
-    int c = 0;
-    for (; c + 32 <= n; c += 32) ROWS(2)
-    for (; c < n; c += 16) ROWS(1)
-#undef ROWS
-}
+/* bfloat16: k pairs of in's row against k rows of pairs of m, two products per lane. */
+#define LOAD_PAIRS(p) ((__m512bh)_mm512_loadu_si512(p))
+#define BROADCAST_PAIR(x) ((__m512bh)_mm512_set1_epi32((int)(x)))
+#define DOT_BF16(acc, a, mi) _mm512_dpbf16_ps(acc, a, mi)
+TILES(gemm_bf16, pair, __m512bh, LOAD_PAIRS, BROADCAST_PAIR, DOT_BF16)
 #else
 int lstm_has_bf16(void) { return 0; }
 static void gemm_bf16(int rows, int k2, int n, const pair *in, int in_stride, const pair *m,
