@@ -1,7 +1,7 @@
 """The LSTM's time loop in C for the CPU (flaxlstm/_lstm_cpu.c), called from jitted code.
 
     available()                                        is the compiled loop installed?
-    has_bfloat16()                      can it take bfloat16 products (AVX512-BF16)?
+    has_bfloat16()                                     can it take bfloat16 products?
     forward(x, W, U, b, c0, h0, mask, rmask, reverse, save, bf16)
         → a, c_prev, h_prev, outputs, (c_n, h_n)
     backward(saved, x, W, U, mask, rmask, dh_n, dc_n, d_outputs, reverse, bf16)
@@ -78,7 +78,7 @@ def _call(name: str, shapes, *arrays, reverse: bool, mask, rmask, bf16: bool):
     return call(*arrays, mask, rmask, reverse=np.int32(reverse), **flags)
 
 
-def forward(x, W, U, b, c0, h0, mask, rmask, reverse: bool, save: bool = True, bf16=False):
+def forward(x, W, U, b, c0, h0, mask, rmask, reverse: bool, save: bool = True, bf16: bool = False):
     """The loop's forward pass.
 
     Args:
@@ -100,24 +100,14 @@ def forward(x, W, U, b, c0, h0, mask, rmask, reverse: bool, save: bool = True, b
     steps = time if save else 0
     shapes = [(steps, batch, gates), (steps, batch, hidden), (steps, batch, hidden)]
     shapes += [(time, batch, hidden), (batch, hidden), (batch, hidden)]
+    arrays = (x, W, U, b, c0, h0)
     *saved, outputs, c_n, h_n = _call(
-        "LstmForward",
-        shapes,
-        x,
-        W,
-        U,
-        b,
-        c0,
-        h0,
-        reverse=reverse,
-        mask=mask,
-        rmask=rmask,
-        bf16=bf16,
+        "LstmForward", shapes, *arrays, reverse=reverse, mask=mask, rmask=rmask, bf16=bf16
     )
     return (*(saved if save else [None] * 3), outputs, (c_n, h_n))
 
 
-def backward(saved, x, W, U, mask, rmask, dh_n, dc_n, d_outputs, reverse: bool, bf16=False):
+def backward(saved, x, W, U, mask, rmask, dh_n, dc_n, d_outputs, reverse: bool, bf16: bool = False):
     """The loop's backward pass, from what ``forward`` saved (a, c_prev, h_prev), its inputs
     x [T, B, F], W, U, mask and rmask, the final state's gradients dh_n, dc_n [B, H] and the
     outputs' d_outputs [T, B, H] (cell.lstm_step_backward's math, step by step). Returns

@@ -322,8 +322,7 @@ def native_loop_fits(fused: bool, dtype, matmul_dtype, steps: int) -> str | None
         (not fused, "it runs only the standard cell with its hand-written backward"),
         (dtype != jnp.float32, "it computes in float32 only"),
         (
-            jnp.dtype(matmul_dtype or jnp.float32) != jnp.float32
-            and not _bf16_products(matmul_dtype),
+            jnp.dtype(matmul_dtype or jnp.float32) not in (jnp.float32, _bf16_in_c()),
             "its products are float32, or bfloat16 on a CPU with AVX512-BF16",
         ),
         (steps == 0, "there is no step to run"),
@@ -331,11 +330,14 @@ def native_loop_fits(fused: bool, dtype, matmul_dtype, steps: int) -> str | None
     return next((why for bad, why in reasons if bad), None)
 
 
-def _bf16_products(matmul_dtype) -> bool:
-    """Whether the C loop takes ``matmul_dtype``'s products in bfloat16 (None: float32)."""
-    if matmul_dtype is None:
-        return False
-    return jnp.dtype(matmul_dtype) == jnp.bfloat16 and native.has_bfloat16()
+def _bf16_in_c():
+    """bfloat16 where the C loop can take bfloat16 products (AVX512-BF16), else float32."""
+    return jnp.dtype(jnp.bfloat16 if native.has_bfloat16() else jnp.float32)
+
+
+def _bf16(opt: _Options) -> bool:
+    """Whether the loop's products are bfloat16."""
+    return opt.matmul_dtype is not None and jnp.dtype(opt.matmul_dtype) == jnp.bfloat16
 
 
 def _choose_loop(loop: str, fused, dtype, matmul_dtype, steps: int) -> bool:
@@ -369,18 +371,8 @@ def _fused_forward(
     (zero at padded steps) and, when ``save``, the per-step a [T, B, 4H] and the states each
     step started from, c_prev and h_prev [T, B, H]."""
     if opt.native:
-        a, c_prev, h_prev, outputs, final = native.forward(
-            x,
-            W,
-            U,
-            b,
-            *state,
-            mask,
-            recurrent_mask,
-            opt.reverse,
-            save,
-            bf16=_bf16_products(opt.matmul_dtype),
-        )
+        args = (x, W, U, b, *state, mask, recurrent_mask, opt.reverse, save)
+        a, c_prev, h_prev, outputs, final = native.forward(*args, bf16=_bf16(opt))
         return LSTMState(*final), outputs, (a, c_prev, h_prev) if save else None
     WUb = _stack(opt, W, U, b)
 
@@ -421,18 +413,8 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
     a, c_prev, h_prev = saved
     d_final, d_outputs = cotangents
     if opt.native:
-        dx, dW, dU, db, dh0, dc0, d_recurrent_mask = native.backward(
-            saved,
-            x,
-            W,
-            U,
-            mask,
-            recurrent_mask,
-            *d_final[::-1],
-            d_outputs,
-            opt.reverse,
-            bf16=_bf16_products(opt.matmul_dtype),
-        )
+        args = (saved, x, W, U, mask, recurrent_mask, *d_final[::-1], d_outputs, opt.reverse)
+        dx, dW, dU, db, dh0, dc0, d_recurrent_mask = native.backward(*args, bf16=_bf16(opt))
         return dW, dU, db, dx, None, LSTMState(dc0, dh0), d_recurrent_mask
     carry, ys = _backward_loop(
         opt, W, U, b, x, mask, recurrent_mask, a, c_prev, h_prev, d_final, d_outputs
