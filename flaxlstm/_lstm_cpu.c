@@ -296,7 +296,7 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
         for (int r = 0; r < rows; r++) {
             float m = p->mask ? p->mask[row + r] : 1.0f;
             float *zr = z + (size_t)r * Gp, *cr = c_n + (size_t)r * H, *hr = h_n + (size_t)r * H;
-            float *outr = p->out + (row + r) * H;
+            float *outr = p->out ? p->out + (row + r) * H : NULL;
             /* the gates in place, the whole padded row in one pass: σ(z) = tanh(z/2)/2 + 1/2,
              * so a = s tanh(s z) + 1 - s with s = 1/2 for i, f, o and s = 1 for g */
 #pragma omp simd
@@ -310,8 +310,9 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
                 float h = a.o[j] * tc[j];
                 cr[j] = m != 0.0f ? c[j] : cr[j];
                 hr[j] = m != 0.0f ? h : hr[j];
-                outr[j] = m != 0.0f ? h : 0.0f;
             }
+            if (outr) /* h where real, 0 where padded */
+                for (int j = 0; j < H; j++) outr[j] = m != 0.0f ? hr[j] : 0.0f;
             if (p->save) memcpy(p->a + (row + r) * G, zr, G * sizeof(float));
         }
     }
@@ -325,12 +326,13 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
 /* Forward over T steps of B rows (from the last step to the first when reverse; every array
  * stays in time order). x [T, B, F], w [F, 4H], u [H, 4H], bias [4H], c0, h0 [B, H], mask
  * [T, B] (1 real, 0 padded; NULL: all real), rmask [B, H] (NULL: none). Writes the outputs
- * out [T, B, H], the final state c_n, h_n [B, H] and, when save (for the backward), the
- * activated gates a [T, B, 4H] and the state each step starts from, c_prev, h_prev [T, B, H].
- * Each step's product is
- * [x_t, h r].[w; u] + bias: one product, and no [T, B, 4H] input projection in memory;
- * bf16: on bfloat16 operands (see the top). */
-void lstm_forward(Spawn spawn, void *pool, int T, int B, int H, int F, int reverse, int save, int bf16, const float *x,
+ * out [T, B, H] (NULL: none), the final state c_n, h_n [B, H] and, when save (for the
+ * backward), the activated gates a [T, B, 4H] and the state each step starts from, c_prev,
+ * h_prev [T, B, H]. Each step's product is [x_t, h r].[w; u] + bias: one product, and no
+ * [T, B, 4H] input projection in memory; bf16: on bfloat16 operands (see the top). The parts
+ * run through spawn(pool, ...) (NULL: new threads; in_parts). */
+void lstm_forward(Spawn spawn, void *pool, int T, int B, int H, int F, int reverse, int save,
+                  int bf16, const float *x,
                   const float *w, const float *u, const float *bias, const float *c0,
                   const float *h0, const float *mask, const float *rmask, float *a,
                   float *c_prev, float *h_prev, float *out, float *c_n, float *h_n) {
@@ -353,7 +355,7 @@ void lstm_forward(Spawn spawn, void *pool, int T, int B, int H, int F, int rever
         huge_pages(c_prev, (size_t)T * B * H * sizeof(float));
         huge_pages(h_prev, (size_t)T * B * H * sizeof(float));
     }
-    huge_pages(out, (size_t)T * B * H * sizeof(float));
+    if (out) huge_pages(out, (size_t)T * B * H * sizeof(float));
     in_parts(forward_rows, &context, B, parts_for(B), spawn, pool);
     free(wu);
     free(wu2);
@@ -397,7 +399,8 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
         float *dz = dzs + (size_t)slot * rows * Gp, *xht_s = xht + (size_t)slot * rows;
         for (int r = 0; r < rows; r++) {
             float m = p->mask ? p->mask[row + r] : 1.0f;
-            const float *cp = p->c_prev + (row + r) * H, *dout = p->d_out + (row + r) * H;
+            const float *cp = p->c_prev + (row + r) * H;
+            const float *dout = p->d_out ? p->d_out + (row + r) * H : zero; /* none: 0 */
             float *dzr = dz + (size_t)r * Gp, *dhr = dh + (size_t)r * H, *dcr = dc + (size_t)r * H;
             Gates ag = gates(p->a + (row + r) * G, H), dzg = gates(dzr, H);
 #pragma omp simd
@@ -454,9 +457,9 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
 
 /* Backward over the T steps, in the opposite order to the forward's. a, c_prev, h_prev
  * [T, B, ...] as the forward saved them; x, w, u, mask, rmask as it read them; dh_n, dc_n
- * [B, H]: the final state's gradients; d_out [T, B, H]: the outputs'. Writes dx [T, B, F],
- * dw [F, 4H], du [H, 4H], dbias [4H], the start state's dh0, dc0 [B, H] and, with rmask, its
- * gradient d_rmask [B, H]. Per step, as cell.lstm_step_backward:
+ * [B, H]: the final state's gradients; d_out [T, B, H]: the outputs' (NULL: zero). Writes
+ * dx [T, B, F], dw [F, 4H], du [H, 4H], dbias [4H], the start state's dh0, dc0 [B, H] and,
+ * with rmask, its gradient d_rmask [B, H]. Per step, as cell.lstm_step_backward:
  *   dc~ = dc + dh o (1 - tanh^2 c),  dz = [dc~ g i(1-i), dc~ c_prev f(1-f), dc~ i (1-g^2),
  *   dh tanh(c) o(1-o)] (0 where padded),  dc_prev = dc~ f,
  *   [dx_t, dh_in] = dz.[w; u]^T,  dh_prev = dh_in r (dh passes unchanged where padded),
@@ -464,9 +467,9 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
  * The weight gradients are summed in the loop, each part over its rows, then the parts' sums
  * in order: dz [T, B, 4H] is never stored (a large fresh buffer is slow to touch). bf16: every
  * product on bfloat16 operands (see the top). */
-void lstm_backward(Spawn spawn, void *pool, int T, int B, int H, int F, int reverse, int bf16, const float *a,
-                   const float *c_prev, const float *h_prev, const float *x, const float *w, const float *u,
-                   const float *dh_n, const float *dc_n, const float *d_out, const float *mask,
+void lstm_backward(Spawn spawn, void *pool, int T, int B, int H, int F, int reverse, int bf16,
+                   const float *a, const float *c_prev, const float *h_prev, const float *x,
+                   const float *w, const float *u, const float *dh_n, const float *dc_n, const float *d_out, const float *mask,
                    const float *rmask, float *dx, float *dw, float *du, float *dbias,
                    float *dh0, float *dc0, float *d_rmask) {
     int G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H, Kp = (K + 15) / 16 * 16, parts = parts_for(B);

@@ -188,7 +188,8 @@ class LSTM(nnx.Module):
 
     def run(self, x, lengths=None, mask=None, initial_state=None, *, return_trace: bool = False):
         """The checked, dropped-out inputs through ``scan``: (final state, outputs [B, T, H],
-        ``Trace`` or None)."""
+        ``Trace`` or None); the outputs may be None when the layer returns only its last
+        state (``return_sequences=False``) and no trace is asked for."""
         self.check_inputs(x)
         batch, time, _ = x.shape
         steps = make_mask(batch, time, lengths, mask)
@@ -240,6 +241,7 @@ class LSTM(nnx.Module):
             matmul_dtype=self.dtype,
             clamps=self.clamps,
             loop=self.loop,
+            return_outputs=self.return_sequences or return_trace,
         )
 
     def reversed_copy(self, rngs: nnx.Rngs) -> LSTM:

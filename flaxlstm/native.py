@@ -2,7 +2,7 @@
 
     available()                                        is the compiled loop installed?
     has_bfloat16()                                     can it take bfloat16 products?
-    forward(x, W, U, b, c0, h0, mask, rmask, reverse, save, bf16)
+    forward(x, W, U, b, c0, h0, mask, rmask, reverse, save, bf16, outputs)
         → a, c_prev, h_prev, outputs, (c_n, h_n)
     backward(saved, x, W, U, mask, rmask, dh_n, dc_n, d_outputs, reverse, bf16)
         → dx, dW, dU, db, dh0, dc0, d_rmask
@@ -78,7 +78,7 @@ def _call(name: str, shapes, *arrays, reverse: bool, mask, rmask, bf16: bool):
     return call(*arrays, mask, rmask, reverse=np.int32(reverse), **flags)
 
 
-def forward(x, W, U, b, c0, h0, mask, rmask, reverse: bool, save: bool = True, bf16: bool = False):
+def forward(x, W, U, b, c0, h0, mask, rmask, reverse: bool, save=True, bf16=False, outputs=True):
     """The loop's forward pass.
 
     Args:
@@ -90,27 +90,30 @@ def forward(x, W, U, b, c0, h0, mask, rmask, reverse: bool, save: bool = True, b
       reverse: run from the last step to the first (every array stays in time order).
       save: also return what the backward needs (else None): writing it costs time.
       bf16: the products on bfloat16 operands (``has_bfloat16()`` only), float32 elsewhere.
+      outputs: write the outputs (else None): only the final state is wanted.
     Returns:
       the activated gates a [T, B, 4H], the state each step started from c_prev and h_prev
-      [T, B, H] (or None), the outputs [T, B, H] and the final state (c, h) [B, H] each.
+      [T, B, H] (or None), the outputs [T, B, H] (or None) and the final state (c, h) [B, H]
+      each.
     """
     time, batch, _ = x.shape
     hidden = U.shape[0]
     gates = 4 * hidden
     steps = time if save else 0
     shapes = [(steps, batch, gates), (steps, batch, hidden), (steps, batch, hidden)]
-    shapes += [(time, batch, hidden), (batch, hidden), (batch, hidden)]
+    shapes += [(time if outputs else 0, batch, hidden), (batch, hidden), (batch, hidden)]
     arrays = (x, W, U, b, c0, h0)
-    *saved, outputs, c_n, h_n = _call(
+    *saved, out, c_n, h_n = _call(
         "LstmForward", shapes, *arrays, reverse=reverse, mask=mask, rmask=rmask, bf16=bf16
     )
-    return (*(saved if save else [None] * 3), outputs, (c_n, h_n))
+    return (*(saved if save else [None] * 3), out if outputs else None, (c_n, h_n))
 
 
 def backward(saved, x, W, U, mask, rmask, dh_n, dc_n, d_outputs, reverse: bool, bf16: bool = False):
     """The loop's backward pass, from what ``forward`` saved (a, c_prev, h_prev), its inputs
     x [T, B, F], W, U, mask and rmask, the final state's gradients dh_n, dc_n [B, H] and the
-    outputs' d_outputs [T, B, H] (cell.lstm_step_backward's math, step by step). Returns
+    outputs' d_outputs [T, B, H] (None: the forward wrote none) (cell.lstm_step_backward's
+    math, step by step). Returns
     dx [T, B, F], dW, dU, db, the start state's dh0, dc0 [B, H] and rmask's gradient [B, H]
     (None without one). The weight gradients are summed inside the loop: the per-step dz
     [T, B, 4H] is never stored. ``bf16`` as ``forward``'s."""
@@ -118,6 +121,8 @@ def backward(saved, x, W, U, mask, rmask, dh_n, dc_n, d_outputs, reverse: bool, 
     hidden = U.shape[0]
     shapes = [(time, batch, features), W.shape, U.shape, (4 * hidden,)] + [(batch, hidden)] * 2
     shapes.append((0,) if rmask is None else (batch, hidden))
+    if d_outputs is None:  # an empty placeholder: the loop adds nothing
+        d_outputs = jnp.zeros((0, batch, hidden), jnp.float32)
     arrays = (*saved, x, W, U, dh_n, dc_n, d_outputs)
     grads = _call(
         "LstmBackward", shapes, *arrays, reverse=reverse, mask=mask, rmask=rmask, bf16=bf16

@@ -135,7 +135,8 @@ def lstm_scan(
     matmul_dtype=None,
     clamps: Clamps = (),
     loop: str = "auto",
-) -> tuple[LSTMState, jax.Array, Trace | None]:
+    return_outputs: bool = True,
+) -> tuple[LSTMState, jax.Array | None, Trace | None]:
     """Run the LSTM over a batch of sequences.
 
     Args:
@@ -161,13 +162,15 @@ def lstm_scan(
       clamps: units of gates or states held at fixed values at every step (an ablation,
         ``cell.Clamp``); the loop then runs on ``scan_cell``.
       loop: "auto" runs the hand-written loop's time steps in C (flaxlstm/native.py) where it
-        can (``native_loop_fits``: on the CPU, in float32), else on
-        ``jax.lax.scan``; "scan" always scans; "native" requires the C loop (a one-line error
-        where it cannot run).
+        can (``native_loop_fits``: on the CPU, in float32 or with bfloat16 products on a CPU
+        with AVX512-BF16), else on ``jax.lax.scan``; "scan" always scans; "native" requires
+        the C loop (a one-line error where it cannot run).
+      return_outputs: False when only the final state is wanted: the hand-written loop then
+        neither writes the outputs nor reads their (zero) gradient, [T, B, H] each.
     Returns:
-      the final state (c, h) [B, H] each, the outputs h_t [B, T, H] (zero at padded steps), and
-      a ``Trace`` (i, f, g, o, c, h, zi, zf, zg, zo) [B, T, H] each when ``return_trace``,
-      else None.
+      the final state (c, h) [B, H] each, the outputs h_t [B, T, H] (zero at padded steps;
+      None without ``return_outputs``), and a ``Trace`` (i, f, g, o, c, h, zi, zf, zg, zo)
+      [B, T, H] each when ``return_trace``, else None.
 
     Every input is cast to one dtype, the result type of x and the weights.
     """
@@ -188,15 +191,20 @@ def lstm_scan(
     if fused:
         dz_bytes = time * batch * 4 * hidden * jnp.dtype(dtype).itemsize
         accumulate = dz_bytes > accumulate_above_bytes and not native_loop
-        options = _Options(reverse, unroll, accumulate, remat, matmul_dtype, native_loop)
+        options = _Options(
+            reverse, unroll, accumulate, remat, matmul_dtype, native_loop, return_outputs
+        )
         final, outputs = _fused_scan(
             options, W, U, b, time_major(x), _time_major_mask(mask), state, recurrent_mask
         )
-        return final, time_major(outputs), None
+        return final, None if outputs is None else time_major(outputs), None
     step = _standard_step(U, gate_activation, activation, matmul_dtype, clamps)
     xw = project_all(W, b, x, matmul_dtype)
     options = dict(reverse=reverse, unroll=unroll, return_trace=return_trace, remat=remat)
-    return scan_cell(step, xw, mask, state, recurrent_dropout_mask=recurrent_mask, **options)
+    final, outputs, trace = scan_cell(
+        step, xw, mask, state, recurrent_dropout_mask=recurrent_mask, **options
+    )
+    return final, outputs if return_outputs else None, trace
 
 
 def _standard_step(U, gate_activation, activation, matmul_dtype, clamps=()):
@@ -312,6 +320,7 @@ class _Options(NamedTuple):
     remat: bool  # save only the inputs; the backward runs the forward again first
     matmul_dtype: object = None  # the matrix products' operand dtype (mixed precision)
     native: bool = False  # the time steps run in C (flaxlstm/native.py)
+    outputs: bool = True  # return the outputs [T, B, H] (False: the final state only)
 
 
 def native_loop_fits(fused: bool, dtype, matmul_dtype, steps: int) -> str | None:
@@ -368,11 +377,13 @@ def _fused_forward(
     opt: _Options, W, U, b, x, mask, state: LSTMState, recurrent_mask, *, save: bool
 ):
     """The loop over time-major x [T, B, F]. Returns the final state, the outputs [T, B, H]
-    (zero at padded steps) and, when ``save``, the per-step a [T, B, 4H] and the states each
-    step started from, c_prev and h_prev [T, B, H]."""
+    (zero at padded steps; None without ``opt.outputs``) and, when ``save``, the per-step a
+    [T, B, 4H] and the states each step started from, c_prev and h_prev [T, B, H]."""
     if opt.native:
         args = (x, W, U, b, *state, mask, recurrent_mask, opt.reverse, save)
-        a, c_prev, h_prev, outputs, final = native.forward(*args, bf16=_bf16(opt))
+        a, c_prev, h_prev, outputs, final = native.forward(
+            *args, bf16=_bf16(opt), outputs=opt.outputs
+        )
         return LSTMState(*final), outputs, (a, c_prev, h_prev) if save else None
     WUb = _stack(opt, W, U, b)
 
@@ -383,7 +394,7 @@ def _fused_forward(
         a = activate_all(z)  # [B, 4H]: σ(i), σ(f), tanh(g), σ(o)
         new = cell_update(a, state.c)
         new, out = keep_state_where_padded(m_t, new, state, new.h)
-        return new, (out, (a, state.c, state.h) if save else None)
+        return new, (out if opt.outputs else None, (a, state.c, state.h) if save else None)
 
     final, (outputs, saved) = jax.lax.scan(
         step, state, (x, mask), reverse=opt.reverse, unroll=opt.unroll
@@ -438,7 +449,7 @@ def _forward_again(opt: _Options, W, U, b, x, mask, state, recurrent_mask, cotan
     # its elements), so that XLA cannot run this forward before the backward pass gets here,
     # e.g. all layers' at once, which would undo the saving. XLA on the CPU drops optimization
     # barriers before it schedules, so they do not do this.
-    first = lambda v: jnp.ravel(v)[:1].sum()  # noqa: E731  (0 for an empty v: T = 0)
+    first = lambda v: 0 if v is None else jnp.ravel(v)[:1].sum()  # noqa: E731  (0 if T = 0)
     zero = 0 * (first(cotangents[1]) + first(cotangents[0].h) + first(cotangents[0].c))
     state = LSTMState(state.c + zero.astype(state.c.dtype), state.h)
     return _fused_forward(opt, W, U, b, x, mask, state, recurrent_mask, save=True)[2]
@@ -462,9 +473,10 @@ def _backward_loop(
     def step(carry, inputs):
         dh, dc = carry[:2]
         a_t, c_t, h_t, x_t, dout_t, m_t = inputs
-        if m_t is not None:  # padded steps output a constant zero
-            dout_t = jnp.where(m_t, dout_t, 0)
-        dh = dh + dout_t
+        if dout_t is not None:
+            if m_t is not None:  # padded steps output a constant zero
+                dout_t = jnp.where(m_t, dout_t, 0)
+            dh = dh + dout_t
         dz, dc_prev = lstm_step_backward(a_t, c_t, dh, dc)
         if m_t is not None:  # and pass the state on unchanged
             dz = jnp.where(m_t, dz, 0)

@@ -126,6 +126,23 @@ def test_the_c_loop_in_bfloat16_equals_the_scan_in_bfloat16(shape, reverse):
         assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4  # really in bfloat16
 
 
+@pytest.mark.parametrize("loop", ["native", "scan"])
+@pytest.mark.parametrize("remat", [False, True])
+def test_the_final_state_alone_gives_its_gradients_without_the_outputs(loop, remat):
+    (W, U, b), x, mask, (c0, h0), (_, w_c, w_h) = case(SHAPES[0], "scattered", seed=6)
+
+    @functools.partial(jax.jit, static_argnames="return_outputs")
+    def final_state_loss(W, U, b, x, c0, h0, return_outputs):
+        kwargs = dict(loop=loop, remat=remat, return_outputs=return_outputs)
+        state, out, _ = lstm_scan(W, U, b, x, mask, LSTMState(c0, h0), **kwargs)
+        assert (out is None) != return_outputs
+        return jnp.sum(state.c * w_c) + jnp.sum(state.h * w_h)
+
+    grads = jax.value_and_grad(final_state_loss, argnums=range(6))
+    args = (W, U, b, x, c0, h0)
+    assert_close(grads(*args, return_outputs=False), grads(*args, return_outputs=True))
+
+
 def test_rematerialised_c_loop_gives_the_same_gradients():
     (W, U, b), x, mask, (c0, h0), weights = case(SHAPES[0], "post", seed=1)
     args = (W, U, b, x, c0, h0, mask, weights)
