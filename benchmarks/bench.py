@@ -178,29 +178,16 @@ def machine() -> str:
 
 def step_flops(shape: dict) -> float:
     """The train step's matrix-product FLOPs: 2·B·T·(E + H)·4H forward, twice that backward."""
-    return (
-        3
-        * 2
-        * shape["batch"]
-        * shape["time"]
-        * (shape["embed"] + shape["hidden"])
-        * (4 * shape["hidden"])
-    )
+    B, T, E, H = (shape[k] for k in ("batch", "time", "embed", "hidden"))
+    return 3 * 2 * B * T * (E + H) * 4 * H
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     """numpy's float32 matrix product n × n × n on this machine, now: the best of ``repeats``,
     GFLOP/s."""
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    a @ a  # warm-up: threads started, pages touched
-    best = min(_seconds(lambda: a @ a) for _ in range(repeats))
+    best = min(time_steps(lambda: a @ a, budget_s=0) for _ in range(repeats))  # after a warm-up
     return 2 * n**3 / best / 1e9
-
-
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def run_shape(

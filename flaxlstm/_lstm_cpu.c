@@ -111,23 +111,28 @@ static inline float bf16_round(float f) {
     return f;
 }
 
+static inline pair pair_of(float first, float second) {
+    return bf16_bits(first) | bf16_bits(second) << 16;
+}
+
 static void pack_rows(int rows, int k, const float *in, int in_stride, pair *out) {
     int k2 = (k + 1) / 2;
     for (int r = 0; r < rows; r++) {
         const float *ir = in + (size_t)r * in_stride;
         pair *outr = out + (size_t)r * k2;
-        for (int i = 0; i < k / 2; i++) outr[i] = bf16_bits(ir[2 * i]) | bf16_bits(ir[2 * i + 1]) << 16;
-        if (k % 2) outr[k2 - 1] = bf16_bits(ir[k - 1]);
+        for (int i = 0; i < k / 2; i++) outr[i] = pair_of(ir[2 * i], ir[2 * i + 1]);
+        if (k % 2) outr[k2 - 1] = pair_of(ir[k - 1], 0.0f);
     }
 }
 
 static void pack_cols(int k, int n, const float *m, int m_stride, pair *out) {
     for (int i = 0; i < k / 2; i++) {
         const float *a = m + (size_t)2 * i * m_stride, *b = a + m_stride;
-        for (int j = 0; j < n; j++) out[(size_t)i * n + j] = bf16_bits(a[j]) | bf16_bits(b[j]) << 16;
+        for (int j = 0; j < n; j++) out[(size_t)i * n + j] = pair_of(a[j], b[j]);
     }
+    const float *last = m + (size_t)(k - 1) * m_stride; /* an odd k's last row, alone */
     if (k % 2)
-        for (int j = 0; j < n; j++) out[(size_t)(k / 2) * n + j] = bf16_bits(m[(size_t)(k - 1) * m_stride + j]);
+        for (int j = 0; j < n; j++) out[(size_t)(k / 2) * n + j] = pair_of(last[j], 0.0f);
 }
 
 #ifdef __AVX512BF16__
@@ -241,7 +246,8 @@ static void in_parts(Work work, const void *context, int B, int parts, Spawn spa
  * costs more than writing it (docs/PERFORMANCE.md). Only a hint: nothing changes if refused. */
 static void huge_pages(void *p, size_t bytes) {
     const uintptr_t huge = (uintptr_t)2 << 20;
-    uintptr_t lo = ((uintptr_t)p + huge - 1) & ~(huge - 1), hi = ((uintptr_t)p + bytes) & ~(huge - 1);
+    uintptr_t lo = ((uintptr_t)p + huge - 1) & ~(huge - 1);
+    uintptr_t hi = ((uintptr_t)p + bytes) & ~(huge - 1);
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
 }
 
@@ -300,7 +306,10 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
             /* the gates in place, the whole padded row in one pass: σ(z) = tanh(z/2)/2 + 1/2,
              * so a = s tanh(s z) + 1 - s with s = 1/2 for i, f, o and s = 1 for g */
 #pragma omp simd
-            for (int j = 0; j < Gp; j++) zr[j] = p->scale[j] * tanhf(p->scale[j] * zr[j]) + 1 - p->scale[j];
+            for (int j = 0; j < Gp; j++) {
+                float s = p->scale[j];
+                zr[j] = s * tanhf(s * zr[j]) + 1 - s;
+            }
             Gates a = gates(zr, H);
 #pragma omp simd
             for (int j = 0; j < H; j++) c[j] = a.f[j] * cr[j] + a.i[j] * a.g[j];
@@ -332,10 +341,9 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
  * [T, B, 4H] input projection in memory; bf16: on bfloat16 operands (see the top). The parts
  * run through spawn(pool, ...) (NULL: new threads; in_parts). */
 void lstm_forward(Spawn spawn, void *pool, int T, int B, int H, int F, int reverse, int save,
-                  int bf16, const float *x,
-                  const float *w, const float *u, const float *bias, const float *c0,
-                  const float *h0, const float *mask, const float *rmask, float *a,
-                  float *c_prev, float *h_prev, float *out, float *c_n, float *h_n) {
+                  int bf16, const float *x, const float *w, const float *u, const float *bias,
+                  const float *c0, const float *h0, const float *mask, const float *rmask,
+                  float *a, float *c_prev, float *h_prev, float *out, float *c_n, float *h_n) {
     int G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H;
     float *wu = calloc((size_t)K * Gp, sizeof(float)), *base = calloc((size_t)Gp, sizeof(float));
     for (int k = 0; k < K; k++)
@@ -423,7 +431,8 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
             for (int k = 0; k < F; k++) xht_s[(size_t)k * block + r] = p->x[(row + r) * F + k];
             const float *rm = p->rmask ? p->rmask + (size_t)(lo + r) * H : NULL;
             for (int k = 0; k < H; k++)
-                xht_s[(size_t)(F + k) * block + r] = p->h_prev[(row + r) * H + k] * (rm ? rm[k] : 1.0f);
+                xht_s[(size_t)(F + k) * block + r] =
+                    p->h_prev[(row + r) * H + k] * (rm ? rm[k] : 1.0f);
         }
         /* [dx_t, dh_prev] = dz.[w; u]^T */
         product(p->bf16, rows, G, Kp, dz, Gp, dz2, p->wut, zero, 0, dxh, Kp);
@@ -469,9 +478,9 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
  * product on bfloat16 operands (see the top). */
 void lstm_backward(Spawn spawn, void *pool, int T, int B, int H, int F, int reverse, int bf16,
                    const float *a, const float *c_prev, const float *h_prev, const float *x,
-                   const float *w, const float *u, const float *dh_n, const float *dc_n, const float *d_out, const float *mask,
-                   const float *rmask, float *dx, float *dw, float *du, float *dbias,
-                   float *dh0, float *dc0, float *d_rmask) {
+                   const float *w, const float *u, const float *dh_n, const float *dc_n,
+                   const float *d_out, const float *mask, const float *rmask, float *dx,
+                   float *dw, float *du, float *dbias, float *dh0, float *dc0, float *d_rmask) {
     int G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H, Kp = (K + 15) / 16 * 16, parts = parts_for(B);
     float *wut = calloc((size_t)G * Kp, sizeof(float));
     for (int j = 0; j < G; j++)

@@ -32,13 +32,14 @@ using Out = ffi::ResultBuffer<ffi::F32>;
 // has_mask), rmask [B, H] (read when has_rmask); a, c_prev and h_prev are written when save
 // (else they are empty), out when it is not empty. bf16: the products on bfloat16 operands
 // (when lstm_has_bf16()).
-static ffi::Error Forward(ffi::ThreadPool pool, In x, In w, In u, In bias, In c0, In h0, In mask, In rmask, Out a,
-                          Out c_prev, Out h_prev, Out out, Out c_n, Out h_n, int32_t reverse,
-                          int32_t has_mask, int32_t has_rmask, int32_t bf16) {
+static ffi::Error Forward(ffi::ThreadPool pool, In x, In w, In u, In bias, In c0, In h0,
+                          In mask, In rmask, Out a, Out c_prev, Out h_prev, Out out, Out c_n,
+                          Out h_n, int32_t reverse, int32_t has_mask, int32_t has_rmask,
+                          int32_t bf16) {
   auto d = x.dimensions();
   int save = a->element_count() > 0;
-  lstm_forward(Schedule, &pool, d[0], d[1], u.dimensions()[0], d[2], reverse, save, bf16, x.typed_data(),
-               w.typed_data(), u.typed_data(), bias.typed_data(), c0.typed_data(),
+  lstm_forward(Schedule, &pool, d[0], d[1], u.dimensions()[0], d[2], reverse, save, bf16,
+               x.typed_data(), w.typed_data(), u.typed_data(), bias.typed_data(), c0.typed_data(),
                h0.typed_data(), has_mask ? mask.typed_data() : nullptr,
                has_rmask ? rmask.typed_data() : nullptr, a->typed_data(),
                c_prev->typed_data(), h_prev->typed_data(),
@@ -51,14 +52,13 @@ static ffi::Error Forward(ffi::ThreadPool pool, In x, In w, In u, In bias, In c0
 // d_out [T, B, H] (empty: zero), mask [T, B] (read when has_mask), rmask [B, H] and its
 // gradient d_rmask (read and written when has_rmask; else empty); bf16 as the forward's.
 static ffi::Error Backward(ffi::ThreadPool pool, In a, In c_prev, In h_prev, In x, In w, In u,
-                           In dh_n, In dc_n,
-                           In d_out, In mask, In rmask, Out dx, Out dw, Out du, Out dbias,
-                           Out dh0, Out dc0, Out d_rmask, int32_t reverse, int32_t has_mask,
-                           int32_t has_rmask, int32_t bf16) {
+                           In dh_n, In dc_n, In d_out, In mask, In rmask, Out dx, Out dw, Out du,
+                           Out dbias, Out dh0, Out dc0, Out d_rmask, int32_t reverse,
+                           int32_t has_mask, int32_t has_rmask, int32_t bf16) {
   auto d = x.dimensions();
-  lstm_backward(Schedule, &pool, d[0], d[1], u.dimensions()[0], d[2], reverse, bf16, a.typed_data(),
-                c_prev.typed_data(), h_prev.typed_data(), x.typed_data(), w.typed_data(),
-                u.typed_data(), dh_n.typed_data(), dc_n.typed_data(),
+  lstm_backward(Schedule, &pool, d[0], d[1], u.dimensions()[0], d[2], reverse, bf16,
+                a.typed_data(), c_prev.typed_data(), h_prev.typed_data(), x.typed_data(),
+                w.typed_data(), u.typed_data(), dh_n.typed_data(), dc_n.typed_data(),
                 d_out.element_count() ? d_out.typed_data() : nullptr,
                 has_mask ? mask.typed_data() : nullptr, has_rmask ? rmask.typed_data() : nullptr,
                 dx->typed_data(), dw->typed_data(), du->typed_data(), dbias->typed_data(),

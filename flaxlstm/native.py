@@ -112,11 +112,10 @@ def forward(x, W, U, b, c0, h0, mask, rmask, reverse: bool, save=True, bf16=Fals
 def backward(saved, x, W, U, mask, rmask, dh_n, dc_n, d_outputs, reverse: bool, bf16: bool = False):
     """The loop's backward pass, from what ``forward`` saved (a, c_prev, h_prev), its inputs
     x [T, B, F], W, U, mask and rmask, the final state's gradients dh_n, dc_n [B, H] and the
-    outputs' d_outputs [T, B, H] (None: the forward wrote none) (cell.lstm_step_backward's
-    math, step by step). Returns
-    dx [T, B, F], dW, dU, db, the start state's dh0, dc0 [B, H] and rmask's gradient [B, H]
-    (None without one). The weight gradients are summed inside the loop: the per-step dz
-    [T, B, 4H] is never stored. ``bf16`` as ``forward``'s."""
+    outputs' d_outputs [T, B, H] (None: the forward wrote none), with cell.lstm_step_backward's
+    math step by step. Returns dx [T, B, F], dW, dU, db, the start state's dh0, dc0 [B, H] and
+    rmask's gradient [B, H] (None without one). The weight gradients are summed inside the
+    loop: the per-step dz [T, B, 4H] is never stored. ``bf16`` as ``forward``'s."""
     time, batch, features = x.shape
     hidden = U.shape[0]
     shapes = [(time, batch, features), W.shape, U.shape, (4 * hidden,)] + [(batch, hidden)] * 2

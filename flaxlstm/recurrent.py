@@ -325,23 +325,20 @@ class _Options(NamedTuple):
 
 def native_loop_fits(fused: bool, dtype, matmul_dtype, steps: int) -> str | None:
     """Why the C loop (flaxlstm/native.py) cannot run this ``lstm_scan``; None when it can."""
+    products = jnp.dtype(matmul_dtype or jnp.float32)
+    bf16 = products == jnp.bfloat16 and native.has_bfloat16()
     reasons = [
         (not native.available(), "flaxlstm._lstm_cpu is not built (see setup.py)"),
         (jax.default_backend() != "cpu", f"the backend is {jax.default_backend()}, not the CPU"),
         (not fused, "it runs only the standard cell with its hand-written backward"),
         (dtype != jnp.float32, "it computes in float32 only"),
         (
-            jnp.dtype(matmul_dtype or jnp.float32) not in (jnp.float32, _bf16_in_c()),
+            products != jnp.float32 and not bf16,
             "its products are float32, or bfloat16 on a CPU with AVX512-BF16",
         ),
         (steps == 0, "there is no step to run"),
     ]
     return next((why for bad, why in reasons if bad), None)
-
-
-def _bf16_in_c():
-    """bfloat16 where the C loop can take bfloat16 products (AVX512-BF16), else float32."""
-    return jnp.dtype(jnp.bfloat16 if native.has_bfloat16() else jnp.float32)
 
 
 def _bf16(opt: _Options) -> bool:
