@@ -60,7 +60,7 @@ static inline void store(float *p, v16 v) { memcpy(p, &v, sizeof v); }
 
 /* NAME(rows, k, n, in, ...): out[r, :n] = base[r, :n] + in[r, :k].m[:k, :n] for every row
  * r < rows (n a multiple of 16; base_stride 0 adds the same row to every row), with NAME's
- * four tiles. Column panels outside, rows inside: a panel of m (k x 32) stays in cache while
+ * tiles of 8, 4 and 1 rows. Column panels outside, rows inside: a panel of m (k x 32) stays in cache while
  * every row block reads it. */
 #define GEMM(NAME, In)                                                                           \
     static void NAME(int rows, int k, int n, const In *in, int in_stride, const In *m,           \
@@ -71,21 +71,20 @@ static inline void store(float *p, v16 v) { memcpy(p, &v, sizeof v); }
                 const In *ir = in + r * in_stride;                                               \
                 const float *br = base + r * base_stride;                                        \
                 float *outr = out + r * out_stride;                                              \
-                int full = r + 8 <= rows;                                                        \
-                if (q == 2)                                                                      \
-                    (full ? NAME##_8x2 : NAME##_1x2)(k, n, c, ir, in_stride, m, br, base_stride, \
-                                                    outr, out_stride);                           \
-                else                                                                             \
-                    (full ? NAME##_8x1 : NAME##_1x1)(k, n, c, ir, in_stride, m, br, base_stride, \
-                                                    outr, out_stride);                           \
-                r += full ? 8 : 1;                                                               \
+                int R = r + 8 <= rows ? 8 : r + 4 <= rows ? 4 : 1;                              \
+                (q == 2 ? R == 8 ? NAME##_8x2 : R == 4 ? NAME##_4x2 : NAME##_1x2                 \
+                        : R == 8 ? NAME##_8x1 : R == 4 ? NAME##_4x1 : NAME##_1x1)(               \
+                    k, n, c, ir, in_stride, m, br, base_stride, outr, out_stride);               \
+                r += R;                                                                          \
             }                                                                                    \
         }                                                                                        \
     }
 #define TILES(NAME, In, Mv, LOAD_M, BROADCAST, MADD)                                             \
     TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 8, 2)                                            \
+    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 4, 2)                                            \
     TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 1, 2)                                            \
     TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 8, 1)                                            \
+    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 4, 1)                                            \
     TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 1, 1)                                            \
     GEMM(NAME, In)
 
@@ -268,6 +267,21 @@ static inline Gates gates(const float *row, int H) {
     return (Gates){r, r + H, r + 2 * H, r + 3 * H};
 }
 
+/* The rows of a part to compute at one step, from their mask [rows] (NULL: all real): the
+ * real rows in order, then padded ones up to a multiple of 4 rows (the products' tiles; their
+ * results are dropped), then the rest, skipped. order [rows] receives them all; returns how
+ * many are computed. The forward and the backward make the same choice from the same mask, so
+ * the backward reads only what the forward wrote. */
+static int rows_to_compute(const float *mask, int rows, int *order) {
+    int n = 0;
+    for (int r = 0; r < rows; r++)
+        if (!mask || mask[r] != 0.0f) order[n++] = r;
+    int computed = (n + 3) / 4 * 4;
+    for (int r = 0; r < rows && mask; r++)
+        if (mask[r] == 0.0f) order[n++] = r;
+    return computed < rows ? computed : rows;
+}
+
 typedef struct {
     int T, B, H, F, reverse, save, bf16;
     const float *x, *mask, *rmask, *base; /* base = bias, 4H padded to Gp */
@@ -283,25 +297,29 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
     float *z = calloc((size_t)rows * Gp, sizeof(float)), *xh = calloc((size_t)rows * K, sizeof(float));
     float *c = calloc((size_t)Hp, sizeof(float)), *tc = calloc((size_t)Hp, sizeof(float));
     pair *xh2 = p->bf16 ? calloc((size_t)rows * ((K + 1) / 2), sizeof(pair)) : NULL;
+    int *order = malloc((size_t)rows * sizeof(int));
     float *c_n = p->c_n + (size_t)lo * H, *h_n = p->h_n + (size_t)lo * H; /* the carried state */
     (void)part;
     for (int s = 0; s < T; s++) {
         size_t row = (size_t)(p->reverse ? T - 1 - s : s) * B + lo;
+        int n = rows_to_compute(p->mask ? p->mask + row : NULL, rows, order);
         if (p->save) {
             memcpy(p->c_prev + row * H, c_n, (size_t)rows * H * sizeof(float));
             memcpy(p->h_prev + row * H, h_n, (size_t)rows * H * sizeof(float));
         }
-        for (int r = 0; r < rows; r++) { /* [x_t, h r] */
+        for (int q = 0; q < n; q++) { /* [x_t, h r], row q of the computed ones */
+            int r = order[q];
             const float *rm = p->rmask ? p->rmask + (size_t)(lo + r) * H : NULL;
-            memcpy(xh + (size_t)r * K, p->x + (row + r) * F, F * sizeof(float));
+            memcpy(xh + (size_t)q * K, p->x + (row + r) * F, F * sizeof(float));
             for (int j = 0; j < H; j++)
-                xh[(size_t)r * K + F + j] = h_n[(size_t)r * H + j] * (rm ? rm[j] : 1.0f);
+                xh[(size_t)q * K + F + j] = h_n[(size_t)r * H + j] * (rm ? rm[j] : 1.0f);
         }
         /* z = [x_t, h r].[w; u] + bias */
-        product(p->bf16, rows, K, Gp, xh, K, xh2, p->wu, p->base, 0, z, Gp);
-        for (int r = 0; r < rows; r++) {
+        product(p->bf16, n, K, Gp, xh, K, xh2, p->wu, p->base, 0, z, Gp);
+        for (int q = 0; q < n; q++) {
+            int r = order[q];
             float m = p->mask ? p->mask[row + r] : 1.0f;
-            float *zr = z + (size_t)r * Gp, *cr = c_n + (size_t)r * H, *hr = h_n + (size_t)r * H;
+            float *zr = z + (size_t)q * Gp, *cr = c_n + (size_t)r * H, *hr = h_n + (size_t)r * H;
             float *outr = p->out ? p->out + (row + r) * H : NULL;
             /* the gates in place, the whole padded row in one pass: σ(z) = tanh(z/2)/2 + 1/2,
              * so a = s tanh(s z) + 1 - s with s = 1/2 for i, f, o and s = 1 for g */
@@ -324,10 +342,13 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
                 for (int j = 0; j < H; j++) outr[j] = m != 0.0f ? hr[j] : 0.0f;
             if (p->save) memcpy(p->a + (row + r) * G, zr, G * sizeof(float));
         }
+        for (int q = n; q < rows && p->out; q++) /* skipped: padded, output 0 */
+            memset(p->out + (row + order[q]) * H, 0, H * sizeof(float));
     }
     free(z);
     free(xh);
     free(xh2);
+    free(order);
     free(c);
     free(tc);
 }
@@ -401,15 +422,17 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
     float *zero = calloc((size_t)Kp, sizeof(float)), *sum = p->sums + (size_t)part * (K + 1) * Gp;
     float *dbias = sum + (size_t)K * Gp; /* summed in float32 as dz comes */
     float *dh = p->dh + (size_t)lo * H, *dc = p->dc + (size_t)lo * H; /* carried */
+    int *order = malloc((size_t)rows * sizeof(int)), filled = 0; /* dz's rows in dzs */
     for (int s = T - 1, done = 0; s >= 0; s--, done++) {
         size_t row = (size_t)(p->reverse ? T - 1 - s : s) * B + lo;
-        int slot = done % SUM_STEPS;
-        float *dz = dzs + (size_t)slot * rows * Gp, *xht_s = xht + (size_t)slot * rows;
-        for (int r = 0; r < rows; r++) {
+        int n = rows_to_compute(p->mask ? p->mask + row : NULL, rows, order);
+        float *dz = dzs + (size_t)filled * Gp, *xht_s = xht + filled;
+        for (int q = 0; q < n; q++) { /* skipped rows: dz 0, dh and dc pass unchanged */
+            int r = order[q];
             float m = p->mask ? p->mask[row + r] : 1.0f;
             const float *cp = p->c_prev + (row + r) * H;
             const float *dout = p->d_out ? p->d_out + (row + r) * H : zero; /* none: 0 */
-            float *dzr = dz + (size_t)r * Gp, *dhr = dh + (size_t)r * H, *dcr = dc + (size_t)r * H;
+            float *dzr = dz + (size_t)q * Gp, *dhr = dh + (size_t)r * H, *dcr = dc + (size_t)r * H;
             Gates ag = gates(p->a + (row + r) * G, H), dzg = gates(dzr, H);
 #pragma omp simd
             for (int j = 0; j < H; j++) c[j] = ag.f[j] * cp[j] + ag.i[j] * ag.g[j];
@@ -428,23 +451,29 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
                 dhr[j] = d_h; /* what a padded step passes back */
             }
             for (int j = 0; j < G; j++) dbias[j] += dzr[j];
-            for (int k = 0; k < F; k++) xht_s[(size_t)k * block + r] = p->x[(row + r) * F + k];
+            for (int k = 0; k < F; k++) xht_s[(size_t)k * block + q] = p->x[(row + r) * F + k];
             const float *rm = p->rmask ? p->rmask + (size_t)(lo + r) * H : NULL;
             for (int k = 0; k < H; k++)
-                xht_s[(size_t)(F + k) * block + r] =
+                xht_s[(size_t)(F + k) * block + q] =
                     p->h_prev[(row + r) * H + k] * (rm ? rm[k] : 1.0f);
         }
         /* [dx_t, dh_prev] = dz.[w; u]^T */
-        product(p->bf16, rows, G, Kp, dz, Gp, dz2, p->wut, zero, 0, dxh, Kp);
-        if (slot == SUM_STEPS - 1 || s == 0) { /* [dw; du] += the last steps' products */
-            int n = (slot + 1) * rows;
-            if (p->bf16) pack_cols(n, Gp, dzs, Gp, dzs2);
+        product(p->bf16, n, G, Kp, dz, Gp, dz2, p->wut, zero, 0, dxh, Kp);
+        filled += n;
+        if (done % SUM_STEPS == SUM_STEPS - 1 || s == 0) { /* [dw; du] += the last steps' */
+            if (p->bf16) pack_cols(filled, Gp, dzs, Gp, dzs2);
             const void *m = p->bf16 ? (const void *)dzs2 : dzs;
-            product(p->bf16, K, n, Gp, xht, block, xht2, m, sum, Gp, sum, Gp);
+            product(p->bf16, K, filled, Gp, xht, block, xht2, m, sum, Gp, sum, Gp);
+            filled = 0;
         }
-        for (int r = 0; r < rows; r++) {
-            memcpy(p->dx + (row + r) * F, dxh + (size_t)r * Kp, F * sizeof(float));
-            const float *dh_in = dxh + (size_t)r * Kp + F; /* the gradient of h r */
+        for (int q = 0; q < rows; q++) {
+            int r = order[q];
+            if (q >= n) { /* skipped: dx 0 */
+                memset(p->dx + (row + r) * F, 0, F * sizeof(float));
+                continue;
+            }
+            memcpy(p->dx + (row + r) * F, dxh + (size_t)q * Kp, F * sizeof(float));
+            const float *dh_in = dxh + (size_t)q * Kp + F; /* the gradient of h r */
             const float *rm = p->rmask ? p->rmask + (size_t)(lo + r) * H : NULL;
             if (!p->mask || p->mask[row + r] != 0.0f) /* dh_prev = dh_in r */
                 for (int j = 0; j < H; j++) dh[(size_t)r * H + j] = dh_in[j] * (rm ? rm[j] : 1.0f);
@@ -455,6 +484,7 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
     }
     free(dzs);
     free(dxh);
+    free(order);
     free(xht);
     free(zero);
     free(dz2);
