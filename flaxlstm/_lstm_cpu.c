@@ -6,9 +6,11 @@
  * one call runs all T steps. The batch rows are independent, so the rows are cut into one part
  * per CPU this process may run on, and each part goes through every step on one thread with
  * no synchronisation between steps: the calling thread and helpers on XLA's own thread pool
- * (in_parts; no thread is left spinning between calls). Each step's products are
- * register-tiled (8 rows x 32 columns of accumulators); everything else of a step is one pass
- * over [rows, H]. Arrays are float32, time-major, C-contiguous.
+ * (in_parts; no thread is left spinning between calls). A step computes only the rows of
+ * its part that are real at that step (rows_to_compute: a batch cut to a bucket's width still
+ * pads its shorter reviews). Each step's products are register-tiled (8 rows x 32 columns of
+ * accumulators); everything else of a step is one pass over [rows, H]. Arrays are float32,
+ * time-major, C-contiguous.
  *
  * Gates are laid out [i, f, g, o] along the last axis of size 4H, as flaxlstm/cell.py has them:
  *   z = x_t.W + b + h.U,  i, f, o = sigma(z_i, z_f, z_o),  g = tanh(z_g)

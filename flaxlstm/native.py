@@ -10,7 +10,8 @@
 On the CPU, XLA runs a ``jax.lax.scan`` step by step and pays a fixed cost for every operation
 of its body at every step: at the seeds' sizes that, not arithmetic, is most of the time. The
 C loop runs every step in one call, the batch rows split over the CPU's cores, each step one
-product [x_t, h]·[W; U] + b, and the backward sums the weight gradients as it goes.
+product [x_t, h]·[W; U] + b over the rows that are real at that step (padded ones keep their
+state without being computed), and the backward sums the weight gradients as it goes.
 ``recurrent.lstm_scan`` takes it for the standard cell in float32 on the CPU
 (``loop="auto"``), and for bfloat16 products (``matmul_dtype``) where the CPU multiplies
 bfloat16 itself (AVX512-BF16; built with ``-march=native``): operands rounded to bfloat16 as the
