@@ -62,8 +62,8 @@ static inline void store(float *p, v16 v) { memcpy(p, &v, sizeof v); }
 
 /* NAME(rows, k, n, in, ...): out[r, :n] = base[r, :n] + in[r, :k].m[:k, :n] for every row
  * r < rows (n a multiple of 16; base_stride 0 adds the same row to every row), with NAME's
- * tiles of 8, 4 and 1 rows. Column panels outside, rows inside: a panel of m (k x 32) stays in cache while
- * every row block reads it. */
+ * tiles of 8, 4 and 1 rows. Column panels outside, rows inside: a panel of m (k x 32) stays
+ * in cache while every row block reads it. */
 #define GEMM(NAME, In)                                                                           \
     static void NAME(int rows, int k, int n, const In *in, int in_stride, const In *m,           \
                      const float *base, int base_stride, float *out, int out_stride) {           \
