@@ -269,6 +269,14 @@ static inline Gates gates(const float *row, int H) {
     return (Gates){r, r + H, r + 2 * H, r + 3 * H};
 }
 
+/* The step's cell state c = f c_prev + i g [H] and tanh(c) [Hp] (c's padding stays 0), from
+ * the activated gates a: the forward's, and the backward's recomputed. */
+static inline void cell_state(Gates a, const float *c_prev, int H, int Hp, float *c, float *tc) {
+#pragma omp simd
+    for (int j = 0; j < H; j++) c[j] = a.f[j] * c_prev[j] + a.i[j] * a.g[j];
+    tanh_all(Hp, c, tc);
+}
+
 /* The rows of a part to compute at one step, from their mask [rows] (NULL: all real): the
  * real rows in order, then padded ones up to a multiple of 4 rows (the products' tiles; their
  * results are dropped), then the rest, skipped. order [rows] receives them all; returns how
@@ -331,9 +339,7 @@ static void forward_rows(const void *context, int part, int lo, int hi) {
                 zr[j] = s * tanhf(s * zr[j]) + 1 - s;
             }
             Gates a = gates(zr, H);
-#pragma omp simd
-            for (int j = 0; j < H; j++) c[j] = a.f[j] * cr[j] + a.i[j] * a.g[j];
-            tanh_all(Hp, c, tc);
+            cell_state(a, cr, H, Hp, c, tc);
 #pragma omp simd
             for (int j = 0; j < H; j++) {
                 float h = a.o[j] * tc[j];
@@ -436,9 +442,7 @@ static void backward_rows(const void *context, int part, int lo, int hi) {
             const float *dout = p->d_out ? p->d_out + (row + r) * H : zero; /* none: 0 */
             float *dzr = dz + (size_t)q * Gp, *dhr = dh + (size_t)r * H, *dcr = dc + (size_t)r * H;
             Gates ag = gates(p->a + (row + r) * G, H), dzg = gates(dzr, H);
-#pragma omp simd
-            for (int j = 0; j < H; j++) c[j] = ag.f[j] * cp[j] + ag.i[j] * ag.g[j];
-            tanh_all(Hp, c, tc);
+            cell_state(ag, cp, H, Hp, c, tc);
 #pragma omp simd
             for (int j = 0; j < H; j++) {
                 float i_ = ag.i[j], f_ = ag.f[j], g_ = ag.g[j], o_ = ag.o[j];
