@@ -30,8 +30,12 @@ Extra implementations for ablations: ``flaxlstm-autodiff`` (the same model built
 ``LSTM(..., hand_written_backward=False)``, i.e. jax autodiff of the scan),
 ``flaxlstm-lengths`` (flaxlstm given ``lengths``, so the masked code path runs; every length
 is T), ``flaxlstm-unroll8`` (``LSTM(..., unroll=8)``: 8 time steps per loop iteration),
-``flaxlstm-bf16`` (bfloat16 products) and ``flaxlstm-scan`` (``LSTM(..., loop="scan")``: the
-steps on ``jax.lax.scan``, where ``flaxlstm`` runs them in C on the CPU, flaxlstm/native.py).
+``flaxlstm-bf16`` (bfloat16 products), ``flaxlstm-scan`` (``LSTM(..., loop="scan")``: the
+steps on ``jax.lax.scan``, where ``flaxlstm`` runs them in C on the CPU, flaxlstm/native.py),
+``flaxlstm-avx2`` and ``flaxlstm-avx512`` (the C loop on that instruction set, where the CPU
+runs it). The table names the path each flaxlstm row ran, ``flaxlstm[avx512bf16]``,
+``flaxlstm-scan[scan]``: the C loop's instruction set (``FLAXLSTM_NATIVE_ISA`` forces a lower
+one for every row) or the scan.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ SHAPES = {
 }
 PEERS = ("flax", "keras", "torch", "cudnn")
 EXTRA = ("flaxlstm-autodiff", "flaxlstm-lengths", "flaxlstm-unroll8", "flaxlstm-bf16")
+EXTRA += ("flaxlstm-scan", "flaxlstm-avx2", "flaxlstm-avx512")
 # Environment variables that change the timings; recorded with the results.
 ENVIRONMENT = ("XLA_FLAGS", "GLIBC_TUNABLES", "OMP_NUM_THREADS", "LD_PRELOAD", "KERAS_BACKEND")
 
@@ -208,6 +213,7 @@ def run_shape(
             dict(
                 shape=shape_name,
                 name=runner.name,
+                path=runner.path,
                 step_ms=1e3 * median,
                 step_ms_all=[1e3 * t for t in times[runner.name]],
                 tokens_per_s=tokens / median,
@@ -233,7 +239,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
         lines.append(
-            f"| {r['name']} | {r['step_ms']:.1f} | {min(r['step_ms_all']):.1f}–"
+            f"| {r['name']}{'[' + r['path'] + ']' if r.get('path') else ''} | {r['step_ms']:.1f} | {min(r['step_ms_all']):.1f}–"
             f"{max(r['step_ms_all']):.1f} | {r['tokens_per_s']:,.0f} | {r['compile_s']:.2f} "
             f"| {fmt(r['xla_mib'], '.1f')} | {fmt(r.get('rss_mib'), '.0f')} "
             f"| {fmt(r.get('gpu_mib'), '.0f')} | {r['ratio']:.2f} "

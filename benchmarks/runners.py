@@ -30,6 +30,7 @@ class Runner:
     compile_s: float
     xla_bytes: int | None = None
     model: object = None  # the NNX module it trains, where there is one
+    path: str | None = None  # flaxlstm: the C loop's instruction set, or "scan"
 
 
 # ------------------------------------------------------------------------------- JAX
@@ -94,13 +95,23 @@ def nnx_runner(name: str, model, ids, labels, lengths=None) -> Runner:
 
 
 def flaxlstm_runner(
-    shape: dict, ids, labels, name: str = "flaxlstm", with_lengths: bool = False, **lstm_options
+    shape: dict,
+    ids,
+    labels,
+    name: str = "flaxlstm",
+    with_lengths: bool = False,
+    isa: str | None = None,
+    **lstm_options,
 ) -> Runner:
     """flaxlstm: Embedding → ``flaxlstm.LSTM(..., **lstm_options)`` → Linear; with
-    ``with_lengths`` the layer is given lengths [B] (all T), so its masked code path runs."""
+    ``with_lengths`` the layer is given lengths [B] (all T), so its masked code path runs;
+    ``isa``: the C loop's instruction set (``flaxlstm.native.using``; None: the CPU's best)."""
+    import contextlib
+
     from flax import nnx
 
     import flaxlstm
+    from flaxlstm import native
 
     class Model(nnx.Module):
         def __init__(self, rngs):
@@ -112,7 +123,18 @@ def flaxlstm_runner(
             return self.head(self.lstm(self.embed(ids), lengths))[..., 0]
 
     lengths = np.full(ids.shape[0], ids.shape[1], np.int32) if with_lengths else None
-    return nnx_runner(name, Model(nnx.Rngs(0)), ids, labels, lengths)
+    with native.using(isa) if isa else contextlib.nullcontext():  # while the step is traced
+        runner = nnx_runner(name, Model(nnx.Rngs(0)), ids, labels, lengths)
+        loop = runner.model.lstm.loop
+        in_c = loop != "scan" and native.available() and jax_backend() == "cpu"
+        runner.path = native.instruction_set() if in_c else "scan"
+    return runner
+
+
+def jax_backend() -> str:
+    import jax
+
+    return jax.default_backend()
 
 
 def flax_runner(shape: dict, ids, labels) -> Runner:
@@ -243,6 +265,8 @@ RUNNERS = {
     "flaxlstm-unroll8": _flaxlstm("flaxlstm-unroll8", unroll=8),
     "flaxlstm-bf16": _flaxlstm("flaxlstm-bf16", dtype="bfloat16"),
     "flaxlstm-scan": _flaxlstm("flaxlstm-scan", loop="scan"),
+    "flaxlstm-avx2": _flaxlstm("flaxlstm-avx2", isa="avx2"),
+    "flaxlstm-avx512": _flaxlstm("flaxlstm-avx512", isa="avx512"),
     "flax": flax_runner,
     "keras": keras_runner,
     "torch": torch_runner,
@@ -254,9 +278,12 @@ NEEDS = {"keras": "keras", "torch": "torch"}
 def available(name: str) -> str | None:
     """None when ``name`` can run here, else why not."""
     if name == "cudnn":
-        import jax
+        return None if jax_backend() == "gpu" else "needs a GPU (cuDNN), skipped"
+    if name in ("flaxlstm-avx2", "flaxlstm-avx512"):
+        from flaxlstm import native
 
-        return None if jax.default_backend() == "gpu" else "needs a GPU (cuDNN), skipped"
+        isa = name.split("-")[1]
+        return None if isa in native.instruction_sets() else f"the C loop cannot run {isa} here"
     module = NEEDS.get(name)
     if module is None or importlib.util.find_spec(module) is not None:
         return None

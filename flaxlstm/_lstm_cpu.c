@@ -8,9 +8,16 @@
  * no synchronisation between steps: the calling thread and helpers on XLA's own thread pool
  * (in_parts; no thread is left spinning between calls). A step computes only the rows of
  * its part that are real at that step (rows_to_compute: a batch cut to a bucket's width still
- * pads its shorter reviews). Each step's products are register-tiled (8 rows x 32 columns of
- * accumulators); everything else of a step is one pass over [rows, H]. Arrays are float32,
- * time-major, C-contiguous.
+ * pads its shorter reviews). Each step's products are register-tiled; everything else of a
+ * step is one pass over [rows, H]. Arrays are float32, time-major, C-contiguous.
+ *
+ * Instruction sets: the library is compiled for plain x86-64, so that it loads on every
+ * x86-64 CPU, and the steps (_lstm_cpu_steps.h) are compiled twice more under `#pragma GCC
+ * target`: for AVX2 + FMA (tiles of up to 6 rows x 16 columns, 8-float ymm vectors) and for
+ * AVX-512 (up to 8 rows x 32 columns, 16-float zmm). lstm_best_isa() reads the CPU's (CPUID, through gcc's
+ * __builtin_cpu_supports) and the caller passes the one to run (flaxlstm/native.py chooses
+ * once at load; FLAXLSTM_NATIVE_ISA forces a lower one); bfloat16 products need ISA_BF16, a
+ * CPU with AVX512-BF16. A CPU without AVX2 + FMA runs no C loop (the scan instead).
  *
  * Gates are laid out [i, f, g, o] along the last axis of size 4H, as flaxlstm/cell.py has them:
  *   z = x_t.W + b + h.U,  i, f, o = sigma(z_i, z_f, z_o),  g = tanh(z_g)
@@ -19,81 +26,99 @@
  * A recurrent dropout mask r [B, H] (variational: the same at every step) multiplies h where
  * it enters the product: z = x_t.W + b + (h * r).U.
  *
- * With bf16 set (built only where the compiler targets AVX512-BF16: lstm_has_bf16()), every
- * product takes bfloat16 operands, rounded to nearest even, and accumulates in float32
+ * With bf16 set (on ISA_BF16 only), every product takes bfloat16 operands, rounded to nearest even, and accumulates in float32
  * (vdpbf16ps: two products per 32-bit lane), as lstm_scan's matmul_dtype=bfloat16 does: the
  * bias is rounded too, everything else (gates, states, sums) stays float32. */
+#if !defined(__x86_64__) || !defined(__linux__)
+#error "the C loop is written for x86-64 Linux (setup.py builds it only there)"
+#endif
 #define _GNU_SOURCE
+#include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
-typedef float v16 __attribute__((vector_size(64)));
+/* The instruction sets, in order: each runs on a CPU that has every feature of the ones below. */
+enum { ISA_NONE, ISA_AVX2, ISA_AVX512, ISA_BF16 };
 
-static inline v16 load(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
-static inline void store(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+/* The best set this CPU runs: AVX2 + FMA, AVX-512 (F, BW, DQ, VL), then AVX512-BF16 too.
+ * __builtin_cpu_supports also checks that the OS saves the vector registers. */
+int lstm_best_isa(void) {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return ISA_NONE;
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl"))
+        return ISA_AVX2;
+    return __builtin_cpu_supports("avx512bf16") ? ISA_BF16 : ISA_AVX512;
+}
 
 /* The products' register tiles, for float32 (In float, each k one multiply-add) and for
  * bfloat16 pairs (In pair, below: each k two, vdpbf16ps). One tile of out = base + in.m: R rows
- * x 16Q columns from column c, the accumulators held in registers over the whole k loop, m's
- * rows loaded once for all R rows. Strides in In; m's is n. out may be base. */
+ * x VEC * Q columns from column c, the accumulators held in registers over the whole k loop,
+ * m's rows loaded once for all R rows. Strides in In; m's is n. out may be base. VECTOR (of
+ * VEC floats), VLOAD and VSTORE are the including instruction set's (_lstm_cpu_steps.h). */
 #define TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, R, Q)                                         \
     static void NAME##_##R##x##Q(int k, int n, int c, const In *in, int in_stride, const In *m,  \
                                  const float *base, int base_stride, float *out, int out_stride) { \
-        v16 acc[R][Q];                                                                           \
+        VECTOR acc[R][Q];                                                                        \
         for (int r = 0; r < R; r++)                                                              \
-            for (int q = 0; q < Q; q++) acc[r][q] = load(base + r * base_stride + c + 16 * q);   \
+            for (int q = 0; q < Q; q++) acc[r][q] = VLOAD(base + r * base_stride + c + VEC * q); \
         for (int i = 0; i < k; i++) {                                                            \
             Mv mi[Q];                                                                            \
-            for (int q = 0; q < Q; q++) mi[q] = LOAD_M(m + (size_t)i * n + c + 16 * q);          \
+            for (int q = 0; q < Q; q++) mi[q] = LOAD_M(m + (size_t)i * n + c + VEC * q);         \
             for (int r = 0; r < R; r++) {                                                        \
                 Mv a = BROADCAST(in[r * in_stride + i]);                                         \
                 for (int q = 0; q < Q; q++) acc[r][q] = MADD(acc[r][q], a, mi[q]);               \
             }                                                                                    \
         }                                                                                        \
         for (int r = 0; r < R; r++)                                                              \
-            for (int q = 0; q < Q; q++) store(out + r * out_stride + c + 16 * q, acc[r][q]);     \
+            for (int q = 0; q < Q; q++) VSTORE(out + r * out_stride + c + VEC * q, acc[r][q]);   \
     }
+#define TILES_OF_WIDTH(NAME, In, Mv, LOAD_M, BROADCAST, MADD, Q)                                 \
+    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 1, Q)                                            \
+    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 2, Q)                                            \
+    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 3, Q)                                            \
+    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 4, Q)                                            \
+    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 5, Q)                                            \
+    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 6, Q)                                            \
+    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 7, Q)                                            \
+    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 8, Q)
 
 /* NAME(rows, k, n, in, ...): out[r, :n] = base[r, :n] + in[r, :k].m[:k, :n] for every row
- * r < rows (n a multiple of 16; base_stride 0 adds the same row to every row), with NAME's
- * tiles of 8, 4 and 1 rows. Column panels outside, rows inside: a panel of m (k x 32) stays
- * in cache while every row block reads it. */
+ * r < rows (n a multiple of 16; base_stride 0 adds the same row to every row). The rows are
+ * cut into as few tiles of at most TALL rows as there can be, of equal heights (13 rows: 5, 4,
+ * 4 with TALL 6), so that no short tile reloads m for one or two rows; tiles are 2 or 1
+ * vectors wide. Column panels outside, rows inside: a panel of m (k x 2 VEC) stays in cache
+ * while every tile reads it. */
 #define GEMM(NAME, In)                                                                           \
+    typedef void (*NAME##_tile)(int, int, int, const In *, int, const In *, const float *, int,  \
+                                float *, int);                                                   \
     static void NAME(int rows, int k, int n, const In *in, int in_stride, const In *m,           \
                      const float *base, int base_stride, float *out, int out_stride) {           \
-        for (int c = 0, q; c < n; c += 16 * q) {                                                 \
-            q = c + 32 <= n ? 2 : 1;                                                             \
-            for (int r = 0; r < rows;) {                                                         \
-                const In *ir = in + r * in_stride;                                               \
-                const float *br = base + r * base_stride;                                        \
-                float *outr = out + r * out_stride;                                              \
-                int R = r + 8 <= rows ? 8 : r + 4 <= rows ? 4 : 1;                              \
-                (q == 2 ? R == 8 ? NAME##_8x2 : R == 4 ? NAME##_4x2 : NAME##_1x2                 \
-                        : R == 8 ? NAME##_8x1 : R == 4 ? NAME##_4x1 : NAME##_1x1)(               \
-                    k, n, c, ir, in_stride, m, br, base_stride, outr, out_stride);               \
-                r += R;                                                                          \
+        static const NAME##_tile wide[] = {NULL, NAME##_1x2, NAME##_2x2, NAME##_3x2, NAME##_4x2, \
+                                           NAME##_5x2, NAME##_6x2, NAME##_7x2, NAME##_8x2};      \
+        static const NAME##_tile narrow[] = {NULL, NAME##_1x1, NAME##_2x1, NAME##_3x1,           \
+                                             NAME##_4x1, NAME##_5x1, NAME##_6x1, NAME##_7x1,     \
+                                             NAME##_8x1};                                        \
+        int tiles = (rows + TALL - 1) / TALL;                                                    \
+        for (int c = 0, q; c < n; c += VEC * q) {                                                \
+            q = c + 2 * VEC <= n ? 2 : 1;                                                        \
+            for (int t = 0; t < tiles; t++) {                                                    \
+                int r = rows * t / tiles, R = rows * (t + 1) / tiles - r;                        \
+                (q == 2 ? wide : narrow)[R](k, n, c, in + r * in_stride, in_stride, m,           \
+                                            base + r * base_stride, base_stride,                 \
+                                            out + r * out_stride, out_stride);                   \
             }                                                                                    \
         }                                                                                        \
     }
 #define TILES(NAME, In, Mv, LOAD_M, BROADCAST, MADD)                                             \
-    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 8, 2)                                            \
-    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 4, 2)                                            \
-    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 1, 2)                                            \
-    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 8, 1)                                            \
-    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 4, 1)                                            \
-    TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 1, 1)                                            \
+    TILES_OF_WIDTH(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 1)                                     \
+    TILES_OF_WIDTH(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 2)                                     \
     GEMM(NAME, In)
-
-/* float32: a scalar of in, broadcast, times a row of m (gcc's vector extension: AVX-512 or not). */
-#define SPLAT(x) ((v16){} + (x))
-#define FMA32(acc, a, mi) ((acc) + (a) * (mi))
-TILES(gemm, float, v16, load, SPLAT, FMA32)
 
 /* Products on bfloat16 pairs: a `pair` holds two bfloat16 (the first in the low half), the
  * operands of one vdpbf16ps lane. pack_rows turns in [rows, k] into pairs along k,
@@ -136,60 +161,139 @@ static void pack_cols(int k, int n, const float *m, int m_stride, pair *out) {
         for (int j = 0; j < n; j++) out[(size_t)(k / 2) * n + j] = pair_of(last[j], 0.0f);
 }
 
-#ifdef __AVX512BF16__
-#include <immintrin.h>
-int lstm_has_bf16(void) { return 1; }
-
-/* bfloat16: k pairs of in's row against k rows of pairs of m, two products per lane. */
+/* bfloat16: k pairs of in's row against k rows of pairs of m, two products per lane
+ * (AVX512-BF16's vdpbf16ps; called only where lstm_best_isa() is ISA_BF16). */
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")
+#define ISA(name) name##_bf16
+#define VEC 16
+#define TALL 8
+typedef float ISA(vec) __attribute__((vector_size(64)));
+static inline ISA(vec) ISA(load)(const float *p) { return (ISA(vec))_mm512_loadu_ps(p); }
+static inline void ISA(store)(float *p, ISA(vec) v) { _mm512_storeu_ps(p, (__m512)v); }
+#define VECTOR ISA(vec)
+#define VLOAD ISA(load)
+#define VSTORE ISA(store)
 #define LOAD_PAIRS(p) ((__m512bh)_mm512_loadu_si512(p))
 #define BROADCAST_PAIR(x) ((__m512bh)_mm512_set1_epi32((int)(x)))
-#define DOT_BF16(acc, a, mi) _mm512_dpbf16_ps(acc, a, mi)
+#define DOT_BF16(acc, a, mi) ((VECTOR)_mm512_dpbf16_ps((__m512)(acc), a, mi))
 TILES(gemm_bf16, pair, __m512bh, LOAD_PAIRS, BROADCAST_PAIR, DOT_BF16)
-#else
-int lstm_has_bf16(void) { return 0; }
-static void gemm_bf16(int rows, int k2, int n, const pair *in, int in_stride, const pair *m,
-                      const float *base, int base_stride, float *out, int out_stride) {
-    (void)rows, (void)k2, (void)n, (void)in, (void)in_stride, (void)m, (void)base;
-    (void)base_stride, (void)out, (void)out_stride;
-    abort(); /* never called: native.py asks lstm_has_bf16() first */
-}
-#endif
+#undef VECTOR
+#undef VLOAD
+#undef VSTORE
+#undef ISA
+#undef VEC
+#undef TALL
+#pragma GCC pop_options
 
-/* out = base + in.m for in [rows, k] (float32, rounded to pairs into the scratch in2 when m
- * is pairs) and m [k, n]: float32, or pairs [(k + 1) / 2, n] when bf16. */
-static void product(int bf16, int rows, int k, int n, const float *in, int in_stride,
-                    pair *in2, const void *m, const float *base, int base_stride, float *out,
-                    int out_stride) {
-    if (!bf16) {
-        gemm(rows, k, n, in, in_stride, m, base, base_stride, out, out_stride);
-        return;
-    }
-    pack_rows(rows, k, in, in_stride, in2);
-    gemm_bf16(rows, (k + 1) / 2, n, in2, (k + 1) / 2, m, base, base_stride, out, out_stride);
+/* A row of 4H's four gate slices, i, f, g, o: one pointer each, so that the compiler reads
+ * each slice with plain vector loads (j + H indexing made gcc gather element by element). */
+typedef struct {
+    float *i, *f, *g, *o;
+} Gates;
+static inline Gates gates(const float *row, int H) {
+    float *r = (float *)row;
+    return (Gates){r, r + H, r + 2 * H, r + 3 * H};
 }
 
-/* Runs work(context, part, lo, hi) on parts of the rows [0, B) and returns when all are done.
- * Helpers are started with spawn(pool, task, arg) (XLA's own thread pool, handed to the FFI
- * handler: its idle threads take them at once, where a new thread would have to share a CPU
- * with them), or on new threads when spawn is NULL. The caller and its helpers each take the
- * next part not yet taken until none is left, so the parts are done even if no helper ever
- * starts (a pool whose every thread is busy); the last holder of the shared state frees it. */
-typedef void (*Work)(const void *context, int part, int lo, int hi);
+/* The rows of a part to compute at one step, from their mask [rows] (NULL: all real): the
+ * real rows in order, then the padded ones, skipped (they keep their state; the products'
+ * tiles take any number of rows, GEMM). order [rows] receives them all; returns how many are
+ * computed. The forward and the backward make the same choice from the same mask, so the
+ * backward reads only what the forward wrote. */
+static int rows_to_compute(const float *mask, int rows, int *order) {
+    int n = 0;
+    for (int r = 0; r < rows; r++)
+        if (!mask || mask[r] != 0.0f) order[n++] = r;
+    int computed = n;
+    for (int r = 0; r < rows && mask; r++)
+        if (mask[r] == 0.0f) order[n++] = r;
+    return computed;
+}
+
+typedef struct {
+    int T, B, H, F, reverse, save, bf16;
+    const float *x, *mask, *rmask, *base; /* base = bias, 4H padded to Gp */
+    const float *scale; /* [Gp]: 1 in g's columns, 1/2 elsewhere (forward_rows) */
+    const void *wu;                       /* [w; u] [K, Gp], or its pairs when bf16 */
+    float *a, *c_prev, *h_prev, *out, *c_n, *h_n;
+} Forward;
+
+typedef struct {
+    int T, B, H, F, reverse, bf16;
+    const float *a, *c_prev, *h_prev, *x, *d_out, *mask, *rmask;
+    const void *wut; /* [w; u]^T [4H, Kp], or its pairs when bf16 */
+    float *dx, *dh, *dc, *sums, *d_rmask; /* sums: each part's [dw; du; dbias] [K + 1, Gp] */
+} Backward;
+
+/* The backward adds [x_t, h_prev]^T.dz to the weight gradients' sums for this many steps at
+ * once: one product over SUM_STEPS * rows instead of a pass over the sums every step. */
+enum { SUM_STEPS = 8 };
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define ISA(name) name##_avx2
+#define VEC 8
+#define TALL 6
+#include "_lstm_cpu_steps.h"
+#undef ISA
+#undef VEC
+#undef TALL
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")
+#define ISA(name) name##_avx512
+#define VEC 16
+#define TALL 8
+#include "_lstm_cpu_steps.h"
+#undef ISA
+#undef VEC
+#undef TALL
+#pragma GCC pop_options
+
+/* Runs work(context, part, lo, hi) on parts of the rows [0, B) and returns when all are done:
+ * 0, or -1 when a part or the bookkeeping could not allocate its memory. Helpers are started
+ * with spawn(pool, task, arg) (XLA's own thread pool, handed to the FFI handler: its idle
+ * threads take them at once, where a new thread would have to share a CPU with them), or on
+ * new threads when spawn is NULL. The caller and its helpers each take the next part not yet
+ * taken until none is left, so the parts are done even if no helper ever starts (a pool whose
+ * every thread is busy); the caller then sleeps on a condition variable until the parts that
+ * helpers took are done (no time-out: nothing may write into XLA's buffers after it returns),
+ * and the last holder of the shared state frees it. */
+typedef int (*Work)(const void *context, int part, int lo, int hi);
 typedef void (*Spawn)(void *pool, void (*task)(void *), void *arg);
 typedef struct {
     Work work;
     const void *context;
     int B, parts;
-    atomic_int next, done, holders; /* parts taken, parts done, who may still read this */
+    pthread_mutex_t lock;
+    pthread_cond_t all_done;
+    int next, done, failed, holders; /* parts taken, parts done, failed, who may still read */
 } Parts;
 
 static void take_parts(Parts *ps) {
-    for (int p; (p = atomic_fetch_add(&ps->next, 1)) < ps->parts; atomic_fetch_add(&ps->done, 1))
-        ps->work(ps->context, p, ps->B * p / ps->parts, ps->B * (p + 1) / ps->parts);
+    for (;;) {
+        pthread_mutex_lock(&ps->lock);
+        int p = ps->next < ps->parts ? ps->next++ : -1;
+        pthread_mutex_unlock(&ps->lock);
+        if (p < 0) return;
+        int failed = ps->work(ps->context, p, ps->B * p / ps->parts, ps->B * (p + 1) / ps->parts);
+        pthread_mutex_lock(&ps->lock);
+        ps->failed |= failed != 0;
+        if (++ps->done == ps->parts) pthread_cond_signal(&ps->all_done);
+        pthread_mutex_unlock(&ps->lock);
+    }
 }
 
 static void let_go(Parts *ps) {
-    if (atomic_fetch_sub(&ps->holders, 1) == 1) free(ps);
+    pthread_mutex_lock(&ps->lock);
+    int last = --ps->holders == 0;
+    pthread_mutex_unlock(&ps->lock);
+    if (!last) return;
+    pthread_mutex_destroy(&ps->lock);
+    pthread_cond_destroy(&ps->all_done);
+    free(ps);
 }
 
 static void helper(void *ps) {
@@ -215,8 +319,12 @@ static void spawn_thread(void *pool, void (*task)(void *), void *arg) {
     pthread_attr_t attr;
     Task *t = malloc(sizeof *t);
     (void)pool;
+    if (!t || pthread_attr_init(&attr) != 0) {
+        free(t);
+        task(arg);
+        return;
+    }
     *t = (Task){task, arg};
-    pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     if (pthread_create(&thread, &attr, run_task, t) != 0) run_task(t);
     pthread_attr_destroy(&attr);
@@ -232,14 +340,20 @@ static int parts_for(int B) {
     return parts < 1 ? 1 : parts > MAX_PARTS ? MAX_PARTS : parts;
 }
 
-static void in_parts(Work work, const void *context, int B, int parts, Spawn spawn, void *pool) {
+static int in_parts(Work work, const void *context, int B, int parts, Spawn spawn, void *pool) {
     Parts *ps = malloc(sizeof *ps);
-    ps->work = work, ps->context = context, ps->B = B, ps->parts = parts;
-    atomic_init(&ps->next, 0), atomic_init(&ps->done, 0), atomic_init(&ps->holders, parts);
+    if (!ps) return -1;
+    *ps = (Parts){.work = work, .context = context, .B = B, .parts = parts, .holders = parts};
+    pthread_mutex_init(&ps->lock, NULL);
+    pthread_cond_init(&ps->all_done, NULL);
     for (int p = 1; p < parts; p++) (spawn ? spawn : spawn_thread)(pool, helper, ps);
     take_parts(ps);
-    while (atomic_load(&ps->done) < parts) sched_yield(); /* a helper finishing its part */
+    pthread_mutex_lock(&ps->lock);
+    while (ps->done < parts) pthread_cond_wait(&ps->all_done, &ps->lock); /* helpers' parts */
+    int failed = ps->failed;
+    pthread_mutex_unlock(&ps->lock);
     let_go(ps);
+    return failed ? -1 : 0;
 }
 
 /* Asks the kernel for 2 MiB pages under the whole 2 MiB pages inside [p, p + bytes): XLA hands
@@ -252,136 +366,47 @@ static void huge_pages(void *p, size_t bytes) {
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
 }
 
-/* tanh of n floats, n a multiple of 16 (glibc's vector tanhf, 16 lanes at a time: a loop to
- * H = 100 would leave 4 lanes to the scalar tanhf, which costs as much as the other 96). */
-static void tanh_all(int n, const float *in, float *out) {
-#pragma omp simd
-    for (int j = 0; j < n; j++) out[j] = tanhf(in[j]);
+/* The errors of lstm_forward and lstm_backward (0: none); lstm_error names each. */
+enum { LSTM_OUT_OF_MEMORY = 1, LSTM_BAD_ISA };
+
+const char *lstm_error(int error) {
+    return error == LSTM_OUT_OF_MEMORY ? "flaxlstm's C loop could not allocate its memory"
+           : error == LSTM_BAD_ISA     ? "flaxlstm's C loop was asked for an instruction set "
+                                         "this CPU does not run (or bfloat16 products without "
+                                         "AVX512-BF16)"
+                                       : "";
 }
 
-/* A row of 4H's four gate slices, i, f, g, o: one pointer each, so that the compiler reads
- * each slice with plain vector loads (j + H indexing made gcc gather element by element). */
-typedef struct {
-    float *i, *f, *g, *o;
-} Gates;
-static inline Gates gates(const float *row, int H) {
-    float *r = (float *)row;
-    return (Gates){r, r + H, r + 2 * H, r + 3 * H};
-}
-
-/* The step's cell state c = f c_prev + i g [H] and tanh(c) [Hp] (c's padding stays 0), from
- * the activated gates a: the forward's, and the backward's recomputed. */
-static inline void cell_state(Gates a, const float *c_prev, int H, int Hp, float *c, float *tc) {
-#pragma omp simd
-    for (int j = 0; j < H; j++) c[j] = a.f[j] * c_prev[j] + a.i[j] * a.g[j];
-    tanh_all(Hp, c, tc);
-}
-
-/* The rows of a part to compute at one step, from their mask [rows] (NULL: all real): the
- * real rows in order, then padded ones up to a multiple of 4 rows (the products' tiles; their
- * results are dropped), then the rest, skipped. order [rows] receives them all; returns how
- * many are computed. The forward and the backward make the same choice from the same mask, so
- * the backward reads only what the forward wrote. */
-static int rows_to_compute(const float *mask, int rows, int *order) {
-    int n = 0;
-    for (int r = 0; r < rows; r++)
-        if (!mask || mask[r] != 0.0f) order[n++] = r;
-    int computed = (n + 3) / 4 * 4;
-    for (int r = 0; r < rows && mask; r++)
-        if (mask[r] == 0.0f) order[n++] = r;
-    return computed < rows ? computed : rows;
-}
-
-typedef struct {
-    int T, B, H, F, reverse, save, bf16;
-    const float *x, *mask, *rmask, *base; /* base = bias, 4H padded to Gp */
-    const float *scale; /* [Gp]: 1 in g's columns, 1/2 elsewhere (forward_rows) */
-    const void *wu;                       /* [w; u] [K, Gp], or its pairs when bf16 */
-    float *a, *c_prev, *h_prev, *out, *c_n, *h_n;
-} Forward;
-
-static void forward_rows(const void *context, int part, int lo, int hi) {
-    const Forward *p = context;
-    int T = p->T, B = p->B, H = p->H, F = p->F, G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H;
-    int rows = hi - lo, Hp = (H + 15) / 16 * 16;
-    float *z = calloc((size_t)rows * Gp, sizeof(float)), *xh = calloc((size_t)rows * K, sizeof(float));
-    float *c = calloc((size_t)Hp, sizeof(float)), *tc = calloc((size_t)Hp, sizeof(float));
-    pair *xh2 = p->bf16 ? calloc((size_t)rows * ((K + 1) / 2), sizeof(pair)) : NULL;
-    int *order = malloc((size_t)rows * sizeof(int));
-    float *c_n = p->c_n + (size_t)lo * H, *h_n = p->h_n + (size_t)lo * H; /* the carried state */
-    (void)part;
-    for (int s = 0; s < T; s++) {
-        size_t row = (size_t)(p->reverse ? T - 1 - s : s) * B + lo;
-        int n = rows_to_compute(p->mask ? p->mask + row : NULL, rows, order);
-        if (p->save) {
-            memcpy(p->c_prev + row * H, c_n, (size_t)rows * H * sizeof(float));
-            memcpy(p->h_prev + row * H, h_n, (size_t)rows * H * sizeof(float));
-        }
-        for (int q = 0; q < n; q++) { /* [x_t, h r], row q of the computed ones */
-            int r = order[q];
-            const float *rm = p->rmask ? p->rmask + (size_t)(lo + r) * H : NULL;
-            memcpy(xh + (size_t)q * K, p->x + (row + r) * F, F * sizeof(float));
-            for (int j = 0; j < H; j++)
-                xh[(size_t)q * K + F + j] = h_n[(size_t)r * H + j] * (rm ? rm[j] : 1.0f);
-        }
-        /* z = [x_t, h r].[w; u] + bias */
-        product(p->bf16, n, K, Gp, xh, K, xh2, p->wu, p->base, 0, z, Gp);
-        for (int q = 0; q < n; q++) {
-            int r = order[q];
-            float m = p->mask ? p->mask[row + r] : 1.0f;
-            float *zr = z + (size_t)q * Gp, *cr = c_n + (size_t)r * H, *hr = h_n + (size_t)r * H;
-            float *outr = p->out ? p->out + (row + r) * H : NULL;
-            /* the gates in place, the whole padded row in one pass: σ(z) = tanh(z/2)/2 + 1/2,
-             * so a = s tanh(s z) + 1 - s with s = 1/2 for i, f, o and s = 1 for g */
-#pragma omp simd
-            for (int j = 0; j < Gp; j++) {
-                float s = p->scale[j];
-                zr[j] = s * tanhf(s * zr[j]) + 1 - s;
-            }
-            Gates a = gates(zr, H);
-            cell_state(a, cr, H, Hp, c, tc);
-#pragma omp simd
-            for (int j = 0; j < H; j++) {
-                float h = a.o[j] * tc[j];
-                cr[j] = m != 0.0f ? c[j] : cr[j];
-                hr[j] = m != 0.0f ? h : hr[j];
-            }
-            if (outr) /* h where real, 0 where padded */
-                for (int j = 0; j < H; j++) outr[j] = m != 0.0f ? hr[j] : 0.0f;
-            if (p->save) memcpy(p->a + (row + r) * G, zr, G * sizeof(float));
-        }
-        for (int q = n; q < rows && p->out; q++) /* skipped: padded, output 0 */
-            memset(p->out + (row + order[q]) * H, 0, H * sizeof(float));
-    }
-    free(z);
-    free(xh);
-    free(xh2);
-    free(order);
-    free(c);
-    free(tc);
+/* Whether the loop can run isa (ISA_AVX2, ISA_AVX512, ISA_BF16) with bf16 products or not. */
+static int runs(int isa, int bf16) {
+    return isa >= ISA_AVX2 && isa <= lstm_best_isa() && (!bf16 || isa == ISA_BF16);
 }
 
 /* Forward over T steps of B rows (from the last step to the first when reverse; every array
- * stays in time order). x [T, B, F], w [F, 4H], u [H, 4H], bias [4H], c0, h0 [B, H], mask
- * [T, B] (1 real, 0 padded; NULL: all real), rmask [B, H] (NULL: none). Writes the outputs
- * out [T, B, H] (NULL: none), the final state c_n, h_n [B, H] and, when save (for the
- * backward), the activated gates a [T, B, 4H] and the state each step starts from, c_prev,
- * h_prev [T, B, H]. Each step's product is [x_t, h r].[w; u] + bias: one product, and no
- * [T, B, 4H] input projection in memory; bf16: on bfloat16 operands (see the top). The parts
- * run through spawn(pool, ...) (NULL: new threads; in_parts). */
-void lstm_forward(Spawn spawn, void *pool, int T, int B, int H, int F, int reverse, int save,
-                  int bf16, const float *x, const float *w, const float *u, const float *bias,
-                  const float *c0, const float *h0, const float *mask, const float *rmask,
-                  float *a, float *c_prev, float *h_prev, float *out, float *c_n, float *h_n) {
-    int G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H;
+ * stays in time order) on the instruction set isa. x [T, B, F], w [F, 4H], u [H, 4H], bias
+ * [4H], c0, h0 [B, H], mask [T, B] (1 real, 0 padded; NULL: all real), rmask [B, H] (NULL:
+ * none). Writes the outputs out [T, B, H] (NULL: none), the final state c_n, h_n [B, H] and,
+ * when save (for the backward), the activated gates a [T, B, 4H] and the state each step
+ * starts from, c_prev, h_prev [T, B, H]. Each step's product is [x_t, h r].[w; u] + bias: one
+ * product, and no [T, B, 4H] input projection in memory; bf16: on bfloat16 operands (see the
+ * top). The parts run through spawn(pool, ...) (NULL: new threads; in_parts). Returns 0 or
+ * an error (lstm_error). */
+int lstm_forward(int isa, Spawn spawn, void *pool, int T, int B, int H, int F, int reverse,
+                 int save, int bf16, const float *x, const float *w, const float *u,
+                 const float *bias, const float *c0, const float *h0, const float *mask,
+                 const float *rmask, float *a, float *c_prev, float *h_prev, float *out,
+                 float *c_n, float *h_n) {
+    if (!runs(isa, bf16)) return LSTM_BAD_ISA;
+    int G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H, error = LSTM_OUT_OF_MEMORY;
     float *wu = calloc((size_t)K * Gp, sizeof(float)), *base = calloc((size_t)Gp, sizeof(float));
+    float *scale = malloc((size_t)Gp * sizeof(float));
+    pair *wu2 = bf16 ? malloc((size_t)(K + 1) / 2 * Gp * sizeof(pair)) : NULL;
+    if (!wu || !base || !scale || (bf16 && !wu2)) goto done;
     for (int k = 0; k < K; k++)
         memcpy(wu + (size_t)k * Gp, k < F ? w + (size_t)k * G : u + (size_t)(k - F) * G,
                G * sizeof(float));
-    float *scale = malloc((size_t)Gp * sizeof(float));
     for (int j = 0; j < Gp; j++) scale[j] = j >= 2 * H && j < 3 * H ? 1.0f : 0.5f;
     for (int j = 0; j < G; j++) base[j] = bf16 ? bf16_round(bias[j]) : bias[j];
-    pair *wu2 = bf16 ? malloc((size_t)(K + 1) / 2 * Gp * sizeof(pair)) : NULL;
     if (bf16) pack_cols(K, Gp, wu, Gp, wu2);
     memcpy(c_n, c0, (size_t)B * H * sizeof(float));
     memcpy(h_n, h0, (size_t)B * H * sizeof(float));
@@ -393,145 +418,54 @@ void lstm_forward(Spawn spawn, void *pool, int T, int B, int H, int F, int rever
         huge_pages(h_prev, (size_t)T * B * H * sizeof(float));
     }
     if (out) huge_pages(out, (size_t)T * B * H * sizeof(float));
-    in_parts(forward_rows, &context, B, parts_for(B), spawn, pool);
+    Work work = isa == ISA_AVX2 ? forward_rows_avx2 : forward_rows_avx512;
+    error = in_parts(work, &context, B, parts_for(B), spawn, pool) ? LSTM_OUT_OF_MEMORY : 0;
+done:
     free(wu);
     free(wu2);
     free(base);
     free(scale);
+    return error;
 }
 
-typedef struct {
-    int T, B, H, F, reverse, bf16;
-    const float *a, *c_prev, *h_prev, *x, *d_out, *mask, *rmask;
-    const void *wut; /* [w; u]^T [4H, Kp], or its pairs when bf16 */
-    float *dx, *dh, *dc, *sums, *d_rmask; /* sums: each part's [dw; du; dbias] [K + 1, Gp] */
-} Backward;
-
-/* The backward adds [x_t, h_prev]^T.dz to the weight gradients' sums for this many steps at
- * once: one product over SUM_STEPS * rows instead of a pass over the sums every step. */
-enum { SUM_STEPS = 8 };
-
-static void backward_rows(const void *context, int part, int lo, int hi) {
-    const Backward *p = context;
-    int T = p->T, B = p->B, H = p->H, F = p->F, G = 4 * H, Gp = (G + 15) / 16 * 16;
-    int K = F + H, Kp = (K + 15) / 16 * 16, rows = hi - lo, block = SUM_STEPS * rows;
-    /* the last SUM_STEPS steps' dz [block, Gp] and [x_t, h_prev]^T [K, block] */
-    float *dzs = calloc((size_t)block * Gp, sizeof(float)), *xht = calloc((size_t)K * block, sizeof(float));
-    float *dxh = calloc((size_t)rows * Kp, sizeof(float));
-    int Hp = (H + 15) / 16 * 16; /* c recomputed and its tanh, padded (tanh_all) */
-    float *c = calloc((size_t)Hp, sizeof(float)), *tc = calloc((size_t)Hp, sizeof(float));
-    /* bf16: the pairs of dz, of [x_t, h_prev]^T and of the last steps' dz */
-    pair *dz2 = NULL, *xht2 = NULL, *dzs2 = NULL;
-    if (p->bf16) {
-        dz2 = calloc((size_t)rows * (G / 2), sizeof(pair));
-        xht2 = calloc((size_t)K * ((block + 1) / 2), sizeof(pair));
-        dzs2 = calloc((size_t)(block + 1) / 2 * Gp, sizeof(pair));
-    }
-    float *zero = calloc((size_t)Kp, sizeof(float)), *sum = p->sums + (size_t)part * (K + 1) * Gp;
-    float *dbias = sum + (size_t)K * Gp; /* summed in float32 as dz comes */
-    float *dh = p->dh + (size_t)lo * H, *dc = p->dc + (size_t)lo * H; /* carried */
-    int *order = malloc((size_t)rows * sizeof(int)), filled = 0; /* dz's rows in dzs */
-    for (int s = T - 1, done = 0; s >= 0; s--, done++) {
-        size_t row = (size_t)(p->reverse ? T - 1 - s : s) * B + lo;
-        int n = rows_to_compute(p->mask ? p->mask + row : NULL, rows, order);
-        float *dz = dzs + (size_t)filled * Gp, *xht_s = xht + filled;
-        for (int q = 0; q < n; q++) { /* skipped rows: dz 0, dh and dc pass unchanged */
-            int r = order[q];
-            float m = p->mask ? p->mask[row + r] : 1.0f;
-            const float *cp = p->c_prev + (row + r) * H;
-            const float *dout = p->d_out ? p->d_out + (row + r) * H : zero; /* none: 0 */
-            float *dzr = dz + (size_t)q * Gp, *dhr = dh + (size_t)r * H, *dcr = dc + (size_t)r * H;
-            Gates ag = gates(p->a + (row + r) * G, H), dzg = gates(dzr, H);
-            cell_state(ag, cp, H, Hp, c, tc);
-#pragma omp simd
-            for (int j = 0; j < H; j++) {
-                float i_ = ag.i[j], f_ = ag.f[j], g_ = ag.g[j], o_ = ag.o[j];
-                int real = m != 0.0f;
-                float d_h = dhr[j] + (real ? dout[j] : 0.0f);
-                float d_c = dcr[j] + d_h * o_ * (1 - tc[j] * tc[j]);
-                dzg.i[j] = real ? d_c * g_ * i_ * (1 - i_) : 0.0f;
-                dzg.f[j] = real ? d_c * cp[j] * f_ * (1 - f_) : 0.0f;
-                dzg.g[j] = real ? d_c * i_ * (1 - g_ * g_) : 0.0f;
-                dzg.o[j] = real ? d_h * tc[j] * o_ * (1 - o_) : 0.0f;
-                dcr[j] = real ? d_c * f_ : dcr[j];
-                dhr[j] = d_h; /* what a padded step passes back */
-            }
-            for (int j = 0; j < G; j++) dbias[j] += dzr[j];
-            for (int k = 0; k < F; k++) xht_s[(size_t)k * block + q] = p->x[(row + r) * F + k];
-            const float *rm = p->rmask ? p->rmask + (size_t)(lo + r) * H : NULL;
-            for (int k = 0; k < H; k++)
-                xht_s[(size_t)(F + k) * block + q] =
-                    p->h_prev[(row + r) * H + k] * (rm ? rm[k] : 1.0f);
-        }
-        /* [dx_t, dh_prev] = dz.[w; u]^T */
-        product(p->bf16, n, G, Kp, dz, Gp, dz2, p->wut, zero, 0, dxh, Kp);
-        filled += n;
-        if (done % SUM_STEPS == SUM_STEPS - 1 || s == 0) { /* [dw; du] += the last steps' */
-            if (p->bf16) pack_cols(filled, Gp, dzs, Gp, dzs2);
-            const void *m = p->bf16 ? (const void *)dzs2 : dzs;
-            product(p->bf16, K, filled, Gp, xht, block, xht2, m, sum, Gp, sum, Gp);
-            filled = 0;
-        }
-        for (int q = 0; q < rows; q++) {
-            int r = order[q];
-            if (q >= n) { /* skipped: dx 0 */
-                memset(p->dx + (row + r) * F, 0, F * sizeof(float));
-                continue;
-            }
-            memcpy(p->dx + (row + r) * F, dxh + (size_t)q * Kp, F * sizeof(float));
-            const float *dh_in = dxh + (size_t)q * Kp + F; /* the gradient of h r */
-            const float *rm = p->rmask ? p->rmask + (size_t)(lo + r) * H : NULL;
-            if (!p->mask || p->mask[row + r] != 0.0f) /* dh_prev = dh_in r */
-                for (int j = 0; j < H; j++) dh[(size_t)r * H + j] = dh_in[j] * (rm ? rm[j] : 1.0f);
-            if (rm) /* d rmask += h_prev dh_in (dh_in is 0 where padded) */
-                for (int j = 0; j < H; j++)
-                    p->d_rmask[(size_t)(lo + r) * H + j] += p->h_prev[(row + r) * H + j] * dh_in[j];
-        }
-    }
-    free(dzs);
-    free(dxh);
-    free(order);
-    free(xht);
-    free(zero);
-    free(dz2);
-    free(xht2);
-    free(dzs2);
-    free(c);
-    free(tc);
-}
-
-/* Backward over the T steps, in the opposite order to the forward's. a, c_prev, h_prev
- * [T, B, ...] as the forward saved them; x, w, u, mask, rmask as it read them; dh_n, dc_n
- * [B, H]: the final state's gradients; d_out [T, B, H]: the outputs' (NULL: zero). Writes
- * dx [T, B, F], dw [F, 4H], du [H, 4H], dbias [4H], the start state's dh0, dc0 [B, H] and,
- * with rmask, its gradient d_rmask [B, H]. Per step, as cell.lstm_step_backward:
+/* Backward over the T steps, in the opposite order to the forward's, on the instruction set
+ * the forward ran on (the same rows computed: rows_to_compute). a, c_prev, h_prev [T, B, ...]
+ * as the forward saved them; x, w, u, mask, rmask as it read them; dh_n, dc_n [B, H]: the
+ * final state's gradients; d_out [T, B, H]: the outputs' (NULL: zero). Writes dx [T, B, F],
+ * dw [F, 4H], du [H, 4H], dbias [4H], the start state's dh0, dc0 [B, H] and, with rmask, its
+ * gradient d_rmask [B, H]. Per step, as cell.lstm_step_backward:
  *   dc~ = dc + dh o (1 - tanh^2 c),  dz = [dc~ g i(1-i), dc~ c_prev f(1-f), dc~ i (1-g^2),
  *   dh tanh(c) o(1-o)] (0 where padded),  dc_prev = dc~ f,
  *   [dx_t, dh_in] = dz.[w; u]^T,  dh_prev = dh_in r (dh passes unchanged where padded),
  *   [dw; du] += [x_t, h_prev r]^T.dz,  dbias += dz,  d_rmask += h_prev dh_in
  * The weight gradients are summed in the loop, each part over its rows, then the parts' sums
  * in order: dz [T, B, 4H] is never stored (a large fresh buffer is slow to touch). bf16: every
- * product on bfloat16 operands (see the top). */
-void lstm_backward(Spawn spawn, void *pool, int T, int B, int H, int F, int reverse, int bf16,
-                   const float *a, const float *c_prev, const float *h_prev, const float *x,
-                   const float *w, const float *u, const float *dh_n, const float *dc_n,
-                   const float *d_out, const float *mask, const float *rmask, float *dx,
-                   float *dw, float *du, float *dbias, float *dh0, float *dc0, float *d_rmask) {
+ * product on bfloat16 operands (see the top). Returns 0 or an error (lstm_error). */
+int lstm_backward(int isa, Spawn spawn, void *pool, int T, int B, int H, int F, int reverse,
+                  int bf16, const float *a, const float *c_prev, const float *h_prev,
+                  const float *x, const float *w, const float *u, const float *dh_n,
+                  const float *dc_n, const float *d_out, const float *mask, const float *rmask,
+                  float *dx, float *dw, float *du, float *dbias, float *dh0, float *dc0,
+                  float *d_rmask) {
+    if (!runs(isa, bf16)) return LSTM_BAD_ISA;
     int G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H, Kp = (K + 15) / 16 * 16, parts = parts_for(B);
+    int error = LSTM_OUT_OF_MEMORY;
     float *wut = calloc((size_t)G * Kp, sizeof(float));
+    pair *wut2 = bf16 ? malloc((size_t)(G / 2) * Kp * sizeof(pair)) : NULL;
+    float *sums = calloc((size_t)parts * (K + 1) * Gp, sizeof(float));
+    if (!wut || !sums || (bf16 && !wut2)) goto done;
     for (int j = 0; j < G; j++)
         for (int k = 0; k < K; k++)
             wut[(size_t)j * Kp + k] = k < F ? w[(size_t)k * G + j] : u[(size_t)(k - F) * G + j];
-    pair *wut2 = bf16 ? malloc((size_t)(G / 2) * Kp * sizeof(pair)) : NULL;
     if (bf16) pack_cols(G, Kp, wut, Kp, wut2);
-    float *sums = calloc((size_t)parts * (K + 1) * Gp, sizeof(float));
     memcpy(dh0, dh_n, (size_t)B * H * sizeof(float)); /* dh0, dc0 carry dh, dc */
     memcpy(dc0, dc_n, (size_t)B * H * sizeof(float));
     if (rmask) memset(d_rmask, 0, (size_t)B * H * sizeof(float)); /* each row's, by one part */
     Backward context = {T, B, H, F, reverse, bf16, a, c_prev, h_prev, x, d_out, mask, rmask,
                         bf16 ? (const void *)wut2 : wut, dx, dh0, dc0, sums, d_rmask};
     huge_pages(dx, (size_t)T * B * F * sizeof(float));
-    in_parts(backward_rows, &context, B, parts, spawn, pool);
+    Work work = isa == ISA_AVX2 ? backward_rows_avx2 : backward_rows_avx512;
+    if (in_parts(work, &context, B, parts, spawn, pool)) goto done;
     for (int k = 0; k <= K; k++) {
         float *to = k < F ? dw + (size_t)k * G : k < K ? du + (size_t)(k - F) * G : dbias;
         for (int j = 0; j < G; j++) {
@@ -540,7 +474,10 @@ void lstm_backward(Spawn spawn, void *pool, int T, int B, int H, int F, int reve
             to[j] = total;
         }
     }
+    error = 0;
+done:
     free(wut);
     free(wut2);
     free(sums);
+    return error;
 }

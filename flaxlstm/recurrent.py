@@ -319,21 +319,20 @@ class _Options(NamedTuple):
     accumulate: bool  # sum the weight gradients inside the loop (see ACCUMULATE_ABOVE_BYTES)
     remat: bool  # save only the inputs; the backward runs the forward again first
     matmul_dtype: object = None  # the matrix products' operand dtype (mixed precision)
-    native: bool = False  # the time steps run in C (flaxlstm/native.py)
+    native: str = ""  # the instruction set the time steps run on in C (native.py); "": scan
     outputs: bool = True  # return the outputs [T, B, H] (False: the final state only)
 
 
 def native_loop_fits(fused: bool, dtype, matmul_dtype, steps: int) -> str | None:
     """Why the C loop (flaxlstm/native.py) cannot run this ``lstm_scan``; None when it can."""
     products = jnp.dtype(matmul_dtype or jnp.float32)
-    bf16 = products == jnp.bfloat16 and native.has_bfloat16()
     reasons = [
-        (not native.available(), "flaxlstm._lstm_cpu is not built (see setup.py)"),
+        (not native.available(), native.why_not()),
         (jax.default_backend() != "cpu", f"the backend is {jax.default_backend()}, not the CPU"),
         (not fused, "it runs only the standard cell with its hand-written backward"),
         (dtype != jnp.float32, "it computes in float32 only"),
         (
-            products != jnp.float32 and not bf16,
+            products != jnp.float32 and not (products == jnp.bfloat16 and native.has_bfloat16()),
             "its products are float32, or bfloat16 on a CPU with AVX512-BF16",
         ),
         (steps == 0, "there is no step to run"),
@@ -346,17 +345,18 @@ def _bf16(opt: _Options) -> bool:
     return opt.matmul_dtype is not None and jnp.dtype(opt.matmul_dtype) == jnp.bfloat16
 
 
-def _choose_loop(loop: str, fused, dtype, matmul_dtype, steps: int) -> bool:
-    """Whether the time steps run in C: ``loop`` "scan", "native" or "auto" (in C where it
+def _choose_loop(loop: str, fused, dtype, matmul_dtype, steps: int) -> str:
+    """The instruction set the time steps run on in C (``native.instruction_set()``), or ""
+    where they run on ``jax.lax.scan``: ``loop`` "scan", "native" or "auto" (in C where it
     can)."""
     if loop not in ("auto", "scan", "native"):
         raise ValueError(f'loop must be "auto", "scan" or "native", got {loop!r}')
     if loop == "scan":
-        return False
+        return ""
     why_not = native_loop_fits(fused, dtype, matmul_dtype, steps)
     if loop == "native" and why_not:
         raise ValueError(f"loop='native' cannot run here: {why_not}")
-    return why_not is None
+    return "" if why_not else native.instruction_set()
 
 
 def _stack(opt: _Options, W, U, b):
@@ -379,7 +379,7 @@ def _fused_forward(
     if opt.native:
         args = (x, W, U, b, *state, mask, recurrent_mask, opt.reverse, save)
         a, c_prev, h_prev, outputs, final = native.forward(
-            *args, bf16=_bf16(opt), outputs=opt.outputs
+            *args, bf16=_bf16(opt), outputs=opt.outputs, isa=opt.native
         )
         return LSTMState(*final), outputs, (a, c_prev, h_prev) if save else None
     WUb = _stack(opt, W, U, b)
@@ -422,7 +422,7 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
     d_final, d_outputs = cotangents
     if opt.native:
         args = (saved, x, W, U, mask, recurrent_mask, *d_final[::-1], d_outputs, opt.reverse)
-        dx, dW, dU, db, dh0, dc0, d_recurrent_mask = native.backward(*args, bf16=_bf16(opt))
+        dx, dW, dU, db, dh0, dc0, d_recurrent_mask = native.backward(*args, bf16=_bf16(opt), isa=opt.native)
         return dW, dU, db, dx, None, LSTMState(dc0, dh0), d_recurrent_mask
     carry, ys = _backward_loop(
         opt, W, U, b, x, mask, recurrent_mask, a, c_prev, h_prev, d_final, d_outputs

@@ -6,9 +6,12 @@ tests/test_speed_paths.py compares with jax autodiff and the numpy reference. He
 compared on outputs, final states and every gradient, for padding anywhere (an all-padded row
 included), both directions, initial states, recurrent dropout (the mask's gradient included),
 rematerialisation, a batch smaller than the CPU count, sizes that are not multiples of the
-loop's 16-wide vectors, under ``jax.vmap``, and with bfloat16 products where the CPU has them.
+loop's 16-wide vectors, under ``jax.vmap``, and with bfloat16 products where the CPU has them;
+on every instruction set the CPU runs (``native.using``: AVX2 + FMA, AVX-512), each with its own
+product tiles and its own rounding of the rows it computes.
 """
 
+import contextlib
 import functools
 import os
 
@@ -55,17 +58,30 @@ def case(shape, padding, seed=0):
     return params, x, None if mask is None else jnp.asarray(mask), state, weights
 
 
-@functools.partial(jax.jit, static_argnames=("loop", "reverse", "remat", "matmul_dtype"))
+# The float32 paths: the loop's steps compiled for AVX2 + FMA and for AVX-512 ("avx512bf16"
+# runs AVX-512's float32 code), each tested where the CPU runs it.
+PATHS = [
+    pytest.param(isa, marks=pytest.mark.skipif(isa not in native.instruction_sets(), reason=f"the CPU has no {isa}"))
+    for isa in ("avx2", "avx512")
+]  # fmt: skip
+
+
+@functools.partial(
+    jax.jit, static_argnames=("loop", "reverse", "remat", "matmul_dtype", "isa")
+)
 def value_and_grads(
-    W, U, b, x, c0, h0, mask, weights, rmask=None, *, loop, reverse, remat=False, matmul_dtype=None
-):
+    W, U, b, x, c0, h0, mask, weights, rmask=None, *, loop, reverse, remat=False,
+    matmul_dtype=None, isa=None,
+):  # fmt: skip
     """The loss over every output and both final states, the outputs, and the gradients with
-    respect to W, U, b, x, c0, h0 and the recurrent dropout mask ``rmask`` [B, H] (if any)."""
+    respect to W, U, b, x, c0, h0 and the recurrent dropout mask ``rmask`` [B, H] (if any);
+    the C loop on the instruction set ``isa`` (None: the CPU's best)."""
 
     def loss(W, U, b, x, c0, h0, rmask):
         kwargs = dict(reverse=reverse, remat=remat, loop=loop, recurrent_dropout_mask=rmask)
         kwargs |= dict(matmul_dtype=matmul_dtype)
-        state, out, _ = lstm_scan(W, U, b, x, mask, LSTMState(c0, h0), **kwargs)
+        with native.using(isa) if isa else contextlib.nullcontext():
+            state, out, _ = lstm_scan(W, U, b, x, mask, LSTMState(c0, h0), **kwargs)
         w_out, w_c, w_h = weights
         total = jnp.sum(out * w_out) + jnp.sum(state.c * w_c) + jnp.sum(state.h * w_h)
         return total, out
@@ -84,13 +100,14 @@ def dropout_mask(batch, hidden):
     return jnp.asarray(keep / 0.7, jnp.float32)  # inverted dropout, as layers.LSTM makes it
 
 
+@pytest.mark.parametrize("isa", PATHS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("padding", [None, "post", "pre", "scattered"])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_the_c_loop_equals_the_scan(shape, padding, reverse):
+def test_the_c_loop_equals_the_scan(isa, shape, padding, reverse):
     (W, U, b), x, mask, (c0, h0), weights = case(shape, padding)
     args = (W, U, b, x, c0, h0, mask, weights)
-    ours = value_and_grads(*args, loop="native", reverse=reverse)
+    ours = value_and_grads(*args, loop="native", reverse=reverse, isa=isa)
     theirs = value_and_grads(*args, loop="scan", reverse=reverse)
     assert_close(ours, theirs)
     (_, out), grads = ours
@@ -99,16 +116,17 @@ def test_the_c_loop_equals_the_scan(shape, padding, reverse):
         assert np.all(np.asarray(out)[~np.asarray(mask)] == 0)
 
 
+@pytest.mark.parametrize("isa", PATHS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("padding", [None, "scattered"])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_the_c_loop_with_recurrent_dropout_equals_the_scan(shape, padding, reverse):
+def test_the_c_loop_with_recurrent_dropout_equals_the_scan(isa, shape, padding, reverse):
     (W, U, b), x, mask, (c0, h0), weights = case(shape, padding, seed=3)
     rmask = dropout_mask(shape[0], shape[3])
     args = (W, U, b, x, c0, h0, mask, weights, rmask)
-    ours = value_and_grads(*args, loop="native", reverse=reverse)
+    ours = value_and_grads(*args, loop="native", reverse=reverse, isa=isa)
     assert_close(ours, value_and_grads(*args, loop="scan", reverse=reverse))
-    without = value_and_grads(*args[:-1], loop="native", reverse=reverse)
+    without = value_and_grads(*args[:-1], loop="native", reverse=reverse, isa=isa)
     assert not np.allclose(ours[0][1], without[0][1])  # the mask changed the outputs
     assert np.abs(np.asarray(ours[1][6])).max() > 1e-2  # and has a gradient
 
@@ -145,11 +163,12 @@ def test_the_final_state_alone_gives_its_gradients_without_the_outputs(loop, rem
     assert_close(grads(*args, return_outputs=False), grads(*args, return_outputs=True))
 
 
-def test_rematerialised_c_loop_gives_the_same_gradients():
+@pytest.mark.parametrize("isa", PATHS)
+def test_rematerialised_c_loop_gives_the_same_gradients(isa):
     (W, U, b), x, mask, (c0, h0), weights = case(SHAPES[0], "post", seed=1)
     args = (W, U, b, x, c0, h0, mask, weights)
-    remat = value_and_grads(*args, loop="native", reverse=True, remat=True)
-    assert_close(remat, value_and_grads(*args, loop="native", reverse=True))
+    remat = value_and_grads(*args, loop="native", reverse=True, remat=True, isa=isa)
+    assert_close(remat, value_and_grads(*args, loop="native", reverse=True, isa=isa))
 
 
 def test_the_c_loop_under_vmap_runs_each_batch_as_alone():
@@ -192,3 +211,37 @@ def test_loop_native_refuses_what_it_cannot_run_in_one_line():
         lstm_scan(W, U, b, x, matmul_dtype=jnp.float16, loop="native")
     with pytest.raises(ValueError, match='loop must be "auto", "scan" or "native", got .fast.'):
         lstm_scan(W, U, b, x, loop="fast")
+
+
+def runs_on(isa=None) -> int:
+    """The instruction set (the loop's attribute: 1 AVX2, 2 AVX-512, 3 AVX512-BF16) that
+    ``lstm_scan`` traces its C loop with, inside ``native.using(isa)`` when given."""
+    W, U, b = jnp.zeros((2, 16)), jnp.zeros((4, 16)), jnp.zeros(16)
+    with native.using(isa) if isa else contextlib.nullcontext():
+        text = str(jax.make_jaxpr(lambda x: lstm_scan(W, U, b, x, loop="native"))(jnp.zeros((3, 5, 2))))
+    return int(text.split("('isa', np.int32(")[1].split(")")[0])
+
+
+def test_the_best_instruction_set_runs_unless_a_lower_one_is_asked_for(monkeypatch):
+    sets = native.instruction_sets()
+    assert sets == native.INSTRUCTION_SETS[: len(sets)]  # lowest first, none skipped
+    assert native.instruction_set() == sets[-1] and runs_on() == len(sets)
+    monkeypatch.setenv("FLAXLSTM_NATIVE_ISA", "avx2")
+    assert native.instruction_set() == "avx2" and runs_on() == 1
+    assert not native.has_bfloat16()  # bfloat16 products are AVX512-BF16's
+    if "avx512" in sets:  # a block's set wins over the environment's
+        assert runs_on("avx512") == 2
+    monkeypatch.delenv("FLAXLSTM_NATIVE_ISA")
+    assert runs_on("avx2") == 1 and native.instruction_set() == sets[-1]  # the block is over
+
+
+def test_an_instruction_set_the_cpu_cannot_run_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setenv("FLAXLSTM_NATIVE_ISA", "sse2")
+    with pytest.raises(ValueError, match=r"^FLAXLSTM_NATIVE_ISA must be one of avx2, avx512, avx512bf16, got 'sse2'$"):
+        native.instruction_set()
+    monkeypatch.setattr(native, "_BEST", "avx2")  # as on a CPU without AVX-512
+    monkeypatch.setenv("FLAXLSTM_NATIVE_ISA", "avx512")
+    with pytest.raises(ValueError, match=r"^FLAXLSTM_NATIVE_ISA=avx512 cannot run on this CPU \(it runs avx2\)$"):
+        native.instruction_set()
+    with pytest.raises(ValueError, match="cannot run on this CPU"):
+        runs_on("avx512bf16")  # fmt: skip
