@@ -50,7 +50,9 @@ from flaxlstm.data import text as text_data
 from flaxlstm.data.batches import split_point
 from flaxlstm.files import DirectoryLock, save_json
 from flaxlstm.interrupts import TrainingInterrupted
+from flaxlstm.layers import set_loop
 from flaxlstm.models import MODELS, AddingModel, CumsumModel, ParityModel
+from flaxlstm.recurrent import describe_loop
 from flaxlstm.runs import (
     LM_CLASSIFIER,
     LmRun,
@@ -161,6 +163,7 @@ def fit_and_test(
     out = config.out
     start = time.perf_counter()
     x, y, lengths = (*train_data, None)[:3]
+    set_loop(model, config.loop)
     history = train.fit(
         model,
         x,
@@ -283,7 +286,7 @@ def _train_imdb(config: ImdbConfig) -> None:
         limit=config.limit, vocabulary=source and source.vocabulary,
     )  # fmt: skip
     data.vocabulary.save(os.path.join(out, "vocabulary.json"))
-    names = ("model", "vocab_size", "maxlen", "seed", "dtype")
+    names = ("model", "vocab_size", "maxlen", "seed", "dtype", "loop")
     run_config = {name: getattr(config, name) for name in names}
     if source is None:
         run_config["layers"] = config.layers
@@ -405,13 +408,14 @@ def _train_language_model(config: LmConfig) -> None:
         rows = max(1, min(config.batch_size, len(validation[0]) // (2 * config.bptt)))
         validation = text_data.pieces(validation[0], rows)
     names = ("level", "embedding", "hidden", "layers", "tie", "dropout", "seed", "init_from",
-             "grow")  # fmt: skip
+             "grow", "loop")  # fmt: skip
     run_config = {"task": "lm", "vocab_size": vocabulary.size} | {
         name: getattr(config, name) for name in names
     }
     run_config["data"] = {name: getattr(config, name) for name in LM_DATA_OPTIONS}
     save_json(os.path.join(out, "config.json"), run_config)
     model = language_model(run_config)
+    set_loop(model, config.loop)
     if source is not None:  # (a resumed run's checkpoint then replaces them)
         model.load_language_model(source.model)
     if not config.quiet:
@@ -652,7 +656,11 @@ def main(argv: list[str] | None = None) -> None:
         use_compilation_cache()
     try:
         config_type = getattr(args, "config_type", None)
-        args.run(from_options(config_type, args) if config_type else args)
+        config = from_options(config_type, args) if config_type else None
+        if hasattr(config, "loop") and not config.quiet:  # a train command's first line
+            bf16 = jax.numpy.bfloat16 if getattr(config, "dtype", None) == "bfloat16" else None
+            print(f"LSTM time steps: {describe_loop(config.loop, bf16)}", flush=True)
+        args.run(config or args)
     except TrainingInterrupted as stop:
         parser.exit(stop.exit_status, f"flaxlstm: {stop}\n")
     except (ValueError, OSError) as error:

@@ -78,6 +78,15 @@ def sequences_option(default: int, which: str = "training"):
     return option(default, f"{which} sequences", positive_int)
 
 
+def loop_option():
+    return option(
+        "auto",
+        "where the LSTM's time steps run: auto (in C on an x86-64 CPU with AVX2 + FMA, else"
+        " jax.lax.scan), scan, or native (the C loop, or an error where it cannot run)",
+        choices=("auto", "scan", "native"),
+    )
+
+
 def out_option(default: str | None):
     return option(default, "run directory: metrics, history, checkpoints, model", str)
 
@@ -167,6 +176,7 @@ class RunConfig(Recipe):
     checkpoint_every: int | None = option(None, "also checkpoint every N steps", positive_int)
     resume: bool = option(False, "continue from DIR/checkpoints")
     seed: int = option(0, "of the data, initialisation and order", int)
+    loop: str = loop_option()
     out: str | None = out_option(None)
     quiet: bool = option(False, "print nothing")
 
@@ -474,6 +484,7 @@ class LmConfig(Recipe):
         int,
     )
     seed: int = option(0, "of the initialisation, order and samples", int)
+    loop: str = loop_option()
     out: str | None = out_option(None)
     quiet: bool = option(False, "print nothing")
 

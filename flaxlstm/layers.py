@@ -258,6 +258,14 @@ _MERGES = {
 }
 
 
+def set_loop(model: nnx.Module, loop: str) -> None:
+    """Set ``loop`` ("auto", "scan" or "native": where the time steps run, ``lstm_scan``) on
+    every ``LSTM`` inside ``model``, before its steps are traced (``flaxlstm train --loop``)."""
+    for _, module in nnx.iter_graph(model):
+        if isinstance(module, LSTM):
+            module.loop = loop
+
+
 class Bidirectional(nnx.Module):
     """Runs ``layer`` forwards (attribute ``forward``) and a fresh copy of it backwards
     (attribute ``backward``), and merges their outputs ("concat" [.., 2H], "sum", "mul", "ave").

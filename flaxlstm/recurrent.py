@@ -162,9 +162,10 @@ def lstm_scan(
       clamps: units of gates or states held at fixed values at every step (an ablation,
         ``cell.Clamp``); the loop then runs on ``scan_cell``.
       loop: "auto" runs the hand-written loop's time steps in C (flaxlstm/native.py) where it
-        can (``native_loop_fits``: on the CPU, in float32 or with bfloat16 products on a CPU
-        with AVX512-BF16), else on ``jax.lax.scan``; "scan" always scans; "native" requires
-        the C loop (a one-line error where it cannot run).
+        can (``native_loop_fits``: on an x86-64 CPU with AVX2 + FMA, in float32 or with
+        bfloat16 products on a CPU with AVX512-BF16) and was measured faster than the scan
+        (``AUTO_NATIVE_BYTES``: small enough [W; U]), else on ``jax.lax.scan``; "scan"
+        always scans; "native" requires the C loop (a one-line error where it cannot run).
       return_outputs: False when only the final state is wanted: the hand-written loop then
         neither writes the outputs nor reads their (zero) gradient, [T, B, H] each.
     Returns:
@@ -187,7 +188,8 @@ def lstm_scan(
     state = LSTMState(*map(cast, state))
     fused = hand_written_backward and not (return_trace or clamps)
     fused = fused and is_default(gate_activation, activation)
-    native_loop = _choose_loop(loop, fused, dtype, matmul_dtype, batch * time)
+    weights = (x.shape[-1] + hidden) * 4 * hidden * 4  # [W; U] in float32
+    native_loop = _choose_loop(loop, fused, dtype, matmul_dtype, batch * time, weights)
     if fused:
         dz_bytes = time * batch * 4 * hidden * jnp.dtype(dtype).itemsize
         accumulate = dz_bytes > accumulate_above_bytes and not native_loop
@@ -345,10 +347,19 @@ def _bf16(opt: _Options) -> bool:
     return opt.matmul_dtype is not None and jnp.dtype(opt.matmul_dtype) == jnp.bfloat16
 
 
-def _choose_loop(loop: str, fused, dtype, matmul_dtype, steps: int) -> str:
+# loop="auto" takes the C loop where its instruction set was measured faster than the scan:
+# where the stacked weights [W; U] (float32) take at most this many bytes. Measured at seed
+# 003 (0.15 MiB), seed 002 (0.5 MiB), H 256/384/512 (1.5, 3, 6 MiB) and the bench's large
+# shape (6 MiB): AVX-512 faster up to 1.5 MiB, slower from 3 MiB; AVX2 faster at 0.5 MiB,
+# slower from 1.5 MiB (docs/PERFORMANCE.md, "The C loop on every x86-64 CPU").
+AUTO_NATIVE_BYTES = {"avx2": 2**20, "avx512": 2 * 2**20, "avx512bf16": 2 * 2**20}
+
+
+def _choose_loop(loop: str, fused, dtype, matmul_dtype, steps: int, weights: int) -> str:
     """The instruction set the time steps run on in C (``native.instruction_set()``), or ""
     where they run on ``jax.lax.scan``: ``loop`` "scan", "native" or "auto" (in C where it
-    can)."""
+    can and where its [W; U], ``weights`` bytes, are small enough to be faster:
+    ``AUTO_NATIVE_BYTES``)."""
     if loop not in ("auto", "scan", "native"):
         raise ValueError(f'loop must be "auto", "scan" or "native", got {loop!r}')
     if loop == "scan":
@@ -356,7 +367,23 @@ def _choose_loop(loop: str, fused, dtype, matmul_dtype, steps: int) -> str:
     why_not = native_loop_fits(fused, dtype, matmul_dtype, steps)
     if loop == "native" and why_not:
         raise ValueError(f"loop='native' cannot run here: {why_not}")
-    return "" if why_not else native.instruction_set()
+    if why_not or (loop == "auto" and weights > AUTO_NATIVE_BYTES[native.instruction_set()]):
+        return ""
+    return native.instruction_set()
+
+
+def describe_loop(loop: str, matmul_dtype=None) -> str:
+    """Where ``lstm_scan(..., loop=loop, matmul_dtype=matmul_dtype)`` runs the standard cell's
+    float32 steps here, in words ("in C on avx2 ...", "on jax.lax.scan (why)"); a one-line
+    error for "native" where the C loop cannot run."""
+    isa = _choose_loop(loop, True, jnp.float32, matmul_dtype, 1, 0)
+    if not isa:
+        why = "as asked" if loop == "scan" else native_loop_fits(True, jnp.float32, matmul_dtype, 1)
+        return f"on jax.lax.scan ({why})"
+    if loop == "native":
+        return f"in C on {isa} (flaxlstm.native)"
+    limit = AUTO_NATIVE_BYTES[isa] / 2**20
+    return f"in C on {isa} (flaxlstm.native) where [W; U] take <= {limit:g} MiB, else on jax.lax.scan"
 
 
 def _stack(opt: _Options, W, U, b):

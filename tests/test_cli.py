@@ -7,11 +7,13 @@ import re
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from flaxlstm import LSTM, Bidirectional, native
 from flaxlstm.cli import build_parser, main
 from flaxlstm.config import (
     IMDB_RECIPE,
@@ -22,6 +24,7 @@ from flaxlstm.config import (
     from_options,
 )
 from flaxlstm.data.synthetic import cumsum_sequences
+from flaxlstm.layers import set_loop
 from flaxlstm.models import CumsumModel
 from flaxlstm.train import fit
 
@@ -42,6 +45,8 @@ def test_train_cumsum_writes_metrics_and_history_and_prints_listing(tmp_path, ca
     argv = ["train", "cumsum", "--samples", "300", "--epochs", "2", "--test-samples", "50"]
     code, stdout, stderr = run_main([*argv, "--out", str(out)], capsys)
     assert code == 0, stderr
+    where = f"in C on {native.instruction_set()}" if native.available() else "on jax.lax.scan"
+    assert stdout.startswith(f"LSTM time steps: {where}")  # the first line: --loop auto's choice
     metrics = json.loads((out / "metrics.json").read_text())
     history = json.loads((out / "history.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_loss"] > 0
@@ -94,6 +99,7 @@ def test_train_parity_quiet_prints_nothing(tmp_path, capsys):
         (["train", "cumsum", "--validation-split", "1"], "--validation-split: expected a fract"),
         (["train", "cumsum", "--clip-norm", "-1"], "--clip-norm: expected a number >= 0"),
         (["train", "cumsum", "--lr-schedule", "step"], "invalid choice: 'step'"),
+        (["train", "lm", "--loop", "fast"], "argument --loop: invalid choice: 'fast'"),
         (["train", "imdb", "--bucket-width", "-50"], "--bucket-width: expected an integer >= 0"),
         (["train", "sudoku"], "invalid choice: 'sudoku'"),
         (["train"], "required: TASK"),
@@ -204,3 +210,22 @@ def test_the_command_keeps_compiled_functions_on_disk_for_the_next_run(tmp_path)
     assert len(os.listdir(directory)) == int(compiled)
     assert run() == [directory, compiled, "0"]  # all read back: nothing compiled
     assert run(JAX_COMPILATION_CACHE_DIR="") == ["None", "0", "0"]  # turned off
+
+
+def test_loop_scan_is_said_first_recorded_and_set_on_every_lstm_layer(tmp_path, capsys):
+    argv = ["train", "adding", "--samples", "64", "--test-samples", "16", "--steps", "5"]
+    argv += ["--epochs", "1", "--hidden", "4", "--loop", "scan", "--out", str(tmp_path)]
+    code, stdout, stderr = run_main(argv, capsys)
+    assert code == 0, stderr
+    assert stdout.splitlines()[0] == "LSTM time steps: on jax.lax.scan (as asked)"
+    assert json.loads((tmp_path / "metrics.json").read_text())["options"]["loop"] == "scan"
+    rngs = nnx.Rngs(0)  # an LSTM inside a Bidirectional, its reversed twin too
+    model = Bidirectional(LSTM(3, 4, return_sequences=True, rngs=rngs), rngs=rngs)
+    set_loop(model, "scan")
+    layers = [m for _, m in nnx.iter_graph(model) if isinstance(m, LSTM)]
+    assert len(layers) == 2 and {layer.loop for layer in layers} == {"scan"}
+    x = jax.ShapeDtypeStruct((2, 7, 3), jnp.float32)
+    traced = lambda: str(jax.make_jaxpr(lambda x: model(x))(x))  # noqa: E731 (a new trace)
+    assert "flaxlstm_LstmForward" not in traced()
+    set_loop(model, "auto")
+    assert traced().count("flaxlstm_LstmForward") == 2 * native.available()
