@@ -33,9 +33,9 @@ is T), ``flaxlstm-unroll8`` (``LSTM(..., unroll=8)``: 8 time steps per loop iter
 ``flaxlstm-bf16`` (bfloat16 products), ``flaxlstm-scan`` (``LSTM(..., loop="scan")``: the
 steps on ``jax.lax.scan``, where ``flaxlstm`` runs them in C on the CPU, flaxlstm/native.py),
 ``flaxlstm-avx2`` and ``flaxlstm-avx512`` (the C loop on that instruction set, where the CPU
-runs it). The table names the path each flaxlstm row ran, ``flaxlstm[avx512bf16]``,
-``flaxlstm-scan[scan]``: the C loop's instruction set (``FLAXLSTM_NATIVE_ISA`` forces a lower
-one for every row) or the scan.
+runs it, at every shape: ``loop="native"``). The table names the path each flaxlstm row ran,
+``flaxlstm[avx512bf16]``, ``flaxlstm-scan[scan]``: the C loop's instruction set
+(``FLAXLSTM_NATIVE_ISA`` forces a lower one for every row) or the scan.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ EXTRA = ("flaxlstm-autodiff", "flaxlstm-lengths", "flaxlstm-unroll8", "flaxlstm-
 EXTRA += ("flaxlstm-scan", "flaxlstm-avx2", "flaxlstm-avx512")
 # Environment variables that change the timings; recorded with the results.
 ENVIRONMENT = ("XLA_FLAGS", "GLIBC_TUNABLES", "OMP_NUM_THREADS", "LD_PRELOAD", "KERAS_BACKEND")
+ENVIRONMENT += ("FLAXLSTM_NATIVE_ISA", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+ENVIRONMENT += ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 def make_data(shape: dict, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -239,7 +241,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
         lines.append(
-            f"| {r['name']}{'[' + r['path'] + ']' if r.get('path') else ''} | {r['step_ms']:.1f} | {min(r['step_ms_all']):.1f}–"
+            f"| {r['name']}{'[' + r['path'] + ']' if r.get('path') else ''} "
+            f"| {r['step_ms']:.1f} | {min(r['step_ms_all']):.1f}–"
             f"{max(r['step_ms_all']):.1f} | {r['tokens_per_s']:,.0f} | {r['compile_s']:.2f} "
             f"| {fmt(r['xla_mib'], '.1f')} | {fmt(r.get('rss_mib'), '.0f')} "
             f"| {fmt(r.get('gpu_mib'), '.0f')} | {r['ratio']:.2f} "

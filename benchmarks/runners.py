@@ -112,6 +112,7 @@ def flaxlstm_runner(
 
     import flaxlstm
     from flaxlstm import native
+    from flaxlstm.recurrent import chosen_loop
 
     class Model(nnx.Module):
         def __init__(self, rngs):
@@ -125,9 +126,8 @@ def flaxlstm_runner(
     lengths = np.full(ids.shape[0], ids.shape[1], np.int32) if with_lengths else None
     with native.using(isa) if isa else contextlib.nullcontext():  # while the step is traced
         runner = nnx_runner(name, Model(nnx.Rngs(0)), ids, labels, lengths)
-        loop = runner.model.lstm.loop
-        in_c = loop != "scan" and native.available() and jax_backend() == "cpu"
-        runner.path = native.instruction_set() if in_c else "scan"
+        lstm = runner.model.lstm
+        runner.path = chosen_loop(lstm.loop, lstm.dtype, shape["embed"], shape["hidden"]) or "scan"
     return runner
 
 
@@ -265,8 +265,8 @@ RUNNERS = {
     "flaxlstm-unroll8": _flaxlstm("flaxlstm-unroll8", unroll=8),
     "flaxlstm-bf16": _flaxlstm("flaxlstm-bf16", dtype="bfloat16"),
     "flaxlstm-scan": _flaxlstm("flaxlstm-scan", loop="scan"),
-    "flaxlstm-avx2": _flaxlstm("flaxlstm-avx2", isa="avx2"),
-    "flaxlstm-avx512": _flaxlstm("flaxlstm-avx512", isa="avx512"),
+    "flaxlstm-avx2": _flaxlstm("flaxlstm-avx2", isa="avx2", loop="native"),
+    "flaxlstm-avx512": _flaxlstm("flaxlstm-avx512", isa="avx512", loop="native"),
     "flax": flax_runner,
     "keras": keras_runner,
     "torch": torch_runner,

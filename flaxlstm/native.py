@@ -76,10 +76,10 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
             handler = jax.ffi.pycapsule(getattr(library, name))
             jax.ffi.register_ffi_target(f"flaxlstm_{name}", handler, platform="cpu")
     except Exception as error:  # XLA refuses handlers built with an FFI header it cannot take
-        built = library.lstm_jaxlib().decode()
+        built, ours = library.lstm_jaxlib().decode(), importlib.metadata.version("jaxlib")
         return None, (
-            f"jaxlib {importlib.metadata.version('jaxlib')} refuses its XLA FFI handlers, compiled with jaxlib "
-            f"{built}'s header ({error}); reinstall flaxlstm with this jaxlib"
+            f"jaxlib {ours} refuses its XLA FFI handlers, compiled with jaxlib {built}'s header"
+            f" ({error}); reinstall flaxlstm with this jaxlib"
         )
     return library, None
 

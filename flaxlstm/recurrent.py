@@ -188,8 +188,7 @@ def lstm_scan(
     state = LSTMState(*map(cast, state))
     fused = hand_written_backward and not (return_trace or clamps)
     fused = fused and is_default(gate_activation, activation)
-    weights = (x.shape[-1] + hidden) * 4 * hidden * 4  # [W; U] in float32
-    native_loop = _choose_loop(loop, fused, dtype, matmul_dtype, batch * time, weights)
+    native_loop = _choose_loop(loop, fused, dtype, matmul_dtype, batch * time, x.shape[-1], hidden)
     if fused:
         dz_bytes = time * batch * 4 * hidden * jnp.dtype(dtype).itemsize
         accumulate = dz_bytes > accumulate_above_bytes and not native_loop
@@ -355,11 +354,12 @@ def _bf16(opt: _Options) -> bool:
 AUTO_NATIVE_BYTES = {"avx2": 2**20, "avx512": 2 * 2**20, "avx512bf16": 2 * 2**20}
 
 
-def _choose_loop(loop: str, fused, dtype, matmul_dtype, steps: int, weights: int) -> str:
+def _choose_loop(loop: str, fused, dtype, matmul_dtype, steps: int, features, hidden) -> str:
     """The instruction set the time steps run on in C (``native.instruction_set()``), or ""
     where they run on ``jax.lax.scan``: ``loop`` "scan", "native" or "auto" (in C where it
-    can and where its [W; U], ``weights`` bytes, are small enough to be faster:
-    ``AUTO_NATIVE_BYTES``)."""
+    can and where [W; U] of ``features`` + ``hidden`` rows, 4 ``hidden`` columns, are small
+    enough to be faster: ``AUTO_NATIVE_BYTES``)."""
+    weights = (features + hidden) * 4 * hidden * 4  # [W; U] in float32
     if loop not in ("auto", "scan", "native"):
         raise ValueError(f'loop must be "auto", "scan" or "native", got {loop!r}')
     if loop == "scan":
@@ -372,18 +372,26 @@ def _choose_loop(loop: str, fused, dtype, matmul_dtype, steps: int, weights: int
     return native.instruction_set()
 
 
+def chosen_loop(loop: str, matmul_dtype, features: int, hidden: int) -> str:
+    """The instruction set ``lstm_scan`` runs the standard cell's float32 steps on in C, for
+    ``features`` inputs and ``hidden`` units, or "" where they run on ``jax.lax.scan``."""
+    return _choose_loop(loop, True, jnp.float32, matmul_dtype, 1, features, hidden)
+
+
 def describe_loop(loop: str, matmul_dtype=None) -> str:
     """Where ``lstm_scan(..., loop=loop, matmul_dtype=matmul_dtype)`` runs the standard cell's
     float32 steps here, in words ("in C on avx2 ...", "on jax.lax.scan (why)"); a one-line
     error for "native" where the C loop cannot run."""
-    isa = _choose_loop(loop, True, jnp.float32, matmul_dtype, 1, 0)
+    isa = chosen_loop(loop, matmul_dtype, 0, 0)
     if not isa:
         why = "as asked" if loop == "scan" else native_loop_fits(True, jnp.float32, matmul_dtype, 1)
         return f"on jax.lax.scan ({why})"
     if loop == "native":
         return f"in C on {isa} (flaxlstm.native)"
     limit = AUTO_NATIVE_BYTES[isa] / 2**20
-    return f"in C on {isa} (flaxlstm.native) where [W; U] take <= {limit:g} MiB, else on jax.lax.scan"
+    return (
+        f"in C on {isa} (flaxlstm.native) where [W; U] take <= {limit:g} MiB, else on jax.lax.scan"
+    )
 
 
 def _stack(opt: _Options, W, U, b):
@@ -449,7 +457,9 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
     d_final, d_outputs = cotangents
     if opt.native:
         args = (saved, x, W, U, mask, recurrent_mask, *d_final[::-1], d_outputs, opt.reverse)
-        dx, dW, dU, db, dh0, dc0, d_recurrent_mask = native.backward(*args, bf16=_bf16(opt), isa=opt.native)
+        dx, dW, dU, db, dh0, dc0, d_recurrent_mask = native.backward(
+            *args, bf16=_bf16(opt), isa=opt.native
+        )
         return dW, dU, db, dx, None, LSTMState(dc0, dh0), d_recurrent_mask
     carry, ys = _backward_loop(
         opt, W, U, b, x, mask, recurrent_mask, a, c_prev, h_prev, d_final, d_outputs

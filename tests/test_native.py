@@ -61,14 +61,12 @@ def case(shape, padding, seed=0):
 # The float32 paths: the loop's steps compiled for AVX2 + FMA and for AVX-512 ("avx512bf16"
 # runs AVX-512's float32 code), each tested where the CPU runs it.
 PATHS = [
-    pytest.param(isa, marks=pytest.mark.skipif(isa not in native.instruction_sets(), reason=f"the CPU has no {isa}"))
+    pytest.param(isa, marks=pytest.mark.skipif(isa not in native.instruction_sets(), reason=isa))
     for isa in ("avx2", "avx512")
-]  # fmt: skip
+]
 
 
-@functools.partial(
-    jax.jit, static_argnames=("loop", "reverse", "remat", "matmul_dtype", "isa")
-)
+@functools.partial(jax.jit, static_argnames=("loop", "reverse", "remat", "matmul_dtype", "isa"))
 def value_and_grads(
     W, U, b, x, c0, h0, mask, weights, rmask=None, *, loop, reverse, remat=False,
     matmul_dtype=None, isa=None,
@@ -232,7 +230,9 @@ def runs_on(isa=None) -> int:
     ``lstm_scan`` traces its C loop with, inside ``native.using(isa)`` when given."""
     W, U, b = jnp.zeros((2, 16)), jnp.zeros((4, 16)), jnp.zeros(16)
     with native.using(isa) if isa else contextlib.nullcontext():
-        text = str(jax.make_jaxpr(lambda x: lstm_scan(W, U, b, x, loop="native"))(jnp.zeros((3, 5, 2))))
+        text = str(
+            jax.make_jaxpr(lambda x: lstm_scan(W, U, b, x, loop="native"))(jnp.zeros((3, 5, 2)))
+        )
     return int(text.split("('isa', np.int32(")[1].split(")")[0])
 
 
@@ -251,11 +251,16 @@ def test_the_best_instruction_set_runs_unless_a_lower_one_is_asked_for(monkeypat
 
 def test_an_instruction_set_the_cpu_cannot_run_is_refused_in_one_line(monkeypatch):
     monkeypatch.setenv("FLAXLSTM_NATIVE_ISA", "sse2")
-    with pytest.raises(ValueError, match=r"^FLAXLSTM_NATIVE_ISA must be one of avx2, avx512, avx512bf16, got 'sse2'$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^FLAXLSTM_NATIVE_ISA must be one of avx2, avx512, avx512bf16, got 'sse2'$",
+    ):
         native.instruction_set()
     monkeypatch.setattr(native, "_BEST", "avx2")  # as on a CPU without AVX-512
     monkeypatch.setenv("FLAXLSTM_NATIVE_ISA", "avx512")
-    with pytest.raises(ValueError, match=r"^FLAXLSTM_NATIVE_ISA=avx512 cannot run on this CPU \(it runs avx2\)$"):
+    with pytest.raises(
+        ValueError, match=r"^FLAXLSTM_NATIVE_ISA=avx512 cannot run on this CPU \(it runs avx2\)$"
+    ):
         native.instruction_set()
     with pytest.raises(ValueError, match="cannot run on this CPU"):
         runs_on("avx512bf16")  # fmt: skip

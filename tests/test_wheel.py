@@ -53,7 +53,9 @@ def test_the_wheel_installed_in_a_fresh_virtualenv_passes_the_c_loop_tests(tmp_p
     shutil.copy(ROOT / "tests" / "test_native.py", tests)
     where = run(python, "-c", "import flaxlstm; print(flaxlstm.__file__)", cwd=tests)
     assert where.startswith(site), where  # the wheel's copy, not the checkout's
-    report = run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", tests, cwd=tests)
+    report = run(
+        python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", tests, cwd=tests
+    )
     if X86_64_LINUX:
         assert " passed" in report and " failed" not in report
     else:
