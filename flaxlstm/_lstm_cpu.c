@@ -58,25 +58,26 @@ int lstm_best_isa(void) {
 
 /* The products' register tiles, for float32 (In float, each k one multiply-add) and for
  * bfloat16 pairs (In pair, below: each k two, vdpbf16ps). One tile of out = base + in.m: R rows
- * x VEC * Q columns from column c, the accumulators held in registers over the whole k loop,
- * m's rows loaded once for all R rows. Strides in In; m's is n. out may be base. VECTOR (of
- * VEC floats), VLOAD and VSTORE are the including instruction set's (_lstm_cpu_steps.h). */
+ * x VEC * Q columns, the accumulators held in registers over the whole k loop, m's rows loaded
+ * once for all R rows. m, base and out point at the tile's first column; strides in In (m's:
+ * m_stride). out may be base. VECTOR (of VEC floats), VLOAD and VSTORE are the including
+ * instruction set's (_lstm_cpu_steps.h). */
 #define TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, R, Q)                                         \
-    static void NAME##_##R##x##Q(int k, int n, int c, const In *in, int in_stride, const In *m,  \
+    static void NAME##_##R##x##Q(int k, const In *in, int in_stride, const In *m, int m_stride,  \
                                  const float *base, int base_stride, float *out, int out_stride) { \
         VECTOR acc[R][Q];                                                                        \
         for (int r = 0; r < R; r++)                                                              \
-            for (int q = 0; q < Q; q++) acc[r][q] = VLOAD(base + r * base_stride + c + VEC * q); \
+            for (int q = 0; q < Q; q++) acc[r][q] = VLOAD(base + r * base_stride + VEC * q);     \
         for (int i = 0; i < k; i++) {                                                            \
             Mv mi[Q];                                                                            \
-            for (int q = 0; q < Q; q++) mi[q] = LOAD_M(m + (size_t)i * n + c + VEC * q);         \
+            for (int q = 0; q < Q; q++) mi[q] = LOAD_M(m + (size_t)i * m_stride + VEC * q);      \
             for (int r = 0; r < R; r++) {                                                        \
                 Mv a = BROADCAST(in[r * in_stride + i]);                                         \
                 for (int q = 0; q < Q; q++) acc[r][q] = MADD(acc[r][q], a, mi[q]);               \
             }                                                                                    \
         }                                                                                        \
         for (int r = 0; r < R; r++)                                                              \
-            for (int q = 0; q < Q; q++) VSTORE(out + r * out_stride + c + VEC * q, acc[r][q]);   \
+            for (int q = 0; q < Q; q++) VSTORE(out + r * out_stride + VEC * q, acc[r][q]);       \
     }
 #define TILES_OF_WIDTH(NAME, In, Mv, LOAD_M, BROADCAST, MADD, Q)                                 \
     TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 1, Q)                                            \
@@ -88,17 +89,26 @@ int lstm_best_isa(void) {
     TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 7, Q)                                            \
     TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 8, Q)
 
-/* NAME(rows, k, n, in, ...): out[r, :n] = base[r, :n] + in[r, :k].m[:k, :n] for every row
- * r < rows (n a multiple of 16; base_stride 0 adds the same row to every row). The rows are
- * cut into as few tiles of at most TALL rows as there can be, of equal heights (13 rows: 5, 4,
- * 4 with TALL 6), so that no short tile reloads m for one or two rows; tiles are 2 or 1
- * vectors wide. Column panels outside, rows inside: a panel of m (k x 2 VEC) stays in cache
- * while every tile reads it. */
+/* A panel of m bigger than this many bytes is copied into contiguous memory before the tiles
+ * read it (below). */
+enum { PACK_ABOVE_BYTES = 16 << 10 };
+
+/* NAME(rows, k, n, in, in_stride, m, packed, ..., panel): out[r, :n] = base[r, :n] +
+ * in[r, :k].m[:k, :n] for every row r < rows (n a multiple of 16; base_stride 0 adds the same
+ * row to every row). Column panels outside, rows inside: a panel of m (k x 2 VEC) is read by
+ * every tile of rows. The rows are cut into as few tiles of at most TALL rows as there can be,
+ * of equal heights (13 rows: 5, 4, 4 with TALL 6), so that no short tile reloads m for one or
+ * two rows; tiles are 2 or 1 vectors wide. m is [k, n] row-major, or when packed its panels
+ * one after the other (pack_panels: the weights, packed once per call). Read in place, m's
+ * rows lie n elements apart (8 KiB at H 512), a new page every row or two, which the
+ * prefetchers do not follow: where several tiles read a panel of more than PACK_ABOVE_BYTES,
+ * it is first copied into panel [k, 2 VEC] (scratch; NULL: never), as BLAS kernels do. */
 #define GEMM(NAME, In)                                                                           \
-    typedef void (*NAME##_tile)(int, int, int, const In *, int, const In *, const float *, int,  \
+    typedef void (*NAME##_tile)(int, const In *, int, const In *, int, const float *, int,       \
                                 float *, int);                                                   \
     static void NAME(int rows, int k, int n, const In *in, int in_stride, const In *m,           \
-                     const float *base, int base_stride, float *out, int out_stride) {           \
+                     int packed, const float *base, int base_stride, float *out, int out_stride, \
+                     In *panel) {                                                                \
         static const NAME##_tile wide[] = {NULL, NAME##_1x2, NAME##_2x2, NAME##_3x2, NAME##_4x2, \
                                            NAME##_5x2, NAME##_6x2, NAME##_7x2, NAME##_8x2};      \
         static const NAME##_tile narrow[] = {NULL, NAME##_1x1, NAME##_2x1, NAME##_3x1,           \
@@ -107,11 +117,19 @@ int lstm_best_isa(void) {
         int tiles = (rows + TALL - 1) / TALL;                                                    \
         for (int c = 0, q; c < n; c += VEC * q) {                                                \
             q = c + 2 * VEC <= n ? 2 : 1;                                                        \
+            const In *mc = packed ? m + (size_t)c * k : m + c;                                   \
+            int m_stride = packed ? VEC * q : n;                                                 \
+            if (!packed && panel && tiles > 1 &&                                                 \
+                (size_t)k * VEC * q * sizeof(In) > PACK_ABOVE_BYTES) {                           \
+                for (int i = 0; i < k; i++)                                                      \
+                    memcpy(panel + (size_t)i * VEC * q, mc + (size_t)i * n, VEC * q * sizeof(In)); \
+                mc = panel, m_stride = VEC * q;                                                  \
+            }                                                                                    \
             for (int t = 0; t < tiles; t++) {                                                    \
                 int r = rows * t / tiles, R = rows * (t + 1) / tiles - r;                        \
-                (q == 2 ? wide : narrow)[R](k, n, c, in + r * in_stride, in_stride, m,           \
-                                            base + r * base_stride, base_stride,                 \
-                                            out + r * out_stride, out_stride);                   \
+                (q == 2 ? wide : narrow)[R](k, in + r * in_stride, in_stride, mc, m_stride,      \
+                                            base + r * base_stride + c, base_stride,             \
+                                            out + r * out_stride + c, out_stride);               \
             }                                                                                    \
         }                                                                                        \
     }
@@ -159,6 +177,18 @@ static void pack_cols(int k, int n, const float *m, int m_stride, pair *out) {
     const float *last = m + (size_t)(k - 1) * m_stride; /* an odd k's last row, alone */
     if (k % 2)
         for (int j = 0; j < n; j++) out[(size_t)(k / 2) * n + j] = pair_of(last[j], 0.0f);
+}
+
+/* m [k, n] of 4-byte elements (floats or pairs; n a multiple of 16) as GEMM's packed panels,
+ * for vectors of vec elements: for each panel of 2 vec columns (vec for a last odd one), its
+ * k rows one after the other, into out [k, n]. */
+static void pack_panels(int k, int n, const void *m, int vec, void *out) {
+    char *to = out;
+    for (int c = 0, w; c < n; c += w) {
+        w = c + 2 * vec <= n ? 2 * vec : vec;
+        for (int i = 0; i < k; i++, to += (size_t)w * 4)
+            memcpy(to, (const char *)m + ((size_t)i * n + c) * 4, (size_t)w * 4);
+    }
 }
 
 /* bfloat16: k pairs of in's row against k rows of pairs of m, two products per lane
@@ -215,16 +245,19 @@ typedef struct {
     int T, B, H, F, reverse, save, bf16;
     const float *x, *mask, *rmask, *base; /* base = bias, 4H padded to Gp */
     const float *scale; /* [Gp]: 1 in g's columns, 1/2 elsewhere (forward_rows) */
-    const void *wu;                       /* [w; u] [K, Gp], or its pairs when bf16 */
+    const void *wu; /* [w; u] [K, Gp], or its pairs when bf16, packed (pack_panels) */
     float *a, *c_prev, *h_prev, *out, *c_n, *h_n;
 } Forward;
 
 typedef struct {
     int T, B, H, F, reverse, bf16;
     const float *a, *c_prev, *h_prev, *x, *d_out, *mask, *rmask;
-    const void *wut; /* [w; u]^T [4H, Kp], or its pairs when bf16 */
+    const void *wut; /* [w; u]^T [4H, Kp], or its pairs when bf16, packed (pack_panels) */
     float *dx, *dh, *dc, *sums, *d_rmask; /* sums: each part's [dw; du; dbias] [K + 1, Gp] */
 } Backward;
+
+/* The scratch GEMM copies m's panels into, for k rows: 2 vectors of 16 at the most. */
+#define PANEL_FLOATS(k) ((size_t)(k) * 32)
 
 /* The backward adds [x_t, h_prev]^T.dz to the weight gradients' sums for this many steps at
  * once: one product over SUM_STEPS * rows instead of a pass over the sums every step. */
@@ -400,18 +433,21 @@ int lstm_forward(int isa, Spawn spawn, void *pool, int T, int B, int H, int F, i
     int G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H, error = LSTM_OUT_OF_MEMORY;
     float *wu = calloc((size_t)K * Gp, sizeof(float)), *base = calloc((size_t)Gp, sizeof(float));
     float *scale = malloc((size_t)Gp * sizeof(float));
-    pair *wu2 = bf16 ? malloc((size_t)(K + 1) / 2 * Gp * sizeof(pair)) : NULL;
-    if (!wu || !base || !scale || (bf16 && !wu2)) goto done;
+    int k2 = bf16 ? (K + 1) / 2 : K; /* m's rows: floats, or pairs of rows */
+    pair *wu2 = bf16 ? malloc((size_t)k2 * Gp * sizeof(pair)) : NULL;
+    float *packed = malloc((size_t)k2 * Gp * sizeof(float)); /* as GEMM reads it */
+    if (!wu || !base || !scale || !packed || (bf16 && !wu2)) goto done;
     for (int k = 0; k < K; k++)
         memcpy(wu + (size_t)k * Gp, k < F ? w + (size_t)k * G : u + (size_t)(k - F) * G,
                G * sizeof(float));
     for (int j = 0; j < Gp; j++) scale[j] = j >= 2 * H && j < 3 * H ? 1.0f : 0.5f;
     for (int j = 0; j < G; j++) base[j] = bf16 ? bf16_round(bias[j]) : bias[j];
     if (bf16) pack_cols(K, Gp, wu, Gp, wu2);
+    pack_panels(k2, Gp, bf16 ? (const void *)wu2 : wu, isa == ISA_AVX2 ? 8 : 16, packed);
     memcpy(c_n, c0, (size_t)B * H * sizeof(float));
     memcpy(h_n, h0, (size_t)B * H * sizeof(float));
     Forward context = {T, B, H, F, reverse, save, bf16, x, mask, rmask, base, scale,
-                       bf16 ? (const void *)wu2 : wu, a, c_prev, h_prev, out, c_n, h_n};
+                       packed, a, c_prev, h_prev, out, c_n, h_n};
     if (save) {
         huge_pages(a, (size_t)T * B * G * sizeof(float));
         huge_pages(c_prev, (size_t)T * B * H * sizeof(float));
@@ -423,6 +459,7 @@ int lstm_forward(int isa, Spawn spawn, void *pool, int T, int B, int H, int F, i
 done:
     free(wu);
     free(wu2);
+    free(packed);
     free(base);
     free(scale);
     return error;
@@ -451,18 +488,21 @@ int lstm_backward(int isa, Spawn spawn, void *pool, int T, int B, int H, int F, 
     int G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H, Kp = (K + 15) / 16 * 16, parts = parts_for(B);
     int error = LSTM_OUT_OF_MEMORY;
     float *wut = calloc((size_t)G * Kp, sizeof(float));
-    pair *wut2 = bf16 ? malloc((size_t)(G / 2) * Kp * sizeof(pair)) : NULL;
+    int g2 = bf16 ? G / 2 : G; /* m's rows: floats, or pairs of rows */
+    pair *wut2 = bf16 ? malloc((size_t)g2 * Kp * sizeof(pair)) : NULL;
+    float *packed = malloc((size_t)g2 * Kp * sizeof(float)); /* as GEMM reads it */
     float *sums = calloc((size_t)parts * (K + 1) * Gp, sizeof(float));
-    if (!wut || !sums || (bf16 && !wut2)) goto done;
+    if (!wut || !sums || !packed || (bf16 && !wut2)) goto done;
     for (int j = 0; j < G; j++)
         for (int k = 0; k < K; k++)
             wut[(size_t)j * Kp + k] = k < F ? w[(size_t)k * G + j] : u[(size_t)(k - F) * G + j];
     if (bf16) pack_cols(G, Kp, wut, Kp, wut2);
+    pack_panels(g2, Kp, bf16 ? (const void *)wut2 : wut, isa == ISA_AVX2 ? 8 : 16, packed);
     memcpy(dh0, dh_n, (size_t)B * H * sizeof(float)); /* dh0, dc0 carry dh, dc */
     memcpy(dc0, dc_n, (size_t)B * H * sizeof(float));
     if (rmask) memset(d_rmask, 0, (size_t)B * H * sizeof(float)); /* each row's, by one part */
     Backward context = {T, B, H, F, reverse, bf16, a, c_prev, h_prev, x, d_out, mask, rmask,
-                        bf16 ? (const void *)wut2 : wut, dx, dh0, dc0, sums, d_rmask};
+                        packed, dx, dh0, dc0, sums, d_rmask};
     huge_pages(dx, (size_t)T * B * F * sizeof(float));
     Work work = isa == ISA_AVX2 ? backward_rows_avx2 : backward_rows_avx512;
     if (in_parts(work, &context, B, parts, spawn, pool)) goto done;
@@ -478,6 +518,7 @@ int lstm_backward(int isa, Spawn spawn, void *pool, int T, int B, int H, int F, 
 done:
     free(wut);
     free(wut2);
+    free(packed);
     free(sums);
     return error;
 }

@@ -30,16 +30,18 @@ TILES(ISA(gemm), float, VECTOR, VLOAD, SPLAT, FMA32)
 
 /* out = base + in.m for in [rows, k] (float32; rounded to pairs into the scratch in2 when m
  * is pairs) and m [k, n]: float32, or pairs [(k + 1) / 2, n] when bf16 (gemm_bf16, only
- * where the CPU has AVX512-BF16: lstm_forward and lstm_backward check). */
+ * where the CPU has AVX512-BF16: lstm_forward and lstm_backward check); packed as GEMM's
+ * panels or not. panel: scratch of PANEL_FLOATS(k) floats (GEMM). */
 static void ISA(product)(int bf16, int rows, int k, int n, const float *in, int in_stride,
-                         pair *in2, const void *m, const float *base, int base_stride,
-                         float *out, int out_stride) {
+                         pair *in2, const void *m, int packed, const float *base,
+                         int base_stride, float *out, int out_stride, void *panel) {
     if (!bf16) {
-        ISA(gemm)(rows, k, n, in, in_stride, m, base, base_stride, out, out_stride);
+        ISA(gemm)(rows, k, n, in, in_stride, m, packed, base, base_stride, out, out_stride, panel);
         return;
     }
     pack_rows(rows, k, in, in_stride, in2);
-    gemm_bf16(rows, (k + 1) / 2, n, in2, (k + 1) / 2, m, base, base_stride, out, out_stride);
+    gemm_bf16(rows, (k + 1) / 2, n, in2, (k + 1) / 2, m, packed, base, base_stride, out,
+              out_stride, panel);
 }
 
 /* tanh of n floats, n a multiple of 16 (glibc's vector tanhf, VEC lanes at a time: a loop to
@@ -68,7 +70,8 @@ static int ISA(forward_rows)(const void *context, int part, int lo, int hi) {
     float *c = calloc((size_t)Hp, sizeof(float)), *tc = calloc((size_t)Hp, sizeof(float));
     pair *xh2 = p->bf16 ? calloc((size_t)rows * ((K + 1) / 2), sizeof(pair)) : NULL;
     int *order = malloc((size_t)rows * sizeof(int));
-    int failed = !z || !xh || !c || !tc || !order || (p->bf16 && !xh2);
+    float *panel = malloc(PANEL_FLOATS(K) * sizeof(float));
+    int failed = !z || !xh || !c || !tc || !order || !panel || (p->bf16 && !xh2);
     float *c_n = p->c_n + (size_t)lo * H, *h_n = p->h_n + (size_t)lo * H; /* the carried state */
     (void)part;
     for (int s = 0; s < T && !failed; s++) {
@@ -86,7 +89,7 @@ static int ISA(forward_rows)(const void *context, int part, int lo, int hi) {
                 xh[(size_t)q * K + F + j] = h_n[(size_t)r * H + j] * (rm ? rm[j] : 1.0f);
         }
         /* z = [x_t, h r].[w; u] + bias */
-        ISA(product)(p->bf16, n, K, Gp, xh, K, xh2, p->wu, p->base, 0, z, Gp);
+        ISA(product)(p->bf16, n, K, Gp, xh, K, xh2, p->wu, 1, p->base, 0, z, Gp, panel);
         for (int q = 0; q < n; q++) {
             int r = order[q];
             float m = p->mask ? p->mask[row + r] : 1.0f;
@@ -118,6 +121,7 @@ static int ISA(forward_rows)(const void *context, int part, int lo, int hi) {
     free(xh);
     free(xh2);
     free(order);
+    free(panel);
     free(c);
     free(tc);
     return failed ? -1 : 0;
@@ -145,7 +149,8 @@ static int ISA(backward_rows)(const void *context, int part, int lo, int hi) {
     float *dbias = sum + (size_t)K * Gp; /* summed in float32 as dz comes */
     float *dh = p->dh + (size_t)lo * H, *dc = p->dc + (size_t)lo * H; /* carried */
     int *order = malloc((size_t)rows * sizeof(int)), filled = 0; /* dz's rows in dzs */
-    int failed = !dzs || !xht || !dxh || !c || !tc || !zero || !order;
+    float *panel = malloc(PANEL_FLOATS(G > block ? G : block) * sizeof(float));
+    int failed = !dzs || !xht || !dxh || !c || !tc || !zero || !order || !panel;
     failed |= p->bf16 && (!dz2 || !xht2 || !dzs2);
     for (int s = T - 1, done = 0; s >= 0 && !failed; s--, done++) {
         size_t row = (size_t)(p->reverse ? T - 1 - s : s) * B + lo;
@@ -180,12 +185,12 @@ static int ISA(backward_rows)(const void *context, int part, int lo, int hi) {
                     p->h_prev[(row + r) * H + k] * (rm ? rm[k] : 1.0f);
         }
         /* [dx_t, dh_prev] = dz.[w; u]^T */
-        ISA(product)(p->bf16, n, G, Kp, dz, Gp, dz2, p->wut, zero, 0, dxh, Kp);
+        ISA(product)(p->bf16, n, G, Kp, dz, Gp, dz2, p->wut, 1, zero, 0, dxh, Kp, panel);
         filled += n;
         if (done % SUM_STEPS == SUM_STEPS - 1 || s == 0) { /* [dw; du] += the last steps' */
             if (p->bf16) pack_cols(filled, Gp, dzs, Gp, dzs2);
             const void *m = p->bf16 ? (const void *)dzs2 : dzs;
-            ISA(product)(p->bf16, K, filled, Gp, xht, block, xht2, m, sum, Gp, sum, Gp);
+            ISA(product)(p->bf16, K, filled, Gp, xht, block, xht2, m, 0, sum, Gp, sum, Gp, panel);
             filled = 0;
         }
         for (int q = 0; q < rows; q++) {
@@ -207,6 +212,7 @@ static int ISA(backward_rows)(const void *context, int part, int lo, int hi) {
     free(dzs);
     free(dxh);
     free(order);
+    free(panel);
     free(xht);
     free(zero);
     free(dz2);

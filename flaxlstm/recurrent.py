@@ -347,11 +347,12 @@ def _bf16(opt: _Options) -> bool:
 
 
 # loop="auto" takes the C loop where its instruction set was measured faster than the scan:
-# where the stacked weights [W; U] (float32) take at most this many bytes. Measured at seed
-# 003 (0.15 MiB), seed 002 (0.5 MiB), H 256/384/512 (1.5, 3, 6 MiB) and the bench's large
-# shape (6 MiB): AVX-512 faster up to 1.5 MiB, slower from 3 MiB; AVX2 faster at 0.5 MiB,
-# slower from 1.5 MiB (docs/PERFORMANCE.md, "The C loop on every x86-64 CPU").
-AUTO_NATIVE_BYTES = {"avx2": 2**20, "avx512": 2 * 2**20, "avx512bf16": 2 * 2**20}
+# where the stacked weights [W; U] (float32) take at most this many bytes. Measured on an
+# AVX-512 CPU at seed 003 (0.15 MiB), seed 002 (0.5 MiB), [W; U] of 1.5, 3, 6 and 20 MiB with
+# B 8 to 128: AVX-512 faster up to 3 MiB at every batch, not at 6 MiB and beyond with B 16 or
+# 20 MiB with B 64; AVX2 faster at 0.5 MiB, slower from 1.5 MiB (docs/PERFORMANCE.md, "The C
+# loop on every x86-64 CPU").
+AUTO_NATIVE_BYTES = {"avx2": 2**20, "avx512": 3 * 2**20, "avx512bf16": 3 * 2**20}
 
 
 def _choose_loop(loop: str, fused, dtype, matmul_dtype, steps: int, features, hidden) -> str:
