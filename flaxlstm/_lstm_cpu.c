@@ -89,9 +89,9 @@ int lstm_best_isa(void) {
     TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 7, Q)                                            \
     TILE(NAME, In, Mv, LOAD_M, BROADCAST, MADD, 8, Q)
 
-/* A panel of m bigger than this many bytes is copied into contiguous memory before the tiles
- * read it (below). */
-enum { PACK_ABOVE_BYTES = 16 << 10 };
+/* Where m's rows lie at least this many bytes apart (a page), a panel of it is copied into
+ * contiguous memory before the tiles read it (below). */
+enum { COPY_STRIDE_BYTES = 4 << 10 };
 
 /* NAME(rows, k, n, in, in_stride, m, packed, ..., panel): out[r, :n] = base[r, :n] +
  * in[r, :k].m[:k, :n] for every row r < rows (n a multiple of 16; base_stride 0 adds the same
@@ -101,8 +101,9 @@ enum { PACK_ABOVE_BYTES = 16 << 10 };
  * two rows; tiles are 2 or 1 vectors wide. m is [k, n] row-major, or when packed its panels
  * one after the other (pack_panels: the weights, packed once per call). Read in place, m's
  * rows lie n elements apart (8 KiB at H 512), a new page every row or two, which the
- * prefetchers do not follow: where several tiles read a panel of more than PACK_ABOVE_BYTES,
- * it is first copied into panel [k, 2 VEC] (scratch; NULL: never), as BLAS kernels do. */
+ * prefetchers do not follow: where several tiles read a panel whose rows lie a page apart
+ * (COPY_STRIDE_BYTES), it is first copied into panel [k, 2 VEC] (scratch; NULL: never), as
+ * BLAS kernels do. (Closer rows stay in place: copying them cost seed 003's step 5 %.) */
 #define GEMM(NAME, In)                                                                           \
     typedef void (*NAME##_tile)(int, const In *, int, const In *, int, const float *, int,       \
                                 float *, int);                                                   \
@@ -119,8 +120,7 @@ enum { PACK_ABOVE_BYTES = 16 << 10 };
             q = c + 2 * VEC <= n ? 2 : 1;                                                        \
             const In *mc = packed ? m + (size_t)c * k : m + c;                                   \
             int m_stride = packed ? VEC * q : n;                                                 \
-            if (!packed && panel && tiles > 1 &&                                                 \
-                (size_t)k * VEC * q * sizeof(In) > PACK_ABOVE_BYTES) {                           \
+            if (!packed && panel && tiles > 1 && (size_t)n * sizeof(In) >= COPY_STRIDE_BYTES) {  \
                 for (int i = 0; i < k; i++)                                                      \
                     memcpy(panel + (size_t)i * VEC * q, mc + (size_t)i * n, VEC * q * sizeof(In)); \
                 mc = panel, m_stride = VEC * q;                                                  \
