@@ -8,16 +8,18 @@
  * no synchronisation between steps: the calling thread and helpers on XLA's own thread pool
  * (in_parts; no thread is left spinning between calls). A step computes only the rows of
  * its part that are real at that step (rows_to_compute: a batch cut to a bucket's width still
- * pads its shorter reviews). Each step's products are register-tiled; everything else of a
- * step is one pass over [rows, H]. Arrays are float32, time-major, C-contiguous.
+ * pads its shorter reviews). Each step's products are register-tiled, on weights packed
+ * once per call into the tiles' column panels; everything else of a step is one pass over
+ * [rows, H]. Arrays are float32, time-major, C-contiguous.
  *
  * Instruction sets: the library is compiled for plain x86-64, so that it loads on every
  * x86-64 CPU, and the steps (_lstm_cpu_steps.h) are compiled twice more under `#pragma GCC
  * target`: for AVX2 + FMA (tiles of up to 6 rows x 16 columns, 8-float ymm vectors) and for
- * AVX-512 (up to 8 rows x 32 columns, 16-float zmm). lstm_best_isa() reads the CPU's (CPUID, through gcc's
- * __builtin_cpu_supports) and the caller passes the one to run (flaxlstm/native.py chooses
- * once at load; FLAXLSTM_NATIVE_ISA forces a lower one); bfloat16 products need ISA_BF16, a
- * CPU with AVX512-BF16. A CPU without AVX2 + FMA runs no C loop (the scan instead).
+ * AVX-512 (up to 8 rows x 32 columns, 16-float zmm). lstm_best_isa() reads the CPU's (CPUID,
+ * through gcc's __builtin_cpu_supports) and the caller passes the one to run
+ * (flaxlstm/native.py chooses once at load; FLAXLSTM_NATIVE_ISA forces a lower one);
+ * bfloat16 products need ISA_BF16, a CPU with AVX512-BF16. A CPU without AVX2 + FMA runs no
+ * C loop (the scan instead).
  *
  * Gates are laid out [i, f, g, o] along the last axis of size 4H, as flaxlstm/cell.py has them:
  *   z = x_t.W + b + h.U,  i, f, o = sigma(z_i, z_f, z_o),  g = tanh(z_g)
@@ -26,9 +28,10 @@
  * A recurrent dropout mask r [B, H] (variational: the same at every step) multiplies h where
  * it enters the product: z = x_t.W + b + (h * r).U.
  *
- * With bf16 set (on ISA_BF16 only), every product takes bfloat16 operands, rounded to nearest even, and accumulates in float32
- * (vdpbf16ps: two products per 32-bit lane), as lstm_scan's matmul_dtype=bfloat16 does: the
- * bias is rounded too, everything else (gates, states, sums) stays float32. */
+ * With bf16 set (on ISA_BF16 only), every product takes bfloat16 operands, rounded to nearest
+ * even, and accumulates in float32 (vdpbf16ps: two products per 32-bit lane), as lstm_scan's
+ * matmul_dtype=bfloat16 does: the bias is rounded too, everything else (gates, states, sums)
+ * stays float32. */
 #if !defined(__x86_64__) || !defined(__linux__)
 #error "the C loop is written for x86-64 Linux (setup.py builds it only there)"
 #endif
@@ -466,7 +469,7 @@ done:
 }
 
 /* Backward over the T steps, in the opposite order to the forward's, on the instruction set
- * the forward ran on (the same rows computed: rows_to_compute). a, c_prev, h_prev [T, B, ...]
+ * the forward ran on (its packed panels, pack_panels). a, c_prev, h_prev [T, B, ...]
  * as the forward saved them; x, w, u, mask, rmask as it read them; dh_n, dc_n [B, H]: the
  * final state's gradients; d_out [T, B, H]: the outputs' (NULL: zero). Writes dx [T, B, F],
  * dw [F, 4H], du [H, 4H], dbias [4H], the start state's dh0, dc0 [B, H] and, with rmask, its
@@ -485,8 +488,8 @@ int lstm_backward(int isa, Spawn spawn, void *pool, int T, int B, int H, int F, 
                   float *dx, float *dw, float *du, float *dbias, float *dh0, float *dc0,
                   float *d_rmask) {
     if (!runs(isa, bf16)) return LSTM_BAD_ISA;
-    int G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H, Kp = (K + 15) / 16 * 16, parts = parts_for(B);
-    int error = LSTM_OUT_OF_MEMORY;
+    int G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H, Kp = (K + 15) / 16 * 16;
+    int parts = parts_for(B), error = LSTM_OUT_OF_MEMORY;
     float *wut = calloc((size_t)G * Kp, sizeof(float));
     int g2 = bf16 ? G / 2 : G; /* m's rows: floats, or pairs of rows */
     pair *wut2 = bf16 ? malloc((size_t)g2 * Kp * sizeof(pair)) : NULL;

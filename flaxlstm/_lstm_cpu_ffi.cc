@@ -51,7 +51,8 @@ static ffi::Error Forward(ffi::ThreadPool pool, In x, In w, In u, In bias, In c0
                           int32_t bf16, int32_t isa) {
   auto d = x.dimensions();
   int save = a->element_count() > 0;
-  return Result(lstm_forward(isa, Schedule, &pool, d[0], d[1], u.dimensions()[0], d[2], reverse, save, bf16,
+  return Result(lstm_forward(isa, Schedule, &pool, d[0], d[1], u.dimensions()[0], d[2], reverse,
+               save, bf16,
                x.typed_data(), w.typed_data(), u.typed_data(), bias.typed_data(), c0.typed_data(),
                h0.typed_data(), has_mask ? mask.typed_data() : nullptr,
                has_rmask ? rmask.typed_data() : nullptr, a->typed_data(),
@@ -69,7 +70,8 @@ static ffi::Error Backward(ffi::ThreadPool pool, In a, In c_prev, In h_prev, In 
                            Out dbias, Out dh0, Out dc0, Out d_rmask, int32_t reverse,
                            int32_t has_mask, int32_t has_rmask, int32_t bf16, int32_t isa) {
   auto d = x.dimensions();
-  return Result(lstm_backward(isa, Schedule, &pool, d[0], d[1], u.dimensions()[0], d[2], reverse, bf16,
+  return Result(lstm_backward(isa, Schedule, &pool, d[0], d[1], u.dimensions()[0], d[2], reverse,
+                bf16,
                 a.typed_data(), c_prev.typed_data(), h_prev.typed_data(), x.typed_data(),
                 w.typed_data(), u.typed_data(), dh_n.typed_data(), dc_n.typed_data(),
                 d_out.element_count() ? d_out.typed_data() : nullptr,

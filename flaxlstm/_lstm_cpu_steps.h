@@ -66,7 +66,8 @@ static int ISA(forward_rows)(const void *context, int part, int lo, int hi) {
     const Forward *p = context;
     int T = p->T, B = p->B, H = p->H, F = p->F, G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H;
     int rows = hi - lo, Hp = (H + 15) / 16 * 16;
-    float *z = calloc((size_t)rows * Gp, sizeof(float)), *xh = calloc((size_t)rows * K, sizeof(float));
+    float *z = calloc((size_t)rows * Gp, sizeof(float));
+    float *xh = calloc((size_t)rows * K, sizeof(float));
     float *c = calloc((size_t)Hp, sizeof(float)), *tc = calloc((size_t)Hp, sizeof(float));
     pair *xh2 = p->bf16 ? calloc((size_t)rows * ((K + 1) / 2), sizeof(pair)) : NULL;
     int *order = malloc((size_t)rows * sizeof(int));
@@ -134,7 +135,8 @@ static int ISA(backward_rows)(const void *context, int part, int lo, int hi) {
     int T = p->T, B = p->B, H = p->H, F = p->F, G = 4 * H, Gp = (G + 15) / 16 * 16;
     int K = F + H, Kp = (K + 15) / 16 * 16, rows = hi - lo, block = SUM_STEPS * rows;
     /* the last SUM_STEPS steps' dz [block, Gp] and [x_t, h_prev]^T [K, block] */
-    float *dzs = calloc((size_t)block * Gp, sizeof(float)), *xht = calloc((size_t)K * block, sizeof(float));
+    float *dzs = calloc((size_t)block * Gp, sizeof(float));
+    float *xht = calloc((size_t)K * block, sizeof(float));
     float *dxh = calloc((size_t)rows * Kp, sizeof(float));
     int Hp = (H + 15) / 16 * 16; /* c recomputed and its tanh, padded (tanh_all) */
     float *c = calloc((size_t)Hp, sizeof(float)), *tc = calloc((size_t)Hp, sizeof(float));

@@ -181,8 +181,8 @@ def forward(
       save: also return what the backward needs (else None): writing it costs time.
       bf16: the products on bfloat16 operands (``has_bfloat16()`` only), float32 elsewhere.
       outputs: write the outputs (else None): only the final state is wanted.
-      isa: the instruction set (None: ``instruction_set()``); the backward must run on the
-        same one (it computes the rows the forward computed).
+      isa: the instruction set (None: ``instruction_set()``); the backward runs on the same
+        one (``lstm_scan`` fixes it when it traces both).
     Returns:
       the activated gates a [T, B, 4H], the state each step started from c_prev and h_prev
       [T, B, H] (or None), the outputs [T, B, H] (or None) and the final state (c, h) [B, H]
