@@ -31,7 +31,7 @@ Extra implementations for ablations: ``flaxlstm-autodiff`` (the same model built
 ``flaxlstm-lengths`` (flaxlstm given ``lengths``, so the masked code path runs; every length
 is T), ``flaxlstm-unroll8`` (``LSTM(..., unroll=8)``: 8 time steps per loop iteration),
 ``flaxlstm-bf16`` (bfloat16 products), ``flaxlstm-scan`` (``LSTM(..., loop="scan")``: the
-steps on ``jax.lax.scan``, where ``flaxlstm`` runs them in C on the CPU, flaxlstm/native.py),
+steps on ``jax.lax.scan``, where ``flaxlstm`` runs them in C on the CPU, flaxlstm/native/),
 ``flaxlstm-avx2`` and ``flaxlstm-avx512`` (the C loop on that instruction set, where the CPU
 runs it, at every shape: ``loop="native"``). The table names the path each flaxlstm row ran,
 ``flaxlstm[avx512bf16]``, ``flaxlstm-scan[scan]``: the C loop's instruction set

@@ -14,8 +14,10 @@ For one time step with input :math:`x_t` and previous state :math:`(c_{t-1}, h_{
 :math:`W` is ``kernel`` [F, 4H], :math:`U` is ``recurrent_kernel`` [H, 4H] and :math:`b` is
 ``bias`` [4H]. In code, ``z`` is the pre-activation [B, 4H], ``a`` the activated gates
 [B, 4H] (``activate_all``), ``i, f, g, o`` (``Gates``, ``Trace``) the activated gates and
-``zi, zf, zg, zo`` (``Trace``) their pre-activations. Every path of the time loop runs
-``activate_all`` then ``cell_update``; where
+``zi, zf, zg, zo`` (``Trace``) their pre-activations. Every path of the time loop on
+``jax.lax.scan`` runs ``activate_all`` then ``cell_update``; the C loop for the CPU
+(flaxlstm/native/) writes the same math again in C, held equal to it by tests/test_native.py;
+where
 :math:`x_t W + b` is computed (for all steps before the loop, or inside it stacked with
 :math:`h_{t-1} U`) is the loop's choice (flaxlstm/recurrent.py). The gate order and layout are
 Keras's and PyTorch's, so their trained weights load unchanged (PyTorch's ``weight_ih_l0`` is

@@ -69,7 +69,7 @@ class LSTM(nnx.Module):
 
     ``hand_written_backward`` and ``accumulate_above_bytes`` choose how the time loop is
     differentiated and ``loop`` where its steps run ("auto": in C on the CPU where it can,
-    flaxlstm/native.py; "scan"; "native"; ``flaxlstm.recurrent.lstm_scan``). They are fields of
+    flaxlstm/native/; "scan"; "native"; ``flaxlstm.recurrent.lstm_scan``). They are fields of
     the layer, so a jitted step compiled for one setting is never reused for another. So is
     ``clamps`` (empty at construction): units of gates or states held at fixed values at every
     step, an ablation (``flaxlstm.cell.Clamp``; set and restored by

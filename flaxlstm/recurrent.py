@@ -7,7 +7,7 @@ state; other activations, ``return_trace``, ``clamps`` (an ablation) or
 ``hand_written_backward=False`` take ``scan_cell``, the plain scan differentiated by jax,
 which also runs every cell variant's step (flaxlstm/variants.py). Both give the same numbers
 (tests/test_speed_paths.py); docs/PERFORMANCE.md says why and how fast. On the CPU the fused
-loop's steps run in C (``loop``, flaxlstm/native.py; tests/test_native.py), with the same
+loop's steps run in C (``loop``, flaxlstm/native/; tests/test_native.py), with the same
 math and the same custom_vjp around them.
 
 Inputs are batch-major [B, T, F]. Padding is described by ``lengths`` [B] (real tokens first)
@@ -161,7 +161,7 @@ def lstm_scan(
         inputs' and weights' dtype (``cell.matmul``). None: everything in that dtype.
       clamps: units of gates or states held at fixed values at every step (an ablation,
         ``cell.Clamp``); the loop then runs on ``scan_cell``.
-      loop: "auto" runs the hand-written loop's time steps in C (flaxlstm/native.py) where it
+      loop: "auto" runs the hand-written loop's time steps in C (flaxlstm/native/) where it
         can (``native_loop_fits``: on an x86-64 CPU with AVX2 + FMA, in float32 or with
         bfloat16 products on a CPU with AVX512-BF16) and was measured faster than the scan
         (``AUTO_NATIVE_BYTES``: small enough [W; U]), else on ``jax.lax.scan``; "scan"
@@ -320,12 +320,12 @@ class _Options(NamedTuple):
     accumulate: bool  # sum the weight gradients inside the loop (see ACCUMULATE_ABOVE_BYTES)
     remat: bool  # save only the inputs; the backward runs the forward again first
     matmul_dtype: object = None  # the matrix products' operand dtype (mixed precision)
-    native: str = ""  # the instruction set the time steps run on in C (native.py); "": scan
+    native: str = ""  # the instruction set the time steps run on in C (flaxlstm.native); "": scan
     outputs: bool = True  # return the outputs [T, B, H] (False: the final state only)
 
 
 def native_loop_fits(fused: bool, dtype, matmul_dtype, steps: int) -> str | None:
-    """Why the C loop (flaxlstm/native.py) cannot run this ``lstm_scan``; None when it can."""
+    """Why the C loop (flaxlstm/native/) cannot run this ``lstm_scan``; None when it can."""
     products = jnp.dtype(matmul_dtype or jnp.float32)
     reasons = [
         (not native.available(), native.why_not()),

@@ -1,4 +1,4 @@
-"""The time loop in C (flaxlstm/native.py) gives the numbers of the scanned loop.
+"""The time loop in C (flaxlstm/native/) gives the numbers of the scanned loop.
 
 ``lstm_scan(..., loop="native")`` runs the steps of the standard cell in C through XLA's FFI;
 ``loop="scan"`` runs them on ``jax.lax.scan`` with the same hand-written backward, which
@@ -28,7 +28,7 @@ def built():
     """The C loop is built by ``pip install -e .`` (setup.py): required under CI."""
     if native.available():
         return
-    message = "flaxlstm._lstm_cpu is not built (pip install -e . compiles it with gcc)"
+    message = "flaxlstm.native._lstm_cpu is not built (pip install -e . compiles it with gcc)"
     if os.environ.get("CI", "").lower() in ("true", "1"):
         pytest.fail(message)
     pytest.skip(message)

@@ -39,7 +39,9 @@ def test_the_wheel_installed_in_a_fresh_virtualenv_passes_the_c_loop_tests(tmp_p
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "dist", source)
     (wheel,) = (tmp_path / "dist").glob("flaxlstm-*.whl")
     if X86_64_LINUX:  # the C loop is built there (setup.py)
-        assert any(n.startswith("flaxlstm/_lstm_cpu") for n in zipfile.ZipFile(wheel).namelist())
+        assert any(
+            n.startswith("flaxlstm/native/_lstm_cpu") for n in zipfile.ZipFile(wheel).namelist()
+        )
 
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", venv)

@@ -1,5 +1,15 @@
-/* The LSTM's time loop for the CPU, forward and backward, in C (flaxlstm/native.py calls it
- * through XLA's FFI, flaxlstm/_lstm_cpu_ffi.cc).
+/* The LSTM's time loop for the CPU, forward and backward, in C (flaxlstm/native/__init__.py
+ * calls it through XLA's FFI, _lstm_cpu_ffi.cc).
+ *
+ * It repeats, in C, what these Python functions compute, step for step:
+ *   flaxlstm/cell.py       activate_all (the gates by one tanh), cell_update (c and h),
+ *                          lstm_step_backward (dz, dc_prev: the derived backward)
+ *   flaxlstm/recurrent.py  keep_state_where_padded (a padded step), _fused_forward and
+ *                          _fused_scan_bwd's loop on jax.lax.scan (z = [x_t, h r].[W; U] + b,
+ *                          the weight gradients summed)
+ * tests/test_native.py holds the two equal (outputs, final states, every gradient, on every
+ * instruction set the CPU runs), and tests/test_speed_paths.py holds the scanned loop equal to
+ * jax autodiff and to the numpy LSTM of tests/reference.py.
  *
  * XLA:CPU pays a fixed cost for every operation of a loop's body, every step; at the sizes of
  * the seeds' models that cost, not arithmetic, is most of a step (docs/PERFORMANCE.md). Here
@@ -17,7 +27,7 @@
  * target`: for AVX2 + FMA (tiles of up to 6 rows x 16 columns, 8-float ymm vectors) and for
  * AVX-512 (up to 8 rows x 32 columns, 16-float zmm). lstm_best_isa() reads the CPU's (CPUID,
  * through gcc's __builtin_cpu_supports) and the caller passes the one to run
- * (flaxlstm/native.py chooses once at load; FLAXLSTM_NATIVE_ISA forces a lower one);
+ * (flaxlstm.native chooses once at load; FLAXLSTM_NATIVE_ISA forces a lower one);
  * bfloat16 products need ISA_BF16, a CPU with AVX512-BF16. A CPU without AVX2 + FMA runs no
  * C loop (the scan instead).
  *

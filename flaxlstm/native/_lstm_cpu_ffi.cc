@@ -1,5 +1,5 @@
 // XLA FFI handlers for the C loop in _lstm_cpu.c: XLA hands them its own buffers, so the loop
-// reads its inputs and writes its outputs in place (flaxlstm/native.py registers them).
+// reads its inputs and writes its outputs in place (flaxlstm/native/__init__.py registers them).
 #include <cstdint>
 #include <string>
 
@@ -22,7 +22,7 @@ int lstm_backward(int isa, Spawn spawn, void *pool, int T, int B, int H, int F, 
                   float *dx, float *dw, float *du, float *dbias, float *dh0, float *dc0,
                   float *d_rmask);
 
-// The jaxlib whose FFI header this library was compiled with (setup.py; native.py says it
+// The jaxlib whose FFI header this library was compiled with (setup.py; flaxlstm.native says it
 // when this jaxlib refuses the handlers).
 const char *lstm_jaxlib(void) { return FLAXLSTM_JAXLIB; }
 }

@@ -1,4 +1,4 @@
-"""The LSTM's time loop in C for the CPU (flaxlstm/_lstm_cpu.c), called from jitted code.
+"""The LSTM's time loop in C for the CPU (_lstm_cpu.c beside this file), called from jitted code.
 
     available()                                        can the compiled loop run here?
     why_not()                                          if not, why (None when it can)
@@ -30,7 +30,7 @@ asking for one the CPU cannot run is refused in one line. A CPU without AVX2 + F
 platform than x86-64 Linux, or a package installed without a C compiler runs every loop on
 ``jax.lax.scan``; ``why_not()`` says which.
 
-XLA calls the loop through its FFI (flaxlstm/_lstm_cpu_ffi.cc), on its own buffers, in
+XLA calls the loop through its FFI (_lstm_cpu_ffi.cc), on its own buffers, in
 place; the instruction set is an attribute of each call, fixed when the call is traced, so a
 forward and its backward always run on the same one. Shapes: time-major, T steps, B rows, H
 units; gates [i, f, g, o] along 4H, as flaxlstm/cell.py lays them out.
@@ -61,13 +61,13 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     machine = platform.machine().lower()
     if sys.platform != "linux" or machine not in ("x86_64", "amd64"):
         return None, f"it is built for x86-64 Linux only, not {sys.platform} on {machine}"
-    spec = importlib.util.find_spec("flaxlstm._lstm_cpu")
+    spec = importlib.util.find_spec("flaxlstm.native._lstm_cpu")
     if spec is None or not spec.origin:
-        return None, "flaxlstm._lstm_cpu was not built at install (setup.py needs gcc)"
+        return None, "flaxlstm.native._lstm_cpu was not built at install (setup.py needs gcc)"
     try:
         library = ctypes.CDLL(spec.origin)
     except OSError as error:
-        return None, f"flaxlstm._lstm_cpu does not load: {error}"
+        return None, f"flaxlstm.native._lstm_cpu does not load: {error}"
     library.lstm_jaxlib.restype = ctypes.c_char_p
     if library.lstm_best_isa() == 0:
         return None, "the CPU has no AVX2 + FMA"
