@@ -29,11 +29,12 @@ import time
 
 import numpy as np
 
-from flaxlstm import internals, plots, train
+from flaxlstm import train
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data.text import imdb_texts
+from flaxlstm.lab import internals, plots
+from flaxlstm.lab.traces import lstm_layers
 from flaxlstm.runs import load_lm_run, load_run
-from flaxlstm.traces import lstm_layers
 
 CHAR_SIGNALS = ("inside quotes", "inside parentheses", "to sentence end", "position")
 

@@ -1,5 +1,6 @@
 """flaxlstm: a hand-written LSTM in JAX and Flax NNX, scanned with ``jax.lax.scan``."""
 
+from flaxlstm import _moved
 from flaxlstm.cell import (
     Gates,
     LSTMState,
@@ -46,3 +47,4 @@ __all__ = [
     "unit_forget_bias",
 ]
 __version__ = "0.1.0"
+_moved.install()  # the old import paths of moved modules (flaxlstm._moved.MOVED)

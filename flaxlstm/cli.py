@@ -62,7 +62,7 @@ from flaxlstm.runs import (
     load_run,
 )
 
-# flaxlstm.plots (matplotlib) is imported where it is used: training and prediction never
+# flaxlstm.lab.plots (matplotlib) is imported where it is used: training and prediction never
 # import it.
 
 
@@ -494,8 +494,8 @@ def run_benchmarks(args: argparse.Namespace) -> None:
 
 
 def add_inspect_parser(commands) -> None:
-    """``flaxlstm inspect VIEW``: PNG pictures of what a model does inside (flaxlstm.plots),
-    and ``html``, a page to explore it (flaxlstm.explorer)."""
+    """``flaxlstm inspect VIEW``: PNG pictures of what a model does inside (flaxlstm.lab.plots),
+    and ``html``, a page to explore it (flaxlstm.lab.explorer)."""
     inspect = commands.add_parser("inspect", help="draw what a model does inside (PNG, HTML)")
     views = inspect.add_subparsers(dest="view", required=True, metavar="VIEW")
     defaults = argparse.ArgumentDefaultsHelpFormatter
@@ -538,7 +538,7 @@ def review_view(views, name: str, help_text: str, run) -> argparse.ArgumentParse
 
 def add_explorer_view(views) -> argparse.ArgumentParser:
     """``inspect html``: one self-contained HTML page to explore a run's units over a text."""
-    from flaxlstm import explorer
+    from flaxlstm.lab import explorer
 
     parser = views.add_parser(
         "html",
@@ -566,7 +566,8 @@ def add_explorer_view(views) -> argparse.ArgumentParser:
 
 
 def inspect_curves(args: argparse.Namespace) -> None:
-    from flaxlstm import plots, runs
+    from flaxlstm import runs
+    from flaxlstm.lab import plots
 
     history = runs.read_history(args.run_dir)
     figure = plots.plot_history(history, title=f"Training curves: {args.run_dir}")
@@ -574,7 +575,8 @@ def inspect_curves(args: argparse.Namespace) -> None:
 
 
 def inspect_cumsum(config: InspectCumsumConfig) -> None:
-    from flaxlstm import plots, runs, traces
+    from flaxlstm import runs
+    from flaxlstm.lab import plots, traces
 
     seed = config.seed
     x, y = synthetic.cumsum_sequences(1000, 10, seed=[seed, 1])  # train cumsum's test set
@@ -595,7 +597,7 @@ def inspect_cumsum(config: InspectCumsumConfig) -> None:
 
 
 def inspect_review(args: argparse.Namespace) -> None:
-    from flaxlstm import plots
+    from flaxlstm.lab import plots
 
     run = load_run(args.model_dir)
     figure = plots.plot_review(run.model, run.vocabulary, args.review, args.max_words)
@@ -603,7 +605,7 @@ def inspect_review(args: argparse.Namespace) -> None:
 
 
 def inspect_gates(args: argparse.Namespace) -> None:
-    from flaxlstm import plots
+    from flaxlstm.lab import plots
 
     run = load_run(args.model_dir)
     figure = plots.plot_review_gates(
@@ -613,7 +615,7 @@ def inspect_gates(args: argparse.Namespace) -> None:
 
 
 def inspect_html(args: argparse.Namespace) -> None:
-    from flaxlstm import explorer
+    from flaxlstm.lab import explorer
 
     if args.file is not None:
         with open(args.file, encoding="utf-8") as f:

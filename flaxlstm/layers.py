@@ -73,7 +73,7 @@ class LSTM(nnx.Module):
     the layer, so a jitted step compiled for one setting is never reused for another. So is
     ``clamps`` (empty at construction): units of gates or states held at fixed values at every
     step, an ablation (``flaxlstm.cell.Clamp``; set and restored by
-    ``flaxlstm.internals.ablate``); the loop then runs on ``scan_cell``, so training and
+    ``flaxlstm.lab.internals.ablate``); the loop then runs on ``scan_cell``, so training and
     evaluation code run the ablated model unchanged.
 
     Cell variants (``flaxlstm.variants``) subclass it and replace ``scan``; the checks,
@@ -129,7 +129,7 @@ class LSTM(nnx.Module):
         self.hand_written_backward = hand_written_backward
         self.accumulate_above_bytes = accumulate_above_bytes
         self.loop = loop  # "auto", "scan" or "native": where the time steps run (lstm_scan)
-        self.clamps: Clamps = ()  # an ablation (flaxlstm.internals.ablate), static
+        self.clamps: Clamps = ()  # an ablation (flaxlstm.lab.internals.ablate), static
         self.deterministic = False
         self.sow_intermediates = False
         width = self.gates * hidden_features

@@ -1,6 +1,6 @@
 """Runs on disk and the tasks' small trained models: load a ``flaxlstm train imdb`` run
 directory (its model, vocabulary and config), read a run's history, train a cumsum model in
-seconds. Nothing here draws (flaxlstm.plots does)."""
+seconds. Nothing here draws (flaxlstm.lab.plots does)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""flaxlstm.explorer and ``flaxlstm inspect html``: the page's numbers against the library's own
+"""flaxlstm.lab.explorer and ``flaxlstm inspect html``: the page's numbers against the library's own
 (traces, predictions, saturation, ranked units), and the page itself in a real headless browser
 (Debian's chromium, driven from the command line: nothing is downloaded): no script error,
 every token drawn, the first token's value the one computed here, every control usable."""
@@ -16,9 +16,10 @@ import pytest
 from flax import nnx
 from test_cli import run_main
 
-from flaxlstm import explorer, internals, runs, traces, train
+from flaxlstm import runs, train
 from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.data import imdb as imdb_data
+from flaxlstm.lab import explorer, internals, traces
 from flaxlstm.models import SentimentClassifier
 
 WORDS = imdb_data.Vocabulary(["the", "film", "was", "good", "bad", ".", "a", '"', "(", ")"])

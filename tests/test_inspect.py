@@ -1,4 +1,4 @@
-"""flaxlstm.traces and flaxlstm.plots: traces of whole models against the numpy reference,
+"""flaxlstm.lab.traces and flaxlstm.lab.plots: traces of whole models against the numpy reference,
 the cumsum model's crossing, every picture, and the ``flaxlstm inspect`` command."""
 
 import json
@@ -11,10 +11,11 @@ from flax import nnx
 from reference import lengths_to_mask, lstm_reference
 from test_cli import run_main
 
-from flaxlstm import Trace, capture_intermediates, plots, runs, traces, train
+from flaxlstm import Trace, capture_intermediates, runs, train
 from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
+from flaxlstm.lab import plots, traces
 from flaxlstm.models import CumsumModel, ParityModel, SentimentClassifier
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""flaxlstm.internals: pre-activations in traces, gate saturation, interpretable units and
+"""flaxlstm.lab.internals: pre-activations in traces, gate saturation, interpretable units and
 ablation, against direct numpy computations and the numpy reference LSTM."""
 
 import contextlib
@@ -12,9 +12,10 @@ from reference import lengths_to_mask, lstm_reference, sigmoid
 from test_core import make_layer, random_params
 from test_variants import MASK, VARIANTS, X
 
-from flaxlstm import internals, plots, traces, train
+from flaxlstm import train
 from flaxlstm.cell import Clamp
-from flaxlstm.internals import Ablation
+from flaxlstm.lab import internals, plots, traces
+from flaxlstm.lab.internals import Ablation
 from flaxlstm.models import SentimentClassifier
 from flaxlstm.variants import PeepholeLSTM
 

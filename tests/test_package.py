@@ -1,11 +1,13 @@
 """Package boundaries: what importing flaxlstm pulls in, and what it offers."""
 
+import importlib
 import subprocess
 import sys
 
 import pytest
 
 import flaxlstm
+from flaxlstm._moved import MOVED
 
 
 def imported_after(statement: str, roots: tuple[str, ...]) -> list[str]:
@@ -18,19 +20,21 @@ def imported_after(statement: str, roots: tuple[str, ...]) -> list[str]:
 
 
 def test_the_library_imports_neither_torch_nor_keras():
-    everything = "import flaxlstm, flaxlstm.train, flaxlstm.cli, flaxlstm.plots, flaxlstm.variants"
+    everything = (
+        "import flaxlstm, flaxlstm.train, flaxlstm.cli, flaxlstm.lab.plots, flaxlstm.variants"
+    )
     assert imported_after(everything, ("torch", "keras", "tensorflow")) == []
 
 
 @pytest.mark.parametrize(
-    "path", ["flaxlstm.train", "flaxlstm.cli", "flaxlstm.runs", "flaxlstm.traces"]
+    "path", ["flaxlstm.train", "flaxlstm.cli", "flaxlstm.runs", "flaxlstm.lab.traces"]
 )
 def test_training_and_prediction_do_not_import_matplotlib(path):
     assert imported_after(f"import {path}", ("matplotlib",)) == []
 
 
 def test_the_pictures_do():  # so the check above can fail
-    assert imported_after("import flaxlstm.plots", ("matplotlib",)) == ["matplotlib"]
+    assert imported_after("import flaxlstm.lab.plots", ("matplotlib",)) == ["matplotlib"]
 
 
 def test_all_names_the_public_api():
@@ -39,3 +43,15 @@ def test_all_names_the_public_api():
     public = {name for name in vars(flaxlstm) if not name.startswith("_")}
     modules = {name for name in public if type(getattr(flaxlstm, name)).__name__ == "module"}
     assert public - modules - {"annotations"} == set(flaxlstm.__all__)
+
+
+def test_moved_modules_still_import_from_their_old_paths_with_a_deprecation_warning():
+    for old, new in MOVED.items():
+        sys.modules.pop(old, None)
+        with pytest.warns(DeprecationWarning, match=f"^{old} has moved to {new};"):
+            module = importlib.import_module(old)
+        target = importlib.import_module(new)
+        public = [name for name in vars(target) if not name.startswith("_")]
+        assert public and all(getattr(module, name) is getattr(target, name) for name in public)
+        with pytest.raises(AttributeError):
+            module.no_such_name  # noqa: B018

@@ -9,7 +9,7 @@ from reference import lengths_to_mask, lstm_reference
 from test_core import close, random_params, set_params
 
 from flaxlstm import LSTM, Bidirectional, LSTMState, StackedLSTM
-from flaxlstm.traces import trace_model
+from flaxlstm.lab.traces import trace_model
 from flaxlstm.variants import ProjectedLSTM
 
 F, H, P = 3, 4, 2

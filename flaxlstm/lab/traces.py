@@ -1,5 +1,5 @@
 """Look inside a model: every LSTM layer's gates and states over time, and what a model
-predicts step by step. Numbers only (flaxlstm.plots draws them)::
+predicts step by step. Numbers only (flaxlstm.lab.plots draws them)::
 
     trace_model(model, inputs)        {"lstm": Trace} or {"lstm/forward", "lstm/backward"}
     traced_steps(model, inputs)       the same, with each layer's real steps

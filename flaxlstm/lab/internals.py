@@ -1,6 +1,6 @@
 """Inside a trained LSTM: how saturated its gates are, which units follow a property of the
 text, and what the model does when chosen units are clamped. Numbers only
-(``flaxlstm.plots.plot_saturation`` draws the saturation)::
+(``flaxlstm.lab.plots.plot_saturation`` draws the saturation)::
 
     saturation(model, inputs, lengths)        {layer: {gate: Saturation(left [H], right [H])}}
     unit_values(model, inputs, lengths)       c (or h, a gate, ...) [n, H] at a layer's n real steps
@@ -12,7 +12,7 @@ text, and what the model does when chosen units are clamped. Numbers only
 
 Per-step signals from token ids ids [N, T], each [N, T]: ``position``, ``inside_quotes``,
 ``inside_parentheses``, ``to_sentence_end``, ``in_set``. Layers are named as by
-``flaxlstm.traces.trace_model`` ("lstm", "lstm/forward", "layers/1", ...). The saturation
+``flaxlstm.lab.traces.trace_model`` ("lstm", "lstm/forward", "layers/1", ...). The saturation
 picture and the search for interpretable cells follow Karpathy, Johnson & Fei-Fei (2015),
 "Visualizing and understanding recurrent networks".
 """
@@ -31,9 +31,9 @@ from flaxlstm import train
 from flaxlstm.cell import Clamp, Trace, check_clamps
 from flaxlstm.checks import check_positive_int
 from flaxlstm.data.batches import Batch, check_data
+from flaxlstm.lab.traces import lstm_layers, traced_steps
 from flaxlstm.layers import LSTM
 from flaxlstm.losses import Loss
-from flaxlstm.traces import lstm_layers, traced_steps
 from flaxlstm.variants import VariantLSTM
 
 # ----------------------------------------------------------------------------- tracing a data set

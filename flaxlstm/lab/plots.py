@@ -20,9 +20,9 @@ from matplotlib.figure import Figure
 from flaxlstm import train
 from flaxlstm.cell import Trace
 from flaxlstm.data import imdb as imdb_data
-from flaxlstm.internals import Saturation
+from flaxlstm.lab.internals import Saturation
+from flaxlstm.lab.traces import first_step, review_prefixes, trace_model
 from flaxlstm.models import CumsumModel, SentimentClassifier
-from flaxlstm.traces import first_step, review_prefixes, trace_model
 
 GATE_NAMES = {
     "i": "input gate i",
@@ -196,7 +196,7 @@ def plot_review_gates(
 
 def plot_saturation(result: dict[str, dict[str, Saturation]], layer: str | None = None) -> Figure:
     """Karpathy, Johnson & Fei-Fei (2015)'s saturation plot of LSTM layer ``layer`` (default:
-    the first) of ``flaxlstm.internals.saturation``'s ``result``: one panel per gate, one point
+    the first) of ``flaxlstm.lab.internals.saturation``'s ``result``: one panel per gate, one point
     per unit at (the fraction of real steps at which the gate is left-saturated, the fraction
     at which it is right-saturated). A unit on the diagonal x + y = 1 is always saturated, one
     at the origin never; g is drawn as (g + 1)/2."""
