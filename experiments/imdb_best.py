@@ -264,7 +264,7 @@ def movie_slice(finals: dict[str, list[float]], nbsvm: dict[str, float | None]) 
         "label, are in training; a model that remembers names scores better there than on the",
         "test split's other movies.",
         "",
-        "`--validation-slice movies` (`flaxlstm.data.imdb.movie_slice_order`) holds out whole",
+        "`--validation-slice movies` (`flaxlstm.data.movies.movie_slice_order`) holds out whole",
         "groups instead (2,211 of its 2,500 reviews, the same script says; ungrouped reviews",
         "fill the rest), half positive and half negative. On it (seed 0, trained on the",
         "other 22,500; the LSTM's",

@@ -1,6 +1,6 @@
 """Do the training reviews that share a movie share a label? IMDB's train split holds up to 30
 reviews of each movie (its test split other movies), but TFDS keeps no movie ids. Reviews of
-one movie name the same people, so this groups (``flaxlstm.data.imdb.name_groups``) the
+one movie name the same people, so this groups (``flaxlstm.data.movies.name_groups``) the
 training reviews that share at least
 ``--shared`` rare capitalised words (a word after a lower-case letter or a comma, in 2 to
 ``--max-reviews`` reviews: names, not sentence starts) and compares how often a group's
@@ -23,7 +23,8 @@ import argparse
 import numpy as np
 
 from flaxlstm.data.batches import split_point
-from flaxlstm.data.imdb import movie_slice_order, name_groups, read_split
+from flaxlstm.data.imdb import read_split
+from flaxlstm.data.movies import movie_slice_order, name_groups
 
 
 def agreement(groups: np.ndarray, labels: np.ndarray) -> float:

@@ -24,7 +24,8 @@ import time
 from sklearn.feature_extraction.text import CountVectorizer
 
 from flaxlstm.data.batches import split_point
-from flaxlstm.data.imdb import movie_slice_order, read_split, tokenize
+from flaxlstm.data.imdb import read_split, tokenize
+from flaxlstm.data.movies import movie_slice_order
 from flaxlstm.nbsvm import fit_nbsvm
 
 

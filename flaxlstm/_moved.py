@@ -1,6 +1,8 @@
-"""The modules that moved, at their old import paths for one release: importing one warns
-with a DeprecationWarning and gives a module that forwards every name to the new one.
-``MOVED`` is the one list of them (old path → new path)."""
+"""What moved, at its old import path for one release, with a DeprecationWarning: modules
+(``MOVED``, old path → new path: importing one gives a module that forwards every name to the
+new one) and names that moved to another module (``MOVED_NAMES``, (module, name) → the module
+that holds it now: the old module's ``__getattr__`` calls ``moved_attribute``). These two are
+the one list of them."""
 
 from __future__ import annotations
 
@@ -17,6 +19,25 @@ MOVED = {
     "flaxlstm.plots": "flaxlstm.lab.plots",
     "flaxlstm.explorer": "flaxlstm.lab.explorer",
 }
+MOVED_NAMES = {
+    ("flaxlstm.data.imdb", "name_groups"): "flaxlstm.data.movies",
+    ("flaxlstm.data.imdb", "movie_slice_order"): "flaxlstm.data.movies",
+    ("flaxlstm.data.imdb", "NAME"): "flaxlstm.data.movies",
+}
+
+
+def moved_attribute(module: str, name: str):
+    """``name`` of the module that now holds what ``module`` held (``MOVED_NAMES``), with a
+    DeprecationWarning; an AttributeError for any other name."""
+    new = MOVED_NAMES.get((module, name))
+    if new is None:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    warnings.warn(
+        f"{module}.{name} has moved to {new}.{name}; the old path goes in the next release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return getattr(importlib.import_module(new), name)
 
 
 class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
+
+
+def require_ngrams() -> None:
+    """Raise a one-line ValueError unless scikit-learn and scipy, which NBSVM fits with
+    (``flaxlstm.nbsvm``), are installed: the extra ``flaxlstm[ngrams]``."""
+    missing = [name for name in ("sklearn", "scipy") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(
+            f"NBSVM (--model best, --nbsvm) needs {' and '.join(missing)}:"
+            " pip install 'flaxlstm[ngrams]'"
+        )
+
 
 def check_rate(name: str, rate: float) -> None:
     """Raise a one-line ValueError unless ``rate`` lies in [0, 1)."""

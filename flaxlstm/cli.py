@@ -45,7 +45,7 @@ from flaxlstm.config import (
     positive_int,
 )
 from flaxlstm.data import imdb as imdb_data
-from flaxlstm.data import synthetic
+from flaxlstm.data import movies, synthetic
 from flaxlstm.data import text as text_data
 from flaxlstm.data.batches import split_point
 from flaxlstm.files import DirectoryLock, save_json
@@ -305,7 +305,7 @@ def _train_imdb(config: ImdbConfig) -> None:
     as_xy = lambda split: (split.ids, split.labels, split.lengths)  # noqa: E731
     if config.validation_split and config.validation_slice == "movies":
         texts, labels = imdb_data.read_split("train", config.data_dir, limit=config.limit)
-        order = imdb_data.movie_slice_order(texts, labels, config.validation_split)
+        order = movies.movie_slice_order(texts, labels, config.validation_split)
         data = data._replace(train=imdb_data.Split(*(a[order] for a in data.train)))
     if model.nbsvm is not None:  # fitted to the reviews the network trains on
         n = split_point(len(data.train.labels), config.validation_split)

@@ -18,6 +18,8 @@ from typing import Literal
 import jax
 import optax
 
+from flaxlstm.checks import require_ngrams
+
 
 def checked(parse, ok, expected: str):
     """A command-line parser: ``parse`` the text, and accept the value if ``ok(value)``."""
@@ -362,7 +364,7 @@ class ImdbConfig(RunConfig):
         "last",
         "which training reviews --validation-split holds out: the last ones (Keras's), or"
         " 'movies': whole groups of reviews that name the same people, about one movie each, so"
-        " that, as on the test split, no movie is on both sides (data.imdb.movie_slice_order)",
+        " that, as on the test split, no movie is on both sides (data.movies.movie_slice_order)",
         choices=("last", "movies"),
     )
     test: bool = option(
@@ -415,6 +417,8 @@ class ImdbConfig(RunConfig):
             layers = ()
         filled = {k: getattr(seed, k) if getattr(self, k) is None else getattr(self, k)
                   for k in (*names, *layers)}  # fmt: skip
+        if filled.get("nbsvm") or self.nbsvm:
+            require_ngrams()
         return dataclasses.replace(self, out=self.out or f"runs/imdb-{self.model}", **filled)
 
     @property

@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from flaxlstm import config
+from flaxlstm.checks import require_ngrams
 from flaxlstm.config import IMDB_MODELS, ImdbModelConfig
 from flaxlstm.data.imdb import padding_mask
 from flaxlstm.layers import (
@@ -225,6 +226,7 @@ class Nbsvm(nnx.Module):
     def fit(self, ids: np.ndarray, lengths: np.ndarray, labels: np.ndarray) -> None:
         """Fit r and the SVM to the post-padded reviews ids [N, T] with ``lengths`` [N] real
         tokens and 0/1 ``labels`` [N] (scikit-learn's LinearSVC; about a minute for 25,000)."""
+        require_ngrams()
         from flaxlstm import nbsvm  # scikit-learn loads only for a model that has this member
 
         x = nbsvm.indicator_matrix(ids, lengths, self.rows, self.coef.shape[0])

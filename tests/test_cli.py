@@ -1,6 +1,7 @@
 """The ``flaxlstm`` command: runs write their results, bad options end in one line."""
 
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -229,3 +230,19 @@ def test_loop_scan_is_said_first_recorded_and_set_on_every_lstm_layer(tmp_path, 
     assert "flaxlstm_LstmForward" not in traced()
     set_loop(model, "auto")
     assert traced().count("flaxlstm_LstmForward") == 2 * native.available()
+
+
+def test_nbsvm_without_scikit_learn_is_refused_in_one_line_naming_the_extra(
+    tmp_path, monkeypatch, capsys
+):
+    real = importlib.util.find_spec
+    absent = lambda name, *args: None if name == "sklearn" else real(name, *args)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", absent)
+    for options in (["--model", "best"], ["--model", "bilstm-ngrams", "--nbsvm", "4"]):
+        argv = ["train", "imdb", *options, "--out", str(tmp_path / "run")]
+        code, stdout, stderr = run_main(argv, capsys)
+        assert code == 1 and stderr == (
+            "flaxlstm: error: NBSVM (--model best, --nbsvm) needs sklearn:"
+            " pip install 'flaxlstm[ngrams]'\n"
+        )
+        assert not (tmp_path / "run").exists()  # refused before anything is read or written

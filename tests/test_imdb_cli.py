@@ -116,7 +116,7 @@ def test_layer_options_override_the_seeds_and_no_test_scores_only_validation(tmp
 @needs_data
 def test_a_movie_slice_reorders_the_training_reviews_before_fit(tmp_path, capsys, monkeypatch):
     from flaxlstm import cli
-    from flaxlstm.data import imdb as imdb_data
+    from flaxlstm.data import movies
 
     seen = []
     monkeypatch.setattr(
@@ -128,7 +128,7 @@ def test_a_movie_slice_reorders_the_training_reviews_before_fit(tmp_path, capsys
         asked.append((len(texts), validation_split))
         return np.arange(len(texts))[::-1]
 
-    monkeypatch.setattr(imdb_data, "movie_slice_order", reverse)
+    monkeypatch.setattr(movies, "movie_slice_order", reverse)
     argv = [
         "train", "imdb", "--limit", "32", "--vocab-size", "100", "--maxlen", "20", "--quiet",
         "--data-dir", str(DATA_DIR), "--cache-dir", str(tmp_path / "cache"),

@@ -19,12 +19,11 @@ from flaxlstm.data.imdb import (
     PAD,
     START,
     Vocabulary,
-    movie_slice_order,
-    name_groups,
     pad_sequences,
     padding_mask,
     tokenize,
 )
+from flaxlstm.data.movies import movie_slice_order, name_groups
 
 FEW = 300  # reviews per split in the reading tests
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import flaxlstm
-from flaxlstm._moved import MOVED
+from flaxlstm._moved import MOVED, MOVED_NAMES
 
 
 def imported_after(statement: str, roots: tuple[str, ...]) -> list[str]:
@@ -55,3 +55,12 @@ def test_moved_modules_still_import_from_their_old_paths_with_a_deprecation_warn
         assert public and all(getattr(module, name) is getattr(target, name) for name in public)
         with pytest.raises(AttributeError):
             module.no_such_name  # noqa: B018
+
+
+def test_names_that_moved_to_another_module_still_resolve_there_with_a_warning():
+    for (module, name), new in MOVED_NAMES.items():
+        with pytest.warns(DeprecationWarning, match=f"^{module}.{name} has moved to {new}.{name};"):
+            found = getattr(importlib.import_module(module), name)
+        assert found is getattr(importlib.import_module(new), name)
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        importlib.import_module("flaxlstm.data.imdb").no_such_name  # noqa: B018
