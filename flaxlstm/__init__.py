@@ -11,7 +11,8 @@ from flaxlstm.cell import (
     lstm_step,
     unit_forget_bias,
 )
-from flaxlstm.keras_models import from_keras
+from flaxlstm.interop.keras import from_keras
+from flaxlstm.interop.torch import load_torch_weights
 from flaxlstm.layers import (
     LSTM,
     Bidirectional,
@@ -19,7 +20,6 @@ from flaxlstm.layers import (
     PerStep,
     capture_intermediates,
     check_token_ids,
-    load_torch_weights,
 )
 from flaxlstm.recurrent import lstm_scan, make_mask, scan_cell
 from flaxlstm.stacked import StackedLSTM

@@ -18,11 +18,15 @@ MOVED = {
     "flaxlstm.internals": "flaxlstm.lab.internals",
     "flaxlstm.plots": "flaxlstm.lab.plots",
     "flaxlstm.explorer": "flaxlstm.lab.explorer",
+    "flaxlstm.keras_models": "flaxlstm.interop.keras",
 }
 MOVED_NAMES = {
     ("flaxlstm.data.imdb", "name_groups"): "flaxlstm.data.movies",
     ("flaxlstm.data.imdb", "movie_slice_order"): "flaxlstm.data.movies",
     ("flaxlstm.data.imdb", "NAME"): "flaxlstm.data.movies",
+    ("flaxlstm.layers", "load_torch_weights"): "flaxlstm.interop.torch",
+    ("flaxlstm.layers", "torch_array"): "flaxlstm.interop.torch",
+    ("flaxlstm.layers", "torch_directions"): "flaxlstm.interop.torch",
 }
 
 

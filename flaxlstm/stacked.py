@@ -16,7 +16,8 @@ from flax import nnx
 
 from flaxlstm.cell import LSTMState
 from flaxlstm.checks import check_positive_int, check_rate
-from flaxlstm.layers import LSTM, Bidirectional, torch_directions
+from flaxlstm.interop.torch import torch_directions
+from flaxlstm.layers import LSTM, Bidirectional
 from flaxlstm.variants import ProjectedLSTM
 
 

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flaxlstm.cell import LSTMState, Trace
-from flaxlstm.layers import LSTM, load_torch_weights
+from flaxlstm.interop.torch import load_torch_weights
+from flaxlstm.layers import LSTM
 from flaxlstm.recurrent import scan_cell, time_major
 
 

@@ -14,7 +14,7 @@ from keras import layers as kl  # noqa: E402
 
 from flaxlstm import from_keras, train  # noqa: E402
 from flaxlstm.config import IMDB_MODELS  # noqa: E402
-from flaxlstm.keras_models import KerasSequential  # noqa: E402
+from flaxlstm.interop.keras import KerasSequential  # noqa: E402
 from flaxlstm.lab import traces  # noqa: E402
 
 # Keras warns that Conv1D and the max poolings drop the mask: that is what is matched here.

@@ -1,5 +1,7 @@
 """The LSTM's time loop in C for the CPU (_lstm_cpu.c beside this file), called from jitted code.
 
+Its functions::
+
     available()                                        can the compiled loop run here?
     why_not()                                          if not, why (None when it can)
     instruction_set()                                  the instruction set it runs on
