@@ -44,8 +44,8 @@ from nltk.lm import (
 )
 from nltk.lm import Vocabulary as NltkVocabulary
 
-from flaxlstm.data.imdb import TOKENIZERS, Vocabulary
 from flaxlstm.data.text import imdb_texts
+from flaxlstm.data.vocabulary import TOKENIZERS, Vocabulary
 from flaxlstm.files import save_json
 
 PAD, UNK = "<s>", "<UNK>"  # the LSTM's START and OOV (nltk's own unknown label)

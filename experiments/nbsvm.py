@@ -24,8 +24,9 @@ import time
 from sklearn.feature_extraction.text import CountVectorizer
 
 from flaxlstm.data.batches import split_point
-from flaxlstm.data.imdb import read_split, tokenize
+from flaxlstm.data.imdb import read_split
 from flaxlstm.data.movies import movie_slice_order
+from flaxlstm.data.vocabulary import tokenize
 from flaxlstm.nbsvm import fit_nbsvm
 
 

@@ -11,6 +11,7 @@ from flaxlstm.cell import (
     lstm_step,
     unit_forget_bias,
 )
+from flaxlstm.checks import check_token_ids
 from flaxlstm.interop.keras import from_keras
 from flaxlstm.interop.torch import load_torch_weights
 from flaxlstm.layers import (
@@ -19,7 +20,6 @@ from flaxlstm.layers import (
     Embedding,
     PerStep,
     capture_intermediates,
-    check_token_ids,
 )
 from flaxlstm.recurrent import lstm_scan, make_mask, scan_cell
 from flaxlstm.stacked import StackedLSTM

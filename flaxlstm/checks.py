@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 
 def require_ngrams() -> None:
     """Raise a one-line ValueError unless scikit-learn and scipy, which NBSVM fits with
@@ -29,3 +33,23 @@ def check_positive_int(name: str, value, *, optional: bool = False) -> None:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def concrete(x) -> np.ndarray | None:
+    """``x`` as a numpy array when its values are known now (outside jit), else None."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
+
+
+def check_token_ids(ids, vocab_size: int) -> None:
+    """Raise a one-line error unless ``ids`` are integers in [0, vocab_size)."""
+    dtype = jnp.asarray(ids).dtype if not isinstance(ids, jax.core.Tracer) else ids.dtype
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"token ids must be integers, got {dtype}")
+    values = concrete(ids)
+    if values is not None and values.size and (values.min() < 0 or values.max() >= vocab_size):
+        raise ValueError(
+            f"token ids must lie in [0, {vocab_size}), got values from {values.min()}"
+            f" to {values.max()}"
+        )

@@ -25,8 +25,8 @@ from flaxlstm.cell import (
     unit_forget_bias,
     zero_state,
 )
-from flaxlstm.checks import check_positive_int, check_rate
-from flaxlstm.recurrent import ACCUMULATE_ABOVE_BYTES, concrete, lstm_scan, make_mask
+from flaxlstm.checks import check_positive_int, check_rate, check_token_ids
+from flaxlstm.recurrent import ACCUMULATE_ABOVE_BYTES, lstm_scan, make_mask
 
 
 def _variational_mask(key: jax.Array, rate: float, shape: tuple[int, ...], dtype) -> jax.Array:
@@ -342,19 +342,6 @@ class Embedding(nnx.Embed):
     def __call__(self, ids: jax.Array) -> jax.Array:
         check_token_ids(ids, self.num_embeddings)
         return super().__call__(ids)
-
-
-def check_token_ids(ids, vocab_size: int) -> None:
-    """Raise a one-line error unless ``ids`` are integers in [0, vocab_size)."""
-    dtype = jnp.asarray(ids).dtype if not isinstance(ids, jax.core.Tracer) else ids.dtype
-    if not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(f"token ids must be integers, got {dtype}")
-    values = concrete(ids)
-    if values is not None and values.size and (values.min() < 0 or values.max() >= vocab_size):
-        raise ValueError(
-            f"token ids must lie in [0, {vocab_size}), got values from {values.min()}"
-            f" to {values.max()}"
-        )
 
 
 def __getattr__(name: str):

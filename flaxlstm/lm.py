@@ -41,8 +41,8 @@ from flaxlstm.cell import LSTMState
 from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.checks import check_positive_int
 from flaxlstm.config import Recipe
-from flaxlstm.data.imdb import OOV, PAD, START
 from flaxlstm.data.text import Chunk, chunk_at, chunks, layout, steps_of
+from flaxlstm.data.vocabulary import OOV, PAD, START
 from flaxlstm.files import save_json
 from flaxlstm.interrupts import deferred_signals
 from flaxlstm.models import LanguageModel

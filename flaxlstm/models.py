@@ -14,7 +14,7 @@ from flax import nnx
 from flaxlstm import config
 from flaxlstm.checks import require_ngrams
 from flaxlstm.config import IMDB_MODELS, ImdbModelConfig
-from flaxlstm.data.imdb import padding_mask
+from flaxlstm.data.vocabulary import padding_mask
 from flaxlstm.layers import (
     LSTM,
     Bidirectional,

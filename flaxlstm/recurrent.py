@@ -25,7 +25,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from flaxlstm import native
 from flaxlstm.cell import (
@@ -43,6 +42,7 @@ from flaxlstm.cell import (
     operand,
     zero_state,
 )
+from flaxlstm.checks import concrete
 
 # The hand-written backward sums the weight gradients step by step inside the loop when the
 # per-step gradients dz [T, B, 4H] would take more than this many bytes, and otherwise keeps dz
@@ -50,13 +50,6 @@ from flaxlstm.cell import (
 # slow to touch on this project's machines (page faults); docs/PERFORMANCE.md has the numbers.
 # Only a default: pass ``accumulate_above_bytes`` to ``lstm_scan`` (or ``flaxlstm.LSTM``).
 ACCUMULATE_ABOVE_BYTES = 16 * 2**20
-
-
-def concrete(x) -> np.ndarray | None:
-    """``x`` as a numpy array when its values are known now (outside jit), else None."""
-    if isinstance(x, jax.core.Tracer):
-        return None
-    return np.asarray(x)
 
 
 def make_mask(

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 import flaxlstm
 from flaxlstm import LSTM, Bidirectional, Embedding, LSTMState, PerStep, StackedLSTM, lstm_scan
-from flaxlstm.data.imdb import Vocabulary, load_imdb, pad_sequences
+from flaxlstm.data.imdb import load_imdb, pad_sequences
+from flaxlstm.data.vocabulary import Vocabulary
 from flaxlstm.models import CumsumModel, ParityModel
 from flaxlstm.runs import load_run
 from flaxlstm.train import evaluate, fit, predict

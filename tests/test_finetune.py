@@ -12,7 +12,7 @@ from shared_data import DATA_DIR, needs_data
 from test_cli import run_main
 
 from flaxlstm.config import LayerRates, Recipe
-from flaxlstm.data.imdb import Vocabulary
+from flaxlstm.data.vocabulary import Vocabulary
 from flaxlstm.models import LanguageModel, LmClassifier
 from flaxlstm.runs import load_lm_run, load_run
 

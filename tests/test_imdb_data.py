@@ -14,16 +14,9 @@ from shared_data import DATA_DIR, needs_data
 
 from flaxlstm.data import imdb
 from flaxlstm.data.batches import split_point
-from flaxlstm.data.imdb import (
-    OOV,
-    PAD,
-    START,
-    Vocabulary,
-    pad_sequences,
-    padding_mask,
-    tokenize,
-)
+from flaxlstm.data.imdb import pad_sequences
 from flaxlstm.data.movies import movie_slice_order, name_groups
+from flaxlstm.data.vocabulary import OOV, PAD, START, Vocabulary, padding_mask, tokenize
 
 FEW = 300  # reviews per split in the reading tests
 

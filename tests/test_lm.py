@@ -22,7 +22,7 @@ from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.cli import main
 from flaxlstm.config import Recipe
 from flaxlstm.data import text
-from flaxlstm.data.imdb import OOV, PAD, START, Vocabulary, tokenize_chars
+from flaxlstm.data.vocabulary import OOV, PAD, START, Vocabulary, tokenize_chars
 from flaxlstm.interrupts import TrainingInterrupted
 from flaxlstm.models import LanguageModel
 from flaxlstm.runs import load_lm_run

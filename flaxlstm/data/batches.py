@@ -18,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flaxlstm.checks import check_positive_int
-from flaxlstm.layers import Embedding, check_token_ids
+from flaxlstm.checks import check_positive_int, check_token_ids
 
 
 class Batch(NamedTuple):
@@ -54,7 +53,7 @@ def check_data(model: nnx.Module, data: Batch) -> Batch:
     labels = None if data.labels is None else _checked_labels(data.labels, inputs)
     if np.issubdtype(inputs.dtype, np.integer):
         for _, module in nnx.iter_modules(model):
-            if isinstance(module, Embedding):
+            if isinstance(module, nnx.Embed):  # flaxlstm.Embedding too
                 check_token_ids(inputs, module.num_embeddings)
     return Batch(inputs, labels, lengths)
 

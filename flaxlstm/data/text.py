@@ -25,7 +25,8 @@ from typing import NamedTuple
 import numpy as np
 
 from flaxlstm.checks import check_positive_int
-from flaxlstm.data.imdb import PAD, START, read_split
+from flaxlstm.data.imdb import read_split
+from flaxlstm.data.vocabulary import PAD, START
 
 
 class Chunk(NamedTuple):

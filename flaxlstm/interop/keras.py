@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flaxlstm.data.imdb import padding_mask
+from flaxlstm.data.vocabulary import padding_mask
 from flaxlstm.layers import LSTM, Bidirectional, Embedding, sow_output
 from flaxlstm.recurrent import make_mask
 
