@@ -1,4 +1,4 @@
-"""What one step of a ``jax.lax.scan`` costs on this machine, piece by piece (issue 17).
+"""What one step of a ``jax.lax.scan`` costs on this machine, piece by piece.
 
     python benchmarks/loop_costs.py [--batch 64] [--hidden 100] [--features 32] [--steps 500]
 
@@ -63,7 +63,7 @@ def two_scans(W, U, b, x):
 
 
 def one_scan(W, U, b, x):
-    """The same as one loop (issue 17's lead): the backward direction reads x flipped in time,
+    """The same as one loop (a lead): the backward direction reads x flipped in time,
     and jax.vmap runs the two directions as one scan whose step multiplies [2, B, H] by
     [2, H, 4H] (a batched product: the weights differ)."""
     xs = jnp.stack([x, jnp.flip(x, axis=1)])

@@ -197,7 +197,7 @@ def ensemble_choice() -> list[str]:
         "Trained together with the LSTM, the n-gram model fits the training reviews",
         "(`bilstm-ngrams`' training accuracy reaches 98.9 % in its last epoch). NBSVM, fitted",
         "apart and in closed form, errs differently: `models.Nbsvm` (Wang & Manning's model,",
-        "`flaxlstm/nbsvm.py`, on the n-gram rows `NgramLinear` reads) is fitted to the reviews",
+        "`models/nbsvm.py`, on the n-gram rows `NgramLinear` reads) is fitted to the reviews",
         "the network trains on before it trains, takes no part in training, and in eval mode",
         "adds k times its margin to the network's logit (`--nbsvm k`). Candidate",
         "bilstm-maxmean-big-ngrams-nbsvm above is such a run at k = 8; its network is",

@@ -229,7 +229,7 @@ def write_results(path: str) -> None:
         "    " + " ".join(command("MODEL", 0, MAIN_RECIPE, "DIR")).replace(" 0 ", " N ", 1),
         "",
         "with the seed's settings (vocabulary, maxlen, embedding, batch size, epochs: see",
-        "`flaxlstm summary MODEL` and `flaxlstm/models.py`), Adam(1e-3), and the recipe's",
+        "`flaxlstm summary MODEL` and `flaxlstm/models/`), Adam(1e-3), and the recipe's",
         f"options (`{MAIN_RECIPE}` above, which are also `flaxlstm train imdb`'s defaults).",
         "Seconds per epoch include the test-split evaluation after each epoch and the",
         "compilations: on the CPU machine (2 cores) other work often shared the cores, on",

@@ -10,7 +10,7 @@ the test split: the slice on which ``experiments/imdb_best.py`` chooses the LSTM
 two show how far the slice's accuracy is from the test split's for a model other than the
 LSTM.
 
-The model and its hyperparameters are the paper's (``flaxlstm.nbsvm``; nothing is tuned, so
+The model and its hyperparameters are the paper's (``flaxlstm.models.nbsvm``; nothing is tuned, so
 no validation slice is needed); the paper reports 91.22% test accuracy on IMDB.
 """
 
@@ -27,7 +27,7 @@ from flaxlstm.data.batches import split_point
 from flaxlstm.data.imdb import read_split
 from flaxlstm.data.movies import movie_slice_order
 from flaxlstm.data.vocabulary import tokenize
-from flaxlstm.nbsvm import fit_nbsvm
+from flaxlstm.models.nbsvm import fit_nbsvm
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ MOVED = {
     "flaxlstm.plots": "flaxlstm.lab.plots",
     "flaxlstm.explorer": "flaxlstm.lab.explorer",
     "flaxlstm.keras_models": "flaxlstm.interop.keras",
+    "flaxlstm.nbsvm": "flaxlstm.models.nbsvm",
 }
 MOVED_NAMES = {
     ("flaxlstm.data.imdb", "name_groups"): "flaxlstm.data.movies",

@@ -11,7 +11,7 @@ import numpy as np
 
 def require_ngrams() -> None:
     """Raise a one-line ValueError unless scikit-learn and scipy, which NBSVM fits with
-    (``flaxlstm.nbsvm``), are installed: the extra ``flaxlstm[ngrams]``."""
+    (``flaxlstm.models.nbsvm``), are installed: the extra ``flaxlstm[ngrams]``."""
     missing = [name for name in ("sklearn", "scipy") if importlib.util.find_spec(name) is None]
     if missing:
         raise ValueError(

@@ -278,7 +278,7 @@ IMDB_MODELS: dict[str, ImdbModelConfig] = {
     ),
     "cnn-lstm": ImdbModelConfig(**SEED_003, conv_filters=32),
     "seed002": ImdbModelConfig(**SEED_002, hidden=128, lstm_dropout=0.2, recurrent_dropout=0.2),
-    # Issue 14's best supervised LSTM, chosen on a validation slice of the training reviews
+    # The best supervised LSTM, chosen on a validation slice of the training reviews
     # (docs/IMDB-BEST.md): bilstm with max and mean pooling, more words, whole reviews,
     # regularised.
     "bilstm-big": ImdbModelConfig(
@@ -294,7 +294,7 @@ IMDB_MODELS: dict[str, ImdbModelConfig] = {
 # bilstm-big whose logit adds that of a linear model of the review's words and word pairs
 # (2^21 weights), trained together.
 IMDB_MODELS["bilstm-ngrams"] = dataclasses.replace(IMDB_MODELS["bilstm-big"], ngrams=2**21)
-# Issue 14's best supervised model, chosen on the same slice: an ensemble of bilstm-ngrams and
+# The best supervised model, chosen on the same slice: an ensemble of bilstm-ngrams and
 # NBSVM-bigrams fitted apart, the network's logit plus 8 × NBSVM's margin (weights 1 to 32 all
 # scored 91.80–92.56 % there, 8 the most; docs/IMDB-BEST.md).
 IMDB_MODELS["best"] = dataclasses.replace(IMDB_MODELS["bilstm-ngrams"], nbsvm=8.0)

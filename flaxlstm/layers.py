@@ -327,6 +327,11 @@ class PerStep(nnx.Module):
         return jnp.where(steps[..., None], y, 0)
 
 
+def keras_embedding_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """Keras's Embedding initialiser, uniform in [−0.05, 0.05]: the seeds were tuned with it."""
+    return jax.random.uniform(key, shape, dtype, -0.05, 0.05)
+
+
 class Embedding(nnx.Embed):
     """``nnx.Embed`` that refuses token ids outside [0, vocabulary) instead of clamping them.
 

@@ -1,5 +1,5 @@
 """A classifier fine-tuned from a language model: ``models.LmClassifier``, ``LayerRates`` and
-``flaxlstm train imdb --init-from LM_RUN`` (issue 14's semi-supervised path)."""
+``flaxlstm train imdb --init-from LM_RUN`` (the semi-supervised path)."""
 
 import json
 

@@ -77,7 +77,7 @@ def seed_model(name: str):
     )
 
 
-SEEDS_MODELS = sorted(set(IMDB_MODELS) - {"bilstm-big", "best"})  # issue 14's are not Keras's
+SEEDS_MODELS = sorted(set(IMDB_MODELS) - {"bilstm-big", "best"})  # the later models are not Keras's
 
 
 @pytest.mark.parametrize("name", SEEDS_MODELS)

@@ -10,10 +10,9 @@ import pytest
 from flax import nnx
 from scipy import sparse
 
-from flaxlstm import nbsvm
 from flaxlstm.data.imdb import pad_sequences
 from flaxlstm.data.vocabulary import padding_mask
-from flaxlstm.models import MODELS, SETTINGS, MaxPool1D, Nbsvm, count_params, summary
+from flaxlstm.models import MODELS, SETTINGS, MaxPool1D, Nbsvm, count_params, nbsvm, summary
 
 # The totals of the seeds' Keras model summaries (seed 002's: 256,000 + 131,584 + 129).
 KERAS_PARAMS = {
