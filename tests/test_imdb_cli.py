@@ -115,12 +115,12 @@ def test_layer_options_override_the_seeds_and_no_test_scores_only_validation(tmp
 
 @needs_data
 def test_a_movie_slice_reorders_the_training_reviews_before_fit(tmp_path, capsys, monkeypatch):
-    from flaxlstm import cli
     from flaxlstm.data import movies
+    from flaxlstm.training import tasks
 
     seen = []
     monkeypatch.setattr(
-        cli, "fit_and_test", lambda config, model, train, *a, **k: seen.append(train)
+        tasks, "fit_and_test", lambda config, model, train, *a, **k: seen.append(train)
     )
     asked = []
 

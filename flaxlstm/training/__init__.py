@@ -1,0 +1,1 @@
+"""Training: what each ``flaxlstm train`` task assembles (``tasks``)."""
