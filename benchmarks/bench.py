@@ -1,6 +1,6 @@
 """Train-step benchmark: flaxlstm against the LSTMs of Flax, Keras 3 (JAX) and PyTorch.
 
-    python benchmarks/bench.py [--shapes seed003,seed002,large] [--repeats 7]
+    python benchmarks/bench.py [--shapes seed003,seed002,large,64x100x128x256] [--repeats 7]
                                [--peers flax,keras,torch,cudnn] [--json out.json]
 
 (from the repository root; ``python -m benchmarks.bench`` works too). Every implementation
@@ -33,7 +33,9 @@ is T), ``flaxlstm-unroll8`` (``LSTM(..., unroll=8)``: 8 time steps per loop iter
 ``flaxlstm-bf16`` (bfloat16 products), ``flaxlstm-scan`` (``LSTM(..., loop="scan")``: the
 steps on ``jax.lax.scan``, where ``flaxlstm`` runs them in C on the CPU, flaxlstm/native/),
 ``flaxlstm-avx2`` and ``flaxlstm-avx512`` (the C loop on that instruction set, where the CPU
-runs it, at every shape: ``loop="native"``). The table names the path each flaxlstm row ran,
+runs it, at every shape: ``loop="native"``), ``flaxlstm-bf16-native`` and
+``flaxlstm-bf16-scan`` (bfloat16 products in the C loop, where the CPU has AVX512-BF16, or on
+the scan, at every shape). The table names the path each flaxlstm row ran,
 ``flaxlstm[avx512bf16]``, ``flaxlstm-scan[scan]``: the C loop's instruction set
 (``FLAXLSTM_NATIVE_ISA`` forces a lower one for every row) or the scan.
 """
@@ -64,9 +66,24 @@ SHAPES = {
     "seed002": dict(batch=32, time=80, embed=128, hidden=128, vocab=2000),
     "large": dict(batch=128, time=200, embed=256, hidden=512, vocab=10000),
 }
+# Any other shape: B x T x E x H, e.g. "64x100x128x256" (vocabulary 5000).
+SIZES = ("batch", "time", "embed", "hidden")
+
+
+def shape_of(name: str) -> dict:
+    """The shape called ``name`` in ``SHAPES``, or given as B x T x E x H; a ValueError else."""
+    if name in SHAPES:
+        return SHAPES[name]
+    sizes = name.split("x")
+    if len(sizes) != len(SIZES) or not all(s.isdigit() and int(s) > 0 for s in sizes):
+        raise ValueError(f"unknown shape {name!r}: one of {list(SHAPES)} or BxTxExH")
+    return dict(zip(SIZES, map(int, sizes), strict=True), vocab=5000)
+
+
 PEERS = ("flax", "keras", "torch", "cudnn")
 EXTRA = ("flaxlstm-autodiff", "flaxlstm-lengths", "flaxlstm-unroll8", "flaxlstm-bf16")
 EXTRA += ("flaxlstm-scan", "flaxlstm-avx2", "flaxlstm-avx512")
+EXTRA += ("flaxlstm-bf16-native", "flaxlstm-bf16-scan")
 # Environment variables that change the timings; recorded with the results.
 ENVIRONMENT = ("XLA_FLAGS", "GLIBC_TUNABLES", "OMP_NUM_THREADS", "LD_PRELOAD", "KERAS_BACKEND")
 ENVIRONMENT += ("FLAXLSTM_NATIVE_ISA", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
@@ -200,7 +217,7 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
 def run_shape(
     shape_name: str, names: list[str], repeats: int, budget_s: float, gflops: float | None = None
 ) -> list[dict]:
-    shape = SHAPES[shape_name]
+    shape = shape_of(shape_name)
     ids, labels = make_data(shape)
     runners = []
     for name in names:
@@ -253,7 +270,9 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/bench.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--shapes", default="seed003,seed002,large", help=f"of {list(SHAPES)}")
+    parser.add_argument(
+        "--shapes", default="seed003,seed002,large", help=f"of {list(SHAPES)}, or BxTxExH"
+    )
     parser.add_argument(
         "--peers", default=",".join(PEERS), help=f"of {list(PEERS + EXTRA)}; '' for none"
     )
@@ -276,9 +295,14 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cpus])
     shapes = [s for s in args.shapes.split(",") if s]
     peers = [p for p in args.peers.split(",") if p]
-    for name in shapes + peers:
-        if name not in SHAPES and name not in RUNNERS:
-            parser.error(f"unknown shape or peer {name!r}")
+    for name in peers:
+        if name not in RUNNERS:
+            parser.error(f"unknown peer {name!r}")
+    for name in shapes:
+        try:
+            shape_of(name)
+        except ValueError as error:
+            parser.error(str(error))
     names = ["flaxlstm"]
     for peer in peers:
         if why := available(peer):
@@ -300,16 +324,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"numpy float32 matrix product, 2048³: {info['matmul_gflops']:.0f} GFLOP/s")
     results = []
     for shape_name in shapes:
-        print(f"\n{shape_name}: {SHAPES[shape_name]}", flush=True)
+        print(f"\n{shape_name}: {shape_of(shape_name)}", flush=True)
         floor = info.get("matmul_gflops")
         rows = run_shape(shape_name, names, args.repeats, args.budget, floor)
         if floor:
-            flops = step_flops(SHAPES[shape_name])
+            flops = step_flops(shape_of(shape_name))
             print(f"FLOP floor: {rows[0]['floor_ms']:.1f} ms ({flops:.3g} FLOP)")
         if not args.no_rss:
             for row in rows:
                 row["rss_mib"], row["gpu_mib"] = peak_memory_mib(
-                    SHAPES[shape_name], row["name"], args.rss_steps
+                    shape_of(shape_name), row["name"], args.rss_steps
                 )
         print(table(rows), flush=True)
         results.extend(rows)

@@ -131,12 +131,6 @@ def flaxlstm_runner(
     return runner
 
 
-def jax_backend() -> str:
-    import jax
-
-    return jax.default_backend()
-
-
 def flax_runner(shape: dict, ids, labels) -> Runner:
     """Flax's own LSTM: ``nnx.RNN(nnx.OptimizedLSTMCell)``, its final carry's h."""
     import jax.numpy as jnp
@@ -267,22 +261,28 @@ RUNNERS = {
     "flaxlstm-scan": _flaxlstm("flaxlstm-scan", loop="scan"),
     "flaxlstm-avx2": _flaxlstm("flaxlstm-avx2", isa="avx2", loop="native"),
     "flaxlstm-avx512": _flaxlstm("flaxlstm-avx512", isa="avx512", loop="native"),
+    "flaxlstm-bf16-native": _flaxlstm("flaxlstm-bf16-native", dtype="bfloat16", loop="native"),
+    "flaxlstm-bf16-scan": _flaxlstm("flaxlstm-bf16-scan", dtype="bfloat16", loop="scan"),
     "flax": flax_runner,
     "keras": keras_runner,
     "torch": torch_runner,
     "cudnn": cudnn_runner,
 }
 NEEDS = {"keras": "keras", "torch": "torch"}
+# The runners that force the C loop on one instruction set.
+FORCED_ISA = {"flaxlstm-avx2": "avx2", "flaxlstm-avx512": "avx512"}
+FORCED_ISA["flaxlstm-bf16-native"] = "avx512bf16"
 
 
 def available(name: str) -> str | None:
     """None when ``name`` can run here, else why not."""
     if name == "cudnn":
-        return None if jax_backend() == "gpu" else "needs a GPU (cuDNN), skipped"
-    if name in ("flaxlstm-avx2", "flaxlstm-avx512"):
+        import jax
+
+        return None if jax.default_backend() == "gpu" else "needs a GPU (cuDNN), skipped"
+    if isa := FORCED_ISA.get(name):
         from flaxlstm import native
 
-        isa = name.split("-")[1]
         return None if isa in native.instruction_sets() else f"the C loop cannot run {isa} here"
     module = NEEDS.get(name)
     if module is None or importlib.util.find_spec(module) is not None:

@@ -157,7 +157,7 @@ def lstm_scan(
       loop: "auto" runs the hand-written loop's time steps in C (flaxlstm/native/) where it
         can (``native_loop_fits``: on an x86-64 CPU with AVX2 + FMA, in float32 or with
         bfloat16 products on a CPU with AVX512-BF16) and was measured faster than the scan
-        (``AUTO_NATIVE_BYTES``: small enough [W; U]), else on ``jax.lax.scan``; "scan"
+        (``AUTO_NATIVE_BYTES``: a small enough [W; U]), else on ``jax.lax.scan``; "scan"
         always scans; "native" requires the C loop (a one-line error where it cannot run).
       return_outputs: False when only the final state is wanted: the hand-written loop then
         neither writes the outputs nor reads their (zero) gradient, [T, B, H] each.
@@ -334,18 +334,25 @@ def native_loop_fits(fused: bool, dtype, matmul_dtype, steps: int) -> str | None
     return next((why for bad, why in reasons if bad), None)
 
 
-def _bf16(opt: _Options) -> bool:
-    """Whether the loop's products are bfloat16."""
-    return opt.matmul_dtype is not None and jnp.dtype(opt.matmul_dtype) == jnp.bfloat16
+def _bf16(matmul_dtype) -> bool:
+    """Whether the loop's products (``matmul_dtype``) are bfloat16."""
+    return matmul_dtype is not None and jnp.dtype(matmul_dtype) == jnp.bfloat16
 
 
-# loop="auto" takes the C loop where its instruction set was measured faster than the scan:
-# where the stacked weights [W; U] (float32) take at most this many bytes. Measured on an
-# AVX-512 CPU at seed 003 (0.15 MiB), seed 002 (0.5 MiB), [W; U] of 1.5, 3, 6 and 20 MiB with
-# B 8 to 128: AVX-512 faster up to 3 MiB at every batch, not at 6 MiB and beyond with B 16 or
-# 20 MiB with B 64; AVX2 faster at 0.5 MiB, slower from 1.5 MiB (docs/PERFORMANCE.md, "The C
-# loop on every x86-64 CPU").
+# loop="auto" takes the C loop where its path was measured faster than the scan: where the
+# stacked weights [W; U] (float32) take at most this many bytes, by instruction set for float32
+# products, and for bfloat16 products. Measured on an AVX-512 CPU at seed 003 (0.15 MiB), seed
+# 002 (0.5 MiB), [W; U] of 1.5, 3, 6 and 20 MiB with B 8 to 128: AVX-512 faster up to 3 MiB at
+# every batch, not at 6 MiB with B 16 nor 20 MiB; AVX2 faster at 0.5 MiB, slower from 1.5
+# MiB; bfloat16 products faster than the bfloat16 scan at 0.5 MiB, slower from 1.5 MiB
+# (docs/PERFORMANCE.md, "The C loop on every x86-64 CPU").
 AUTO_NATIVE_BYTES = {"avx2": 2**20, "avx512": 3 * 2**20, "avx512bf16": 3 * 2**20}
+AUTO_NATIVE_BF16_BYTES = 2**19
+
+
+def _auto_limit(isa: str, matmul_dtype) -> int:
+    """``AUTO_NATIVE_BYTES``'s limit for the C loop on ``isa`` with these products."""
+    return AUTO_NATIVE_BF16_BYTES if _bf16(matmul_dtype) else AUTO_NATIVE_BYTES[isa]
 
 
 def _choose_loop(loop: str, fused, dtype, matmul_dtype, steps: int, features, hidden) -> str:
@@ -361,9 +368,10 @@ def _choose_loop(loop: str, fused, dtype, matmul_dtype, steps: int, features, hi
     why_not = native_loop_fits(fused, dtype, matmul_dtype, steps)
     if loop == "native" and why_not:
         raise ValueError(f"loop='native' cannot run here: {why_not}")
-    if why_not or (loop == "auto" and weights > AUTO_NATIVE_BYTES[native.instruction_set()]):
+    isa = native.instruction_set()
+    if why_not or (loop == "auto" and weights > _auto_limit(isa, matmul_dtype)):
         return ""
-    return native.instruction_set()
+    return isa
 
 
 def chosen_loop(loop: str, matmul_dtype, features: int, hidden: int) -> str:
@@ -382,7 +390,7 @@ def describe_loop(loop: str, matmul_dtype=None) -> str:
         return f"on jax.lax.scan ({why})"
     if loop == "native":
         return f"in C on {isa} (flaxlstm.native)"
-    limit = AUTO_NATIVE_BYTES[isa] / 2**20
+    limit = _auto_limit(isa, matmul_dtype) / 2**20
     return (
         f"in C on {isa} (flaxlstm.native) where [W; U] take <= {limit:g} MiB, else on jax.lax.scan"
     )
@@ -408,7 +416,7 @@ def _fused_forward(
     if opt.native:
         args = (x, W, U, b, *state, mask, recurrent_mask, opt.reverse, save)
         a, c_prev, h_prev, outputs, final = native.forward(
-            *args, bf16=_bf16(opt), outputs=opt.outputs, isa=opt.native
+            *args, bf16=_bf16(opt.matmul_dtype), outputs=opt.outputs, isa=opt.native
         )
         return LSTMState(*final), outputs, (a, c_prev, h_prev) if save else None
     WUb = _stack(opt, W, U, b)
@@ -452,7 +460,7 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
     if opt.native:
         args = (saved, x, W, U, mask, recurrent_mask, *d_final[::-1], d_outputs, opt.reverse)
         dx, dW, dU, db, dh0, dc0, d_recurrent_mask = native.backward(
-            *args, bf16=_bf16(opt), isa=opt.native
+            *args, bf16=_bf16(opt.matmul_dtype), isa=opt.native
         )
         return dW, dU, db, dx, None, LSTMState(dc0, dh0), d_recurrent_mask
     carry, ys = _backward_loop(

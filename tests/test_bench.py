@@ -46,10 +46,21 @@ def test_peak_memory_comes_from_a_fresh_process():
 def test_bench_refuses_unknown_names():
     with pytest.raises(SystemExit):
         bench.main(["--shapes", "huge"])
+    with pytest.raises(SystemExit):
+        bench.main(["--shapes", "64x100x0x256"])
+
+
+def test_a_shape_can_be_given_as_its_sizes():
+    assert bench.shape_of("64x100x128x256") == dict(
+        batch=64, time=100, embed=128, hidden=256, vocab=5000
+    )
+    assert bench.shape_of("seed003") is bench.SHAPES["seed003"]
 
 
 def test_the_ablation_runners_build_their_layer_with_the_option():
     ids, labels = bench.make_data(TINY)
+    forced = runners.RUNNERS["flaxlstm-bf16-scan"](TINY, ids, labels)  # reports its path
+    assert (forced.path, forced.model.lstm.loop) == ("scan", "scan")
     autodiff = runners.RUNNERS["flaxlstm-autodiff"](TINY, ids, labels)
     assert autodiff.name == "flaxlstm-autodiff"
     assert autodiff.model.lstm.hand_written_backward is False

@@ -226,6 +226,9 @@ def test_auto_takes_the_c_loop_only_where_it_was_measured_faster_than_the_scan()
             assert runs_in_c(256, features=128)
     assert not runs_in_c(512, features=256)  # the bench's large shape
     assert runs_in_c(512, features=256, loop="native")
+    if native.has_bfloat16():  # bfloat16 products: faster at 0.5 MiB, slower at 1.5 MiB
+        assert runs_in_c(128, features=128, matmul_dtype=jnp.bfloat16)
+        assert not runs_in_c(256, features=128, matmul_dtype=jnp.bfloat16)
 
 
 def test_loop_native_refuses_what_it_cannot_run_in_one_line():

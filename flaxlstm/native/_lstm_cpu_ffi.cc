@@ -35,7 +35,9 @@ static void Schedule(void *pool, void (*task)(void *), void *arg) {
 // The loop's error (lstm_error), as XLA's: one Python exception with its message.
 static ffi::Error Result(int error) {
   if (error == 0) return ffi::Error::Success();
-  return ffi::Error(ffi::ErrorCode::kResourceExhausted, std::string(lstm_error(error)));
+  auto code = error == 1 ? ffi::ErrorCode::kResourceExhausted  // LSTM_OUT_OF_MEMORY
+                         : ffi::ErrorCode::kInvalidArgument;   // LSTM_BAD_ISA
+  return ffi::Error(code, std::string(lstm_error(error)));
 }
 
 using In = ffi::Buffer<ffi::F32>;

@@ -31,7 +31,8 @@ TILES(ISA(gemm), float, VECTOR, VLOAD, SPLAT, FMA32)
 /* out = base + in.m for in [rows, k] (float32; rounded to pairs into the scratch in2 when m
  * is pairs) and m [k, n]: float32, or pairs [(k + 1) / 2, n] when bf16 (gemm_bf16, only
  * where the CPU has AVX512-BF16: lstm_forward and lstm_backward check); packed as GEMM's
- * panels or not. panel: scratch of PANEL_FLOATS(k) floats (GEMM). */
+ * panels or not. panel: scratch of PANEL_FLOATS(k) floats for an m not packed (GEMM; NULL:
+ * none). */
 static void ISA(product)(int bf16, int rows, int k, int n, const float *in, int in_stride,
                          pair *in2, const void *m, int packed, const float *base,
                          int base_stride, float *out, int out_stride, void *panel) {
@@ -71,8 +72,7 @@ static int ISA(forward_rows)(const void *context, int part, int lo, int hi) {
     float *c = calloc((size_t)Hp, sizeof(float)), *tc = calloc((size_t)Hp, sizeof(float));
     pair *xh2 = p->bf16 ? calloc((size_t)rows * ((K + 1) / 2), sizeof(pair)) : NULL;
     int *order = malloc((size_t)rows * sizeof(int));
-    float *panel = malloc(PANEL_FLOATS(K) * sizeof(float));
-    int failed = !z || !xh || !c || !tc || !order || !panel || (p->bf16 && !xh2);
+    int failed = !z || !xh || !c || !tc || !order || (p->bf16 && !xh2);
     float *c_n = p->c_n + (size_t)lo * H, *h_n = p->h_n + (size_t)lo * H; /* the carried state */
     (void)part;
     for (int s = 0; s < T && !failed; s++) {
@@ -90,7 +90,7 @@ static int ISA(forward_rows)(const void *context, int part, int lo, int hi) {
                 xh[(size_t)q * K + F + j] = h_n[(size_t)r * H + j] * (rm ? rm[j] : 1.0f);
         }
         /* z = [x_t, h r].[w; u] + bias */
-        ISA(product)(p->bf16, n, K, Gp, xh, K, xh2, p->wu, 1, p->base, 0, z, Gp, panel);
+        ISA(product)(p->bf16, n, K, Gp, xh, K, xh2, p->wu, 1, p->base, 0, z, Gp, NULL);
         for (int q = 0; q < n; q++) {
             int r = order[q];
             float m = p->mask ? p->mask[row + r] : 1.0f;
@@ -122,7 +122,6 @@ static int ISA(forward_rows)(const void *context, int part, int lo, int hi) {
     free(xh);
     free(xh2);
     free(order);
-    free(panel);
     free(c);
     free(tc);
     return failed ? -1 : 0;
@@ -151,7 +150,7 @@ static int ISA(backward_rows)(const void *context, int part, int lo, int hi) {
     float *dbias = sum + (size_t)K * Gp; /* summed in float32 as dz comes */
     float *dh = p->dh + (size_t)lo * H, *dc = p->dc + (size_t)lo * H; /* carried */
     int *order = malloc((size_t)rows * sizeof(int)), filled = 0; /* dz's rows in dzs */
-    float *panel = malloc(PANEL_FLOATS(G > block ? G : block) * sizeof(float));
+    float *panel = malloc(PANEL_FLOATS(block) * sizeof(float)); /* for dzs' panels */
     int failed = !dzs || !xht || !dxh || !c || !tc || !zero || !order || !panel;
     failed |= p->bf16 && (!dz2 || !xht2 || !dzs2);
     for (int s = T - 1, done = 0; s >= 0 && !failed; s--, done++) {
@@ -187,7 +186,7 @@ static int ISA(backward_rows)(const void *context, int part, int lo, int hi) {
                     p->h_prev[(row + r) * H + k] * (rm ? rm[k] : 1.0f);
         }
         /* [dx_t, dh_prev] = dz.[w; u]^T */
-        ISA(product)(p->bf16, n, G, Kp, dz, Gp, dz2, p->wut, 1, zero, 0, dxh, Kp, panel);
+        ISA(product)(p->bf16, n, G, Kp, dz, Gp, dz2, p->wut, 1, zero, 0, dxh, Kp, NULL);
         filled += n;
         if (done % SUM_STEPS == SUM_STEPS - 1 || s == 0) { /* [dw; du] += the last steps' */
             if (p->bf16) pack_cols(filled, Gp, dzs, Gp, dzs2);
