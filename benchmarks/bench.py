@@ -80,6 +80,13 @@ def shape_of(name: str) -> dict:
     return dict(zip(SIZES, map(int, sizes), strict=True), vocab=5000)
 
 
+def _is_shape(name: str) -> bool:
+    try:
+        return bool(shape_of(name))
+    except ValueError:
+        return False
+
+
 PEERS = ("flax", "keras", "torch", "cudnn")
 EXTRA = ("flaxlstm-autodiff", "flaxlstm-lengths", "flaxlstm-unroll8", "flaxlstm-bf16")
 EXTRA += ("flaxlstm-scan", "flaxlstm-avx2", "flaxlstm-avx512")
@@ -295,14 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cpus])
     shapes = [s for s in args.shapes.split(",") if s]
     peers = [p for p in args.peers.split(",") if p]
-    for name in peers:
-        if name not in RUNNERS:
-            parser.error(f"unknown peer {name!r}")
-    for name in shapes:
-        try:
-            shape_of(name)
-        except ValueError as error:
-            parser.error(str(error))
+    for name in shapes + peers:
+        if name not in RUNNERS and not _is_shape(name):
+            parser.error(f"unknown shape or peer {name!r} (a shape: {list(SHAPES)} or BxTxExH)")
     names = ["flaxlstm"]
     for peer in peers:
         if why := available(peer):

@@ -127,7 +127,8 @@ def flaxlstm_runner(
     with native.using(isa) if isa else contextlib.nullcontext():  # while the step is traced
         runner = nnx_runner(name, Model(nnx.Rngs(0)), ids, labels, lengths)
         lstm = runner.model.lstm
-        runner.path = chosen_loop(lstm.loop, lstm.dtype, shape["embed"], shape["hidden"]) or "scan"
+        sizes = (shape["batch"], shape["embed"], shape["hidden"])
+        runner.path = chosen_loop(lstm.loop, lstm.dtype, *sizes) or "scan"
     return runner
 
 

@@ -19,6 +19,7 @@ a reversed scan starts at each sequence's last real token.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
@@ -181,7 +182,7 @@ def lstm_scan(
     state = LSTMState(*map(cast, state))
     fused = hand_written_backward and not (return_trace or clamps)
     fused = fused and is_default(gate_activation, activation)
-    native_loop = _choose_loop(loop, fused, dtype, matmul_dtype, batch * time, x.shape[-1], hidden)
+    native_loop = _choose_loop(loop, fused, dtype, matmul_dtype, batch, time, x.shape[-1], hidden)
     if fused:
         dz_bytes = time * batch * 4 * hidden * jnp.dtype(dtype).itemsize
         accumulate = dz_bytes > accumulate_above_bytes and not native_loop
@@ -348,43 +349,61 @@ def _bf16(matmul_dtype) -> bool:
 # (docs/PERFORMANCE.md, "The C loop on every x86-64 CPU").
 AUTO_NATIVE_BYTES = {"avx2": 2**20, "avx512": 3 * 2**20, "avx512bf16": 3 * 2**20}
 AUTO_NATIVE_BF16_BYTES = 2**19
+# ... and where each CPU's part of the batch (the C loop splits the rows between the CPUs) has
+# at least AUTO_NATIVE_ROWS rows, or [W; U] take at most AUTO_NATIVE_SMALL_BYTES: with fewer
+# rows each CPU streams all of [W; U] every step for one or two rows, where XLA splits the
+# product's columns. Measured on 2 CPUs: B 2 and 4 at 0.5 MiB, B 4 at 1.5 MiB, B 2 at 3 MiB
+# slower than the scan; B 8 at 0.5 and 1.5 MiB, B 1 and 2 at 0.2 MiB (seed 003's) faster.
+AUTO_NATIVE_ROWS = 4
+AUTO_NATIVE_SMALL_BYTES = 2**18
 
 
 def _auto_limit(isa: str, matmul_dtype) -> int:
-    """``AUTO_NATIVE_BYTES``'s limit for the C loop on ``isa`` with these products."""
+    """The most bytes of [W; U] that ``loop="auto"`` takes the C loop for on ``isa`` with
+    these products."""
     return AUTO_NATIVE_BF16_BYTES if _bf16(matmul_dtype) else AUTO_NATIVE_BYTES[isa]
 
 
-def _choose_loop(loop: str, fused, dtype, matmul_dtype, steps: int, features, hidden) -> str:
+def _auto_takes_native(isa: str, matmul_dtype, batch: int, weights: int) -> bool:
+    """Whether ``loop="auto"`` takes the C loop on ``isa`` for these products, ``batch`` rows
+    and [W; U] of ``weights`` bytes (the limits above)."""
+    rows = batch / min(batch, len(os.sched_getaffinity(0)))  # per part, as the C loop cuts them
+    return weights <= _auto_limit(isa, matmul_dtype) and (
+        rows >= AUTO_NATIVE_ROWS or weights <= AUTO_NATIVE_SMALL_BYTES
+    )
+
+
+def _choose_loop(loop: str, fused, dtype, matmul_dtype, batch, time, features, hidden) -> str:
     """The instruction set the time steps run on in C (``native.instruction_set()``), or ""
     where they run on ``jax.lax.scan``: ``loop`` "scan", "native" or "auto" (in C where it
-    can and where [W; U] of ``features`` + ``hidden`` rows, 4 ``hidden`` columns, are small
-    enough to be faster: ``AUTO_NATIVE_BYTES``)."""
+    can and was measured faster for ``batch`` rows and [W; U] of ``features`` + ``hidden``
+    rows, 4 ``hidden`` columns: ``AUTO_NATIVE_BYTES``)."""
     weights = (features + hidden) * 4 * hidden * 4  # [W; U] in float32
     if loop not in ("auto", "scan", "native"):
         raise ValueError(f'loop must be "auto", "scan" or "native", got {loop!r}')
     if loop == "scan":
         return ""
-    why_not = native_loop_fits(fused, dtype, matmul_dtype, steps)
+    why_not = native_loop_fits(fused, dtype, matmul_dtype, batch * time)
     if loop == "native" and why_not:
         raise ValueError(f"loop='native' cannot run here: {why_not}")
     isa = native.instruction_set()
-    if why_not or (loop == "auto" and weights > _auto_limit(isa, matmul_dtype)):
+    if why_not or (loop == "auto" and not _auto_takes_native(isa, matmul_dtype, batch, weights)):
         return ""
     return isa
 
 
-def chosen_loop(loop: str, matmul_dtype, features: int, hidden: int) -> str:
+def chosen_loop(loop: str, matmul_dtype, batch: int, features: int, hidden: int) -> str:
     """The instruction set ``lstm_scan`` runs the standard cell's float32 steps on in C, for
-    ``features`` inputs and ``hidden`` units, or "" where they run on ``jax.lax.scan``."""
-    return _choose_loop(loop, True, jnp.float32, matmul_dtype, 1, features, hidden)
+    ``batch`` rows, ``features`` inputs and ``hidden`` units, or "" where they run on
+    ``jax.lax.scan``."""
+    return _choose_loop(loop, True, jnp.float32, matmul_dtype, batch, 1, features, hidden)
 
 
 def describe_loop(loop: str, matmul_dtype=None) -> str:
     """Where ``lstm_scan(..., loop=loop, matmul_dtype=matmul_dtype)`` runs the standard cell's
     float32 steps here, in words ("in C on avx2 ...", "on jax.lax.scan (why)"); a one-line
     error for "native" where the C loop cannot run."""
-    isa = chosen_loop(loop, matmul_dtype, 0, 0)
+    isa = chosen_loop(loop, matmul_dtype, 1, 0, 0)  # whether it can run at all
     if not isa:
         why = "as asked" if loop == "scan" else native_loop_fits(True, jnp.float32, matmul_dtype, 1)
         return f"on jax.lax.scan ({why})"
@@ -392,7 +411,8 @@ def describe_loop(loop: str, matmul_dtype=None) -> str:
         return f"in C on {isa} (flaxlstm.native)"
     limit = _auto_limit(isa, matmul_dtype) / 2**20
     return (
-        f"in C on {isa} (flaxlstm.native) where [W; U] take <= {limit:g} MiB, else on jax.lax.scan"
+        f"in C on {isa} (flaxlstm.native) where [W; U] take <= {limit:g} MiB and the batch is"
+        " not too small for it, else on jax.lax.scan"
     )
 
 

@@ -192,12 +192,12 @@ def test_the_c_loop_under_vmap_runs_each_batch_as_alone():
         np.testing.assert_allclose(mapped[i], outputs(xs[i], "scan"), rtol=2e-5, atol=2e-6)
 
 
-def runs_in_c(hidden, features=2, **kwargs) -> bool:
+def runs_in_c(hidden, features=2, batch=64, **kwargs) -> bool:
     """Whether ``lstm_scan`` on these sizes calls the C loop (traced only, nothing run)."""
     W = jax.ShapeDtypeStruct((features, 4 * hidden), jnp.float32)
     U = jax.ShapeDtypeStruct((hidden, 4 * hidden), jnp.float32)
     b = jax.ShapeDtypeStruct((4 * hidden,), jnp.float32)
-    x = jax.ShapeDtypeStruct((3, 5, features), jnp.float32)
+    x = jax.ShapeDtypeStruct((batch, 5, features), jnp.float32)
     scan = functools.partial(lstm_scan, **kwargs)
     return "flaxlstm_LstmForward" in str(jax.make_jaxpr(scan)(W, U, b, x))
 
@@ -211,7 +211,7 @@ def test_auto_takes_the_c_loop_wherever_it_can_run():
     assert not runs_in_c(4, matmul_dtype=jnp.float16)
     assert not runs_in_c(4, return_trace=True)  # traces come from scan_cell
     assert not runs_in_c(4, hand_written_backward=False)
-    assert runs_in_c(4, recurrent_dropout_mask=jnp.ones((3, 4)))
+    assert runs_in_c(4, recurrent_dropout_mask=jnp.ones((64, 4)))
 
 
 def test_auto_takes_the_c_loop_only_where_it_was_measured_faster_than_the_scan():
@@ -226,6 +226,8 @@ def test_auto_takes_the_c_loop_only_where_it_was_measured_faster_than_the_scan()
             assert runs_in_c(256, features=128)
     assert not runs_in_c(512, features=256)  # the bench's large shape
     assert runs_in_c(512, features=256, loop="native")
+    # a batch too small to split (one or two rows a CPU): only a small [W; U] (0.2 MiB)
+    assert runs_in_c(100, features=32, batch=1) and not runs_in_c(128, features=128, batch=2)
     if native.has_bfloat16():  # bfloat16 products: faster at 0.5 MiB, slower at 1.5 MiB
         assert runs_in_c(128, features=128, matmul_dtype=jnp.bfloat16)
         assert not runs_in_c(256, features=128, matmul_dtype=jnp.bfloat16)
