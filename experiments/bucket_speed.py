@@ -15,20 +15,21 @@ import numpy as np
 import optax
 from flax import nnx
 
-from flaxlstm import train
 from flaxlstm.data.batches import Batch, batches
 from flaxlstm.data.imdb import load_imdb
 from flaxlstm.models import MODELS
+from flaxlstm.training.fit import train_step
+from flaxlstm.training.loop import create_train_state
 
 TX = optax.adam(1e-3)  # one object: the optimizer is a static argument of the jitted step
 
 
 def one_pass(model, data, bucket_width):
-    graphdef, state = train.create_train_state(model, TX)
+    graphdef, state = create_train_state(model, TX)
     order = np.random.default_rng(0).permutation(len(data.inputs))
     start = time.perf_counter()
     for batch in batches(data, 64, order, bucket_width=bucket_width):
-        state, sums = train.train_step(state, batch, graphdef=graphdef, tx=TX)
+        state, sums = train_step(state, batch, graphdef=graphdef, tx=TX)
     jax.block_until_ready(sums)
     return time.perf_counter() - start
 

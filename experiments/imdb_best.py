@@ -362,10 +362,10 @@ def nbsvm_weights(run_dir: str) -> None:
     import jax.numpy as jnp
     from flax import nnx
 
-    from flaxlstm import train
     from flaxlstm.data import imdb as imdb_data
     from flaxlstm.data.batches import split_point
-    from flaxlstm.runs import load_run
+    from flaxlstm.training.fit import predict
+    from flaxlstm.training.runs import load_run
 
     model, vocabulary, config = load_run(run_dir)
     options = json.loads((Path(run_dir) / "metrics.json").read_text())["options"]
@@ -376,7 +376,7 @@ def nbsvm_weights(run_dir: str) -> None:
     ids, lengths, labels = (a[n:] for a in data.train)
     member = model.nbsvm
     member.weight = 0.0  # the network alone, then NBSVM's margin alone
-    network = train.predict(model, ids, lengths=lengths, batch_size=250, loss="mse")  # logits
+    network = predict(model, ids, lengths=lengths, batch_size=250, loss="mse")  # logits
     member.eval()
     member.weight = 1.0
     real = jnp.arange(ids.shape[1]) < jnp.asarray(lengths)[:, None]
@@ -406,10 +406,10 @@ def semi_nbsvm(weight: float = 8.0) -> None:
     `--nbsvm` would have added it (NBSVM takes no part in training), and write SEMI_NBSVM."""
     from flax import nnx
 
-    from flaxlstm import train
     from flaxlstm.data import imdb as imdb_data
     from flaxlstm.models import Nbsvm
-    from flaxlstm.runs import load_run
+    from flaxlstm.training.fit import predict
+    from flaxlstm.training.runs import load_run
 
     scored, member = {}, None
     for run_dir in sorted(SEMI_RUNS.glob("lm-word-256-seed*")):
@@ -421,7 +421,7 @@ def semi_nbsvm(weight: float = 8.0) -> None:
             member.fit(data.train.ids, data.train.lengths, data.train.labels)
         model.nbsvm = nnx.data(member)  # (a None attribute at first: static, so say it is data)
         test = data.test
-        p = train.predict(model, test.ids, lengths=test.lengths, batch_size=250)
+        p = predict(model, test.ids, lengths=test.lengths, batch_size=250)
         scored[run_dir.name] = float(100 * ((p > 0.5) == (test.labels == 1)).mean())
         print(run_dir.name, scored[run_dir.name], flush=True)
     SEMI_NBSVM.write_text(json.dumps({"nbsvm": weight, "test_accuracy": scored}, indent=2) + "\n")

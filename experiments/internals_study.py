@@ -29,12 +29,12 @@ import time
 
 import numpy as np
 
-from flaxlstm import train
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data.text import imdb_texts
 from flaxlstm.lab import internals, plots
 from flaxlstm.lab.traces import lstm_layers
-from flaxlstm.runs import load_lm_run, load_run
+from flaxlstm.training.fit import evaluate
+from flaxlstm.training.runs import load_lm_run, load_run
 
 CHAR_SIGNALS = ("inside quotes", "inside parentheses", "to sentence end", "position")
 
@@ -139,7 +139,7 @@ def classifier_study(run_dir: str, data_dir, reviews: int, ks, draws: int, out: 
         with contextlib.ExitStack() as stack:
             for u in units:
                 stack.enter_context(internals.ablate(run.model, layer, u, "h", float(mean_h[u])))
-            scores = train.evaluate(run.model, x, y, lengths=lengths, batch_size=250)
+            scores = evaluate(run.model, x, y, lengths=lengths, batch_size=250)
         return float(scores["accuracy"])
 
     ablations = {}

@@ -15,7 +15,7 @@ tokenised at ``--level`` and mapped through the run's vocabulary (fitted on all 
 reviews as ``flaxlstm train lm`` fits it, or read from ``--run-dir``). A token outside it
 becomes ``<UNK>``, the class the LSTM predicts as OOV (id 2); each review starts with
 order − 1 ``<s>`` (the LSTM's START) and every token after them is predicted: exactly the
-targets of ``flaxlstm.lm.evaluate_lm``. There is no end-of-review token: the LSTM has none.
+targets of ``flaxlstm.training.lm.evaluate_lm``. There is no end-of-review token: the LSTM has none.
 
 The n-grams are counted with ``collections.Counter`` and stored into nltk's ``NgramCounter``
 (whose own ``update`` takes about 3 µs per n-gram in Python: 25 minutes for the characters);
@@ -133,8 +133,8 @@ def check_run(run_dir: str) -> None:
 
 def lstm_scores(run_dir: str, texts: list[bytes]) -> dict:
     """The LSTM run's ``evaluate_lm`` on ``texts``: loss (nats), perplexity, bits per token."""
-    from flaxlstm.lm import evaluate_lm  # JAX: imported only when an LSTM is compared
-    from flaxlstm.runs import load_lm_run
+    from flaxlstm.training.lm import evaluate_lm  # JAX: imported only when an LSTM is compared
+    from flaxlstm.training.runs import load_lm_run
 
     run = load_lm_run(run_dir)
     start = time.perf_counter()

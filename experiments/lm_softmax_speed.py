@@ -15,12 +15,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from flaxlstm import lm
 from flaxlstm.config import Recipe
 from flaxlstm.data.text import Chunk
 from flaxlstm.files import save_json
 from flaxlstm.models import LanguageModel
-from flaxlstm.train import create_train_state
+from flaxlstm.training import lm
+from flaxlstm.training.loop import create_train_state
 
 
 def step_seconds(args, samples: int) -> list[float]:

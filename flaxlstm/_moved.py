@@ -1,6 +1,6 @@
 """What moved, at its old import path for one release, with a DeprecationWarning: modules
-(``MOVED``, old path → new path: importing one gives a module that forwards every name to the
-new one) and names that moved to another module (``MOVED_NAMES``, (module, name) → the module
+(``MOVED``, old path → new path, or the paths its names are now split over: importing one
+gives a module that forwards every name to them) and names that moved to another module (``MOVED_NAMES``, (module, name) → the module
 that holds it now: the old module's ``__getattr__`` calls ``moved_attribute``). These two are
 the one list of them."""
 
@@ -20,6 +20,16 @@ MOVED = {
     "flaxlstm.explorer": "flaxlstm.lab.explorer",
     "flaxlstm.keras_models": "flaxlstm.interop.keras",
     "flaxlstm.nbsvm": "flaxlstm.models.nbsvm",
+    "flaxlstm.train": (
+        "flaxlstm.training.fit",
+        "flaxlstm.training.loop",
+        "flaxlstm.training.processes",
+    ),
+    "flaxlstm.lm": "flaxlstm.training.lm",
+    "flaxlstm.runs": "flaxlstm.training.runs",
+    "flaxlstm.checkpoint": "flaxlstm.training.checkpoint",
+    "flaxlstm.interrupts": "flaxlstm.training.interrupts",
+    "flaxlstm.losses": "flaxlstm.training.losses",
 }
 MOVED_NAMES = {
     ("flaxlstm.data.imdb", "name_groups"): "flaxlstm.data.movies",
@@ -54,14 +64,22 @@ class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec):
         new = MOVED[spec.name]
+        new = (new,) if isinstance(new, str) else new
         warnings.warn(
-            f"{spec.name} has moved to {new}; the old path goes in the next release",
+            f"{spec.name} has moved to {' and '.join(new)}; the old path goes in the next release",
             DeprecationWarning,
             stacklevel=2,
         )
-        module = types.ModuleType(spec.name, f"Deprecated: moved to {new}.")
-        target = importlib.import_module(new)
-        module.__getattr__ = lambda attribute: getattr(target, attribute)
+        module = types.ModuleType(spec.name, f"Deprecated: moved to {' and '.join(new)}.")
+        targets = [importlib.import_module(name) for name in new]
+
+        def forward(attribute: str):
+            for target in targets:
+                if hasattr(target, attribute):
+                    return getattr(target, attribute)
+            raise AttributeError(f"module {spec.name!r} has no attribute {attribute!r}")
+
+        module.__getattr__ = forward
         return module
 
     def exec_module(self, module):

@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from flaxlstm import lm, models, train
+from flaxlstm import models
 from flaxlstm.config import (
     AddingConfig,
     CumsumConfig,
@@ -37,10 +37,12 @@ from flaxlstm.config import (
 )
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
-from flaxlstm.interrupts import TrainingInterrupted
 from flaxlstm.models import MODELS
 from flaxlstm.recurrent import describe_loop
-from flaxlstm.runs import (
+from flaxlstm.training import lm
+from flaxlstm.training.fit import evaluate, predict
+from flaxlstm.training.interrupts import TrainingInterrupted
+from flaxlstm.training.runs import (
     load_lm_run,
     load_run,
 )
@@ -143,7 +145,7 @@ def predict_reviews(args: argparse.Namespace) -> None:
     ids, lengths = imdb_data.pad_sequences(
         vocabulary.encode(reviews), config["maxlen"], padding="post"
     )
-    for review, p in zip(reviews, train.predict(model, ids, lengths=lengths), strict=True):
+    for review, p in zip(reviews, predict(model, ids, lengths=lengths), strict=True):
         label = "positive" if p >= 0.5 else "negative"
         print(f"{p:.4f}\t{label}\t{review[:70]}")
 
@@ -231,8 +233,8 @@ def add_explorer_view(views) -> argparse.ArgumentParser:
 
 
 def inspect_curves(args: argparse.Namespace) -> None:
-    from flaxlstm import runs
     from flaxlstm.lab import plots
+    from flaxlstm.training import runs
 
     history = runs.read_history(args.run_dir)
     figure = plots.plot_history(history, title=f"Training curves: {args.run_dir}")
@@ -240,8 +242,8 @@ def inspect_curves(args: argparse.Namespace) -> None:
 
 
 def inspect_cumsum(config: InspectCumsumConfig) -> None:
-    from flaxlstm import runs
     from flaxlstm.lab import plots, traces
+    from flaxlstm.training import runs
 
     seed = config.seed
     x, y = synthetic.cumsum_sequences(1000, 10, seed=[seed, 1])  # train cumsum's test set
@@ -252,7 +254,7 @@ def inspect_cumsum(config: InspectCumsumConfig) -> None:
         config.samples, config.epochs, config.hidden, 10, config.learning_rate, seed
     )
     predicted, actual = traces.cumsum_crossings(model, x, y)
-    accuracy = train.evaluate(model, x, y)["accuracy"]
+    accuracy = evaluate(model, x, y)["accuracy"]
     print(
         f"per-step test accuracy {accuracy:.4f}; the prediction crosses 0.5 where the running"
         f" sum crosses T/4 in {np.mean(predicted == actual):.1%} of {len(x)} held-out sequences"

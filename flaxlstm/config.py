@@ -438,7 +438,7 @@ class ImdbConfig(RunConfig):
 class LmConfig(Recipe):
     """``flaxlstm train lm``: a language model on a text file or on IMDB's 75,000 training
     reviews (``train`` + ``unsupervised``, never ``test``), trained chunk by chunk with the
-    state carried over (``flaxlstm.lm``). Unset sizes depend on ``level``."""
+    state carried over (``flaxlstm.training.lm``). Unset sizes depend on ``level``."""
 
     learning_rate: float = learning_rate_option(2e-3)
     lr_schedule: Literal["constant", "cosine"] = schedule_option("cosine")

@@ -21,7 +21,9 @@ def test_api_reference_builds_without_warnings(tmp_path):
     anchors = {
         "layers": ["flaxlstm.layers.LSTM", "flaxlstm.layers.capture_intermediates"],
         "recurrent": ["flaxlstm.recurrent.lstm_scan"],
-        "train": ["flaxlstm.train.fit"],
+        "training.fit": ["flaxlstm.training.fit.fit"],
+        "training.loop": ["flaxlstm.training.loop.train", "flaxlstm.training.loop.Objective"],
+        "training.lm": ["flaxlstm.training.lm.train_lm"],
         "config": ["flaxlstm.config.Recipe"],
         "data.imdb": ["flaxlstm.data.imdb.load_imdb"],
         "variants": ["flaxlstm.variants.PeepholeLSTM"],

@@ -23,8 +23,8 @@ from flaxlstm import LSTM, Bidirectional, Embedding, LSTMState, PerStep, Stacked
 from flaxlstm.data.imdb import load_imdb, pad_sequences
 from flaxlstm.data.vocabulary import Vocabulary
 from flaxlstm.models import CumsumModel, ParityModel
-from flaxlstm.runs import load_run
-from flaxlstm.train import evaluate, fit, predict
+from flaxlstm.training.fit import evaluate, fit, predict
+from flaxlstm.training.runs import load_run
 
 B, T, F, H, V, N = 2, 4, 2, 3, 7, 3  # batch, steps, features, hidden, vocabulary, examples
 

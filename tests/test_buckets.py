@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from flaxlstm import train
 from flaxlstm.data.batches import Batch, batches
 from flaxlstm.models import MODELS
+from flaxlstm.training.fit import evaluate
 
 
 def post_padded(lengths, maxlen):
@@ -57,8 +57,8 @@ def small_model():
 
 def test_bucketed_loss_equals_the_fully_padded_loss(small_model):
     ids, lengths, labels = post_padded(np.random.default_rng(5).integers(1, 60, 40), 60)
-    full = train.evaluate(small_model, ids, labels, lengths=lengths, batch_size=8)
-    cut = train.evaluate(small_model, ids, labels, lengths=lengths, batch_size=8, bucket_width=16)
+    full = evaluate(small_model, ids, labels, lengths=lengths, batch_size=8)
+    cut = evaluate(small_model, ids, labels, lengths=lengths, batch_size=8, bucket_width=16)
     np.testing.assert_allclose(cut["loss"], full["loss"], rtol=1e-6)
     assert cut["accuracy"] == full["accuracy"]
 
@@ -66,6 +66,6 @@ def test_bucketed_loss_equals_the_fully_padded_loss(small_model):
 def test_bucket_width_needs_lengths(small_model):
     ids, lengths, labels = post_padded(np.full(4, 5), 8)
     with pytest.raises(ValueError, match="bucket_width needs lengths"):
-        train.evaluate(small_model, ids, labels, bucket_width=4)
+        evaluate(small_model, ids, labels, bucket_width=4)
     with pytest.raises(ValueError, match="bucket_width must be a positive integer"):
-        train.evaluate(small_model, ids, labels, lengths=lengths, bucket_width=0)
+        evaluate(small_model, ids, labels, lengths=lengths, bucket_width=0)

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from flaxlstm import LSTM
-from flaxlstm.checkpoint import Checkpointer, CheckpointError
+from flaxlstm.training.checkpoint import Checkpointer, CheckpointError
 
 
 def train_state(hidden=4, seed=0):

@@ -27,7 +27,7 @@ from flaxlstm.config import (
 from flaxlstm.data.synthetic import cumsum_sequences
 from flaxlstm.layers import set_loop
 from flaxlstm.models import CumsumModel
-from flaxlstm.train import fit
+from flaxlstm.training.fit import fit
 
 
 def run_main(argv, capsys) -> tuple[int, str, str]:

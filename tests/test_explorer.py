@@ -16,11 +16,13 @@ import pytest
 from flax import nnx
 from test_cli import run_main
 
-from flaxlstm import runs, train
-from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.lab import explorer, internals, traces
 from flaxlstm.models import SentimentClassifier
+from flaxlstm.training import runs
+from flaxlstm.training.checkpoint import Checkpointer
+from flaxlstm.training.fit import predict
+from flaxlstm.training.loop import mode_view
 
 WORDS = imdb_data.Vocabulary(["the", "film", "was", "good", "bad", ".", "a", '"', "(", ")"])
 REVIEW = 'The film was "good" (a GOOD film). Not bad.'  # "not" is out of vocabulary
@@ -79,7 +81,7 @@ def test_classifier_data_holds_the_models_own_numbers(imdb_run):
     p = np.array(data["prediction"]["values"])
     _, after_words = traces.review_prefixes(model, vocabulary, REVIEW)
     np.testing.assert_allclose(p[1:], after_words, atol=6e-4)
-    whole = train.predict(model, ids[None], lengths=lengths)
+    whole = predict(model, ids[None], lengths=lengths)
     np.testing.assert_allclose(p[-1], whole[0], atol=6e-4)
     saturation = internals.saturation(model, ids[None], lengths)["lstm"]
     for gate, s in saturation.items():
@@ -109,7 +111,7 @@ def test_language_model_data_holds_each_tokens_probability_and_the_next_guess(lm
     assert [layer["name"] for layer in data["layers"]] == ["lstm/layers/0", "lstm/layers/1"]
     assert data["selected"] == {"layer": 0, "quantity": "h", "unit": 5}
     (ids,) = vocabulary.encode_tokens([list(TEXT[:20])])
-    features, _ = train.mode_view(model, training=False)(ids[None])
+    features, _ = mode_view(model, training=False)(ids[None])
     probabilities = np.asarray(jax.nn.softmax(model.logits(features)[0]))  # [T, V]
     prediction = data["prediction"]
     assert prediction["values"][0] is None  # nothing predicts the START token

@@ -14,7 +14,7 @@ from test_cli import run_main
 from flaxlstm.config import LayerRates, Recipe
 from flaxlstm.data.vocabulary import Vocabulary
 from flaxlstm.models import LanguageModel, LmClassifier
-from flaxlstm.runs import load_lm_run, load_run
+from flaxlstm.training.runs import load_lm_run, load_run
 
 V, E, H = 40, 8, 12
 

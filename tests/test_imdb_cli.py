@@ -9,7 +9,7 @@ import pytest
 from shared_data import DATA_DIR, needs_data
 from test_cli import run_main
 
-from flaxlstm.runs import load_run
+from flaxlstm.training.runs import load_run
 
 
 @pytest.fixture(scope="module")

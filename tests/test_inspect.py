@@ -11,12 +11,14 @@ from flax import nnx
 from reference import lengths_to_mask, lstm_reference
 from test_cli import run_main
 
-from flaxlstm import Trace, capture_intermediates, runs, train
-from flaxlstm.checkpoint import Checkpointer
+from flaxlstm import Trace, capture_intermediates
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
 from flaxlstm.lab import plots, traces
 from flaxlstm.models import CumsumModel, ParityModel, SentimentClassifier
+from flaxlstm.training import runs
+from flaxlstm.training.checkpoint import Checkpointer
+from flaxlstm.training.loop import mode_view
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -84,7 +86,7 @@ def test_cnn_trace_runs_on_the_pooled_steps_the_model_reads():
     assert trace.h.shape == (2, 3, 4)  # 6 steps pooled by 2
     last = np.asarray(trace.h)[[0, 1], [2, 1]]  # the last pooled step holding a real token
     lstm_output = np.asarray(
-        capture_intermediates(train.mode_view(model, training=False), IDS, lengths=LENGTHS)[1][
+        capture_intermediates(mode_view(model, training=False), IDS, lengths=LENGTHS)[1][
             "lstm_output"
         ].get_value()
     )
@@ -140,7 +142,7 @@ def test_history_picture(tmp_path):
 
 
 def test_review_pictures(bilstm, tmp_path):
-    model = train.mode_view(bilstm, training=False)  # for the direct call below: no dropout
+    model = mode_view(bilstm, training=False)  # for the direct call below: no dropout
     words, p = traces.review_prefixes(model, VOCABULARY, REVIEW)
     assert len(words) == len(p) == 12 and np.all((p > 0) & (p < 1))
     # The prefix predictions end with the whole review's prediction.

@@ -12,11 +12,11 @@ from reference import lengths_to_mask, lstm_reference, sigmoid
 from test_core import make_layer, random_params
 from test_variants import MASK, VARIANTS, X
 
-from flaxlstm import train
 from flaxlstm.cell import Clamp
 from flaxlstm.lab import internals, plots, traces
 from flaxlstm.lab.internals import Ablation
 from flaxlstm.models import SentimentClassifier
+from flaxlstm.training.fit import predict
 from flaxlstm.variants import PeepholeLSTM
 
 F, H = 3, 4
@@ -279,7 +279,7 @@ def test_ablating_all_of_h_leaves_the_head_its_bias_through_evaluate_and_predict
     everything = Ablation("lstm", range(H), "h")
     effect = internals.ablation_effect(model, IDS, LABELS, everything, lengths=LENGTHS)
     p = sigmoid(float(model.head.bias[0]))  # σ(b): the prediction with h = 0
-    before = train.predict(model, IDS, lengths=LENGTHS)
+    before = predict(model, IDS, lengths=LENGTHS)
     np.testing.assert_allclose(effect.shift, p - before, rtol=1e-5, atol=1e-6)
     expected_loss = -np.mean(LABELS * np.log(p) + (1 - LABELS) * np.log(1 - p))
     np.testing.assert_allclose(effect.after["loss"], expected_loss, rtol=1e-5)
@@ -293,7 +293,7 @@ def test_ablating_all_of_h_leaves_the_head_its_bias_through_evaluate_and_predict
     after_graphdef, after_state = nnx.split(model)
     assert after_graphdef == graphdef and model.lstm.clamps == ()
     jax.tree.map(np.testing.assert_array_equal, after_state, state)
-    np.testing.assert_array_equal(train.predict(model, IDS, lengths=LENGTHS), before)
+    np.testing.assert_array_equal(predict(model, IDS, lengths=LENGTHS), before)
 
 
 def test_ablate_refuses_bad_requests_and_restores_after_an_error():

@@ -18,11 +18,12 @@ import pytest
 from flax import nnx
 from test_trust import BREAKS_AT_8, X, Y, cli, fit, saved_params
 
-from flaxlstm import train
-from flaxlstm.checkpoint import Checkpointer, CheckpointError
 from flaxlstm.cli import main
 from flaxlstm.files import DirectoryInUseError, DirectoryLock, atomic_write
 from flaxlstm.models import CumsumModel
+from flaxlstm.training import fit as supervised
+from flaxlstm.training.checkpoint import Checkpointer, CheckpointError
+from flaxlstm.training.loop import NonFiniteLossError
 
 STEPS_PER_EPOCH = 1080 // 20  # test_trust.cli: 1,200 sequences less 10 % held out, batch 20
 
@@ -185,7 +186,7 @@ def test_resuming_a_finished_run_says_it_is_complete(tmp_path, capsys):
     main([*argv, "--quiet"])
     first = json.loads((tmp_path / "metrics.json").read_text())
     main([*argv, "--resume"])
-    assert "The run is complete (1 epochs): nothing left to train" in capsys.readouterr().out
+    assert "The run is complete (2 steps): nothing left to train" in capsys.readouterr().out
     assert json.loads((tmp_path / "metrics.json").read_text())["test_loss"] == first["test_loss"]
 
 
@@ -199,8 +200,8 @@ def test_an_unwritable_file_is_one_line_naming_it(tmp_path):
 def test_a_non_finite_loss_without_checkpoints_does_not_promise_one():
     # (non-finite data is refused before training: tests/test_bad_input.py)
     model, breaks = CumsumModel(8, rngs=nnx.Rngs(0)), optax.sgd(BREAKS_AT_8)
-    with pytest.raises(train.NonFiniteLossError, match="no checkpoint directory was given"):
-        train.fit(model, X, Y, epochs=1, optimizer=breaks, quiet=True)
+    with pytest.raises(NonFiniteLossError, match="no checkpoint directory was given"):
+        supervised.fit(model, X, Y, epochs=1, optimizer=breaks, quiet=True)
 
 
 def test_resuming_from_an_earlier_checkpoint_replaces_the_later_saves(tmp_path, capsys):

@@ -12,10 +12,11 @@ import pytest  # noqa: E402
 keras = pytest.importorskip("keras")
 from keras import layers as kl  # noqa: E402
 
-from flaxlstm import from_keras, train  # noqa: E402
+from flaxlstm import from_keras  # noqa: E402
 from flaxlstm.config import IMDB_MODELS  # noqa: E402
 from flaxlstm.interop.keras import KerasSequential  # noqa: E402
 from flaxlstm.lab import traces  # noqa: E402
+from flaxlstm.training.fit import fit, predict  # noqa: E402
 
 # Keras warns that Conv1D and the max poolings drop the mask: that is what is matched here.
 pytestmark = [
@@ -139,9 +140,9 @@ def test_logits_for_flaxlstm_training(tmp_path):
     logits = from_keras(tmp_path / "m.keras", logits=True)
     expected = model.predict(IDS, verbose=0)[:, 0]
     assert logits(IDS).shape == (len(IDS),)
-    np.testing.assert_allclose(train.predict(logits, IDS), expected, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(train.predict(loaded, IDS, loss="mse")[:, 0], expected, atol=1e-6)
-    history = train.fit(logits, IDS, (LENGTHS[np.arange(10) % 5] > 3).astype(int), quiet=True)
+    np.testing.assert_allclose(predict(logits, IDS), expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(predict(loaded, IDS, loss="mse")[:, 0], expected, atol=1e-6)
+    history = fit(logits, IDS, (LENGTHS[np.arange(10) % 5] > 3).astype(int), quiet=True)
     assert np.isfinite(history["loss"]).all()
     with pytest.raises(ValueError, match="sigmoid or softmax"):
         from_keras(keras_model(kl.LSTM(HIDDEN), kl.Dense(1)), logits=True)

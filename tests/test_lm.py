@@ -1,4 +1,4 @@
-"""Language models (flaxlstm.lm, flaxlstm.data.text, LanguageModel, ``train lm`` and
+"""Language models (flaxlstm.training.lm, flaxlstm.data.text, LanguageModel, ``train lm`` and
 ``generate``): the carried state, the chunk layout, the sampled softmax, training that
 resumes bit for bit, generation, and the commands."""
 
@@ -16,17 +16,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from flaxlstm import lm
 from flaxlstm.cell import LSTMState
-from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.cli import main
 from flaxlstm.config import Recipe
 from flaxlstm.data import text
 from flaxlstm.data.vocabulary import OOV, PAD, START, Vocabulary, tokenize_chars
-from flaxlstm.interrupts import TrainingInterrupted
 from flaxlstm.models import LanguageModel
-from flaxlstm.runs import load_lm_run
-from flaxlstm.train import create_train_state, split_model
+from flaxlstm.training import lm
+from flaxlstm.training.checkpoint import Checkpointer
+from flaxlstm.training.interrupts import TrainingInterrupted
+from flaxlstm.training.loop import create_train_state, split_model
+from flaxlstm.training.runs import load_lm_run
 
 # One small model shape for the library tests, so that JAX compiles each step once.
 V, E, H, L = 10, 8, 16, 2
@@ -737,7 +737,8 @@ def test_bad_lm_commands_end_in_one_line(tmp_path, corpus, capsys):
 
 KILL_AT_STEP_8 = """
 import os, signal, sys
-from flaxlstm import cli, lm
+from flaxlstm import cli
+from flaxlstm.training import lm
 original, calls = lm.lm_train_step, [0]
 def step(*args, **kwargs):
     out = original(*args, **kwargs)

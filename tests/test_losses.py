@@ -8,8 +8,8 @@ from flax import nnx
 
 from flaxlstm import LSTM, PerStep
 from flaxlstm.config import Recipe
-from flaxlstm.losses import get_loss
-from flaxlstm.train import evaluate, fit, predict
+from flaxlstm.training.fit import evaluate, fit, predict
+from flaxlstm.training.losses import get_loss
 
 N, T, F, H, C = 12, 5, 2, 6, 3
 LENGTHS = np.array([5, 3, 1, 5, 2, 4, 5, 5, 1, 2, 3, 4], np.int32)

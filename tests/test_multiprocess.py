@@ -48,13 +48,13 @@ if processes > 1:
 
 from flax import nnx  # noqa: E402
 
-from flaxlstm import train  # noqa: E402
 from flaxlstm.data.synthetic import cumsum_sequences  # noqa: E402
 from flaxlstm.models import CumsumModel  # noqa: E402
+from flaxlstm.training.fit import fit  # noqa: E402
 
 x, y = cumsum_sequences(300, 10, seed=0)  # every process holds all of the data
 model = CumsumModel(8, rngs=nnx.Rngs(0))
-history = train.fit(
+history = fit(
     model, x, y, epochs=2, batch_size=24, validation_split=0.1, quiet=True,
     checkpoint_dir=f"{run_dir}/checkpoints", checkpoint_every=5, resume="--resume" in sys.argv,
     model_dir=f"{run_dir}/model", history_path=f"{run_dir}/history.json",
@@ -166,7 +166,7 @@ def cut_after(source: Path, target: Path, step: int) -> None:
 
 
 def test_two_processes_train_as_one_and_resume_each_others_checkpoints(tmp_path):
-    from flaxlstm.checkpoint import Checkpointer
+    from flaxlstm.training.checkpoint import Checkpointer
 
     two = job(tmp_path, tmp_path / "two", 2)
     # Both processes hold the same replicated model and the same history, bit for bit.
@@ -202,7 +202,7 @@ def test_two_processes_train_as_one_and_resume_each_others_checkpoints(tmp_path)
 
 
 def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
-    from flaxlstm.checkpoint import Checkpointer
+    from flaxlstm.training.checkpoint import Checkpointer
 
     script = tmp_path / "long.py"  # long enough to be stopped in the middle
     script.write_text(TRAIN.replace("epochs=2,", "epochs=100,"))

@@ -14,8 +14,8 @@ from flaxlstm.data.synthetic import (
     parity_sequences,
 )
 from flaxlstm.models import AddingModel, ParityModel, TokenClassifier
-from flaxlstm.runs import train_cumsum_model
-from flaxlstm.train import evaluate, fit, predict
+from flaxlstm.training.fit import evaluate, fit, predict
+from flaxlstm.training.runs import train_cumsum_model
 
 
 def test_cumsum_sequences_follow_seed_001():

@@ -13,13 +13,15 @@ from flaxlstm import LSTM
 from flaxlstm.data.batches import Batch, batches
 from flaxlstm.data.synthetic import cumsum_sequences, parity_sequences
 from flaxlstm.models import CumsumModel, ParityModel
-from flaxlstm.train import (
-    binary_cross_entropy,
-    evaluate,
-    example_weights,
-    fit,
-    predict,
-)
+from flaxlstm.training.fit import evaluate, example_weights, fit, metric_sums, predict
+from flaxlstm.training.losses import LOSSES
+
+
+def binary_cross_entropy(logits, labels, lengths=None):
+    """The mean binary cross-entropy over real labels, as a train step computes it."""
+    batch = Batch(None, jnp.asarray(labels), lengths, np.ones(len(labels), np.float32))
+    sums = metric_sums(jnp.asarray(logits, jnp.float32), batch, LOSSES["binary_crossentropy"])
+    return sums[0] / sums[2]
 
 
 class DropoutModel(nnx.Module):
@@ -71,11 +73,11 @@ def test_masked_per_step_loss_ignores_padded_steps():
     weights = example_weights(batch)
     np.testing.assert_array_equal(weights, np.arange(5) < lengths[:, None])
     real = weights.astype(bool)
-    loss = binary_cross_entropy(logits, labels, weights)
+    loss = binary_cross_entropy(logits, labels, lengths)
     # Anything at padded steps changes nothing ...
     noisy_logits = np.where(real, logits, 1e4)
     noisy_labels = np.where(real, labels, 1 - labels)
-    np.testing.assert_array_equal(loss, binary_cross_entropy(noisy_logits, noisy_labels, weights))
+    np.testing.assert_array_equal(loss, binary_cross_entropy(noisy_logits, noisy_labels, lengths))
     # ... and the loss is the mean over the 7 real steps alone.
     np.testing.assert_allclose(loss, binary_cross_entropy(logits[real], labels[real]), rtol=1e-6)
 

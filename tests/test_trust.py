@@ -16,10 +16,11 @@ import pytest
 from flax import nnx
 from test_train import params_of
 
-from flaxlstm import train
-from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.data.synthetic import cumsum_sequences
 from flaxlstm.models import CumsumModel
+from flaxlstm.training import fit as supervised
+from flaxlstm.training.checkpoint import Checkpointer
+from flaxlstm.training.loop import NonFiniteLossError
 
 X, Y = cumsum_sequences(240, 10, seed=0)
 VAL = cumsum_sequences(60, 10, seed=1)
@@ -27,7 +28,7 @@ VAL = cumsum_sequences(60, 10, seed=1)
 
 def fit(model, **kwargs):
     kwargs = {"epochs": 3, "batch_size": 24, "quiet": True, "seed": 0, **kwargs}
-    return train.fit(model, X, Y, **kwargs)
+    return supervised.fit(model, X, Y, **kwargs)
 
 
 # --- killed with SIGKILL in the middle of an epoch, then resumed ---------------------------
@@ -93,10 +94,10 @@ def test_the_model_kept_is_the_best_epoch_unless_asked_otherwise():
     history = fit(best, epochs=6, validation_data=VAL, optimizer=NOISY)
     val = history["val_loss"]
     assert np.argmin(val) != len(val) - 1, "this setting must overfit for the test to mean much"
-    np.testing.assert_allclose(train.evaluate(best, *VAL)["loss"], min(val), rtol=1e-6)
+    np.testing.assert_allclose(supervised.evaluate(best, *VAL)["loss"], min(val), rtol=1e-6)
     last = CumsumModel(8, rngs=nnx.Rngs(0))
     fit(last, epochs=6, validation_data=VAL, optimizer=NOISY, restore_best=False)
-    np.testing.assert_allclose(train.evaluate(last, *VAL)["loss"], val[-1], rtol=1e-6)
+    np.testing.assert_allclose(supervised.evaluate(last, *VAL)["loss"], val[-1], rtol=1e-6)
 
 
 def test_early_stopping_stops_after_patience_epochs_without_improvement():
@@ -113,7 +114,7 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement():
 PARALLEL = """
 import jax, numpy as np
 from flax import nnx
-from flaxlstm import train
+from flaxlstm.training import fit as supervised
 from flaxlstm.data.synthetic import cumsum_sequences
 from flaxlstm.models import CumsumModel
 assert len(jax.devices()) == 2, jax.devices()
@@ -121,7 +122,7 @@ x, y = cumsum_sequences(250, 10, seed=0)  # 250 = 10 full batches of 24 and one 
 results = []
 for devices in (jax.devices()[:1], jax.devices()):
     model = CumsumModel(8, rngs=nnx.Rngs(0))
-    history = train.fit(model, x, y, epochs=2, batch_size=24, quiet=True, devices=devices)
+    history = supervised.fit(model, x, y, epochs=2, batch_size=24, quiet=True, devices=devices)
     leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
     results.append((history, [np.asarray(a) for a in leaves]))
 (h1, p1), (h2, p2) = results
@@ -129,7 +130,7 @@ np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-5)
 for a, b in zip(p1, p2):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 try:
-    train.fit(CumsumModel(8, rngs=nnx.Rngs(0)), x, y, batch_size=25, quiet=True)
+    supervised.fit(CumsumModel(8, rngs=nnx.Rngs(0)), x, y, batch_size=25, quiet=True)
 except ValueError as e:
     print("refused:", e)
 """
@@ -154,7 +155,7 @@ def BREAKS_AT_8(count):
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     model = CumsumModel(8, rngs=nnx.Rngs(0))
     before = params_of(model)
-    with pytest.raises(train.NonFiniteLossError, match=r"step \d+ \(epoch 1, batch \d+\)") as info:
+    with pytest.raises(NonFiniteLossError, match=r"step \d+ \(epoch 1, batch \d+\)") as info:
         fit(model, optimizer=optax.sgd(BREAKS_AT_8), checkpoint_dir=tmp_path, checkpoint_every=1)
     step = int(str(info.value).split("step ")[1].split()[0])
     assert step == 8 and "batch 8" in str(info.value) and "\n" not in str(info.value)

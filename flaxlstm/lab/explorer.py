@@ -27,12 +27,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from flaxlstm import runs, train
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.files import atomic_write
 from flaxlstm.lab import internals
 from flaxlstm.lab.traces import trace_model
 from flaxlstm.models import LanguageModel, MaxPool1D
+from flaxlstm.training import runs
+from flaxlstm.training.fit import predict
+from flaxlstm.training.loop import mode_view
 
 MAX_TOKENS = 200  # tokens of the text shown (after the START token); more are cut off
 DECIMALS = 3
@@ -127,7 +129,7 @@ def _prediction(model, vocabulary, ids: np.ndarray) -> dict:
     """What the model predicts after each token of ``ids`` [T] (START first)."""
     time = len(ids)
     if isinstance(model, LanguageModel):
-        features, _ = train.mode_view(model, training=False)(ids[None])
+        features, _ = mode_view(model, training=False)(ids[None])
         probabilities = np.asarray(jax.nn.softmax(model.logits(features)[0], axis=-1))  # [T, V]
         given = probabilities[np.arange(time - 1), ids[1:]]  # P(token t) at step t - 1
         guesses = probabilities.argmax(axis=-1)
@@ -139,7 +141,7 @@ def _prediction(model, vocabulary, ids: np.ndarray) -> dict:
         )
     # A classifier: each prefix scored as a text of its own (as traces.review_prefixes).
     prefixes = np.broadcast_to(ids, (time, time))  # padding past each length is masked
-    p = train.predict(model, prefixes, lengths=np.arange(1, time + 1, dtype=np.int32))
+    p = predict(model, prefixes, lengths=np.arange(1, time + 1, dtype=np.int32))
     return dict(label="P(positive) if the text ended here", values=_rounded(p))
 
 

@@ -27,13 +27,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from flaxlstm import train
 from flaxlstm.cell import Clamp, Trace, check_clamps
 from flaxlstm.checks import check_positive_int
 from flaxlstm.data.batches import Batch, check_data
 from flaxlstm.lab.traces import lstm_layers, traced_steps
 from flaxlstm.layers import LSTM
-from flaxlstm.losses import Loss
+from flaxlstm.training.fit import evaluate, predict
+from flaxlstm.training.losses import Loss
 from flaxlstm.variants import VariantLSTM
 
 # ----------------------------------------------------------------------------- tracing a data set
@@ -386,7 +386,7 @@ def ablate(
 
     It sets the layer's ``clamps`` (a static field: part of the graphdef, like
     ``hand_written_backward``) and restores it on leaving, so every use of the same model
-    object inside the block is ablated (its calls, ``train.evaluate``, ``train.predict``,
+    object inside the block is ablated (its calls, ``evaluate``, ``predict``,
     traces) and the parameters are never touched. Blocks nest: the clamps add up. The standard
     cell only (not ``flaxlstm.variants``).
     """
@@ -405,8 +405,8 @@ def ablate(
 
 class AblationEffect(NamedTuple):
     """What an ablation changes over a data set: ``before`` and ``after`` are
-    ``train.evaluate``'s {"loss", metric}, ``change`` is after − before, and ``shift`` is
-    ``train.predict``'s output after − before, per example ([N], [N, T] or [N(, T), C])."""
+    ``evaluate``'s {"loss", metric}, ``change`` is after − before, and ``shift`` is
+    ``predict``'s output after − before, per example ([N], [N, T] or [N(, T), C])."""
 
     before: dict[str, float]
     after: dict[str, float]
@@ -425,7 +425,7 @@ def ablation_effect(
     loss: str | Callable | Loss = "binary_crossentropy",
 ) -> AblationEffect:
     """The loss, metric and predictions of ``model`` on (x, y) without and with ``ablation``
-    (one ``Ablation`` or several at once), through ``train.evaluate`` and ``train.predict``
+    (one ``Ablation`` or several at once), through ``evaluate`` and ``predict``
     on the model itself: the training code's own path."""
     ablations = [ablation] if isinstance(ablation, Ablation) else list(ablation)
     if not all(isinstance(a, Ablation) for a in ablations):
@@ -433,7 +433,7 @@ def ablation_effect(
 
     def scores() -> tuple[dict[str, float], np.ndarray]:
         options = dict(lengths=lengths, batch_size=batch_size, loss=loss)
-        return train.evaluate(model, x, y, **options), train.predict(model, x, **options)
+        return evaluate(model, x, y, **options), predict(model, x, **options)
 
     before, predicted = scores()
     with contextlib.ExitStack() as stack:

@@ -17,12 +17,13 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from flaxlstm import train
 from flaxlstm.cell import Trace
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.lab.internals import Saturation
 from flaxlstm.lab.traces import first_step, review_prefixes, trace_model
 from flaxlstm.models import CumsumModel, SentimentClassifier
+from flaxlstm.training.fit import predict
+from flaxlstm.training.loop import History
 
 GATE_NAMES = {
     "i": "input gate i",
@@ -102,7 +103,7 @@ def plot_cumsum(
         [np.corrcoef(cell_c[..., u].ravel(), running_c)[0, 1] for u in range(cell.shape[-1])]
     )
     chosen = np.argsort(-np.abs(r))[:units]
-    p = train.predict(model, x[index : index + 1])[0]
+    p = predict(model, x[index : index + 1])[0]
     crossing = int(first_step(y[index : index + 1] == 1)[0])
     predicted = int(first_step(p[None] > 0.5)[0])
     steps = np.arange(1, time + 1)  # step numbers as a reader counts them
@@ -252,7 +253,7 @@ def plot_text_values(tokens: Sequence[str], values, *, title: str = "", width: i
     return fig
 
 
-def plot_history(history: train.History, title: str = "Training curves") -> Figure:
+def plot_history(history: History, title: str = "Training curves") -> Figure:
     """Loss and accuracy per epoch: training (``loss``, ``accuracy``) and every data set scored
     after each epoch (``val_loss``, ``test_accuracy``, ...), one line each."""
     fig = Figure(figsize=(9, 3.6), layout="constrained")

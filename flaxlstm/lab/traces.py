@@ -17,12 +17,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from flaxlstm import train
 from flaxlstm.cell import Trace
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data.batches import Batch, check_data
 from flaxlstm.layers import LSTM, capture_intermediates
 from flaxlstm.models import CumsumModel, SentimentClassifier
+from flaxlstm.training.fit import predict
+from flaxlstm.training.loop import mode_view
 
 
 def trace_model(model: nnx.Module, inputs: jax.Array, lengths=None, mask=None) -> dict[str, Trace]:
@@ -51,7 +52,7 @@ def traced_steps(
     or the padding the model found by itself)."""
     # Checked on the host: inside jit, token ids out of range would be clamped silently.
     data = check_data(model, Batch(inputs, None, lengths))
-    recorded = _recorded(train.mode_view(model, training=False), data.inputs, data.lengths, mask)
+    recorded = _recorded(mode_view(model, training=False), data.inputs, data.lengths, mask)
     if not recorded["trace"]:
         raise TypeError(f"no flaxlstm LSTM layer in a {type(model).__name__} to trace")
     traces, real = recorded["trace"], recorded["real"]
@@ -98,7 +99,7 @@ def cumsum_crossings(
     """For cumsum sequences x [N, T, 1] and labels y [N, T]: the step where the prediction first
     exceeds 0.5 and the step where the label first turns 1 (the running sum reaches T/4), each
     [N] (T where it never does)."""
-    return first_step(train.predict(model, x) > 0.5), first_step(np.asarray(y) == 1)
+    return first_step(predict(model, x) > 0.5), first_step(np.asarray(y) == 1)
 
 
 def review_prefixes(
@@ -110,7 +111,7 @@ def review_prefixes(
     """The first ``max_words`` words of a review and P(positive) after each of them [n]: the
     prediction if the review ended there.
 
-    Every prefix is scored as a review of its own (``train.predict`` with lengths 2, 3, ...
+    Every prefix is scored as a review of its own (``predict`` with lengths 2, 3, ...
     after the START id), so this holds for any model: bidirectional and CNN ones included.
     """
     words = imdb_data.tokenize(text)[:max_words]
@@ -119,4 +120,4 @@ def review_prefixes(
     (ids,) = vocabulary.encode_tokens([words])  # [1 + n]: START, then the words
     n = len(words)
     prefixes = np.broadcast_to(ids, (n, n + 1))  # padding past each length is masked
-    return words, train.predict(model, prefixes, lengths=np.arange(2, n + 2, dtype=np.int32))
+    return words, predict(model, prefixes, lengths=np.arange(2, n + 2, dtype=np.int32))

@@ -1,4 +1,4 @@
-"""Language models (``flaxlstm.lm`` trains them) and the classifier fine-tuned from one
+"""Language models (``flaxlstm.training.lm`` trains them) and the classifier fine-tuned from one
 (``LmClassifier``: ``flaxlstm train imdb --init-from LM_RUN``)."""
 
 from __future__ import annotations

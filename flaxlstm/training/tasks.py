@@ -1,5 +1,5 @@
 """What each ``flaxlstm train`` task assembles: its data, its model and its run directory,
-trained by ``flaxlstm.train.fit`` (the synthetic tasks and IMDB) or ``flaxlstm.lm.train_lm``
+trained by ``flaxlstm.fit`` (the synthetic tasks and IMDB) or ``flaxlstm.training.lm.train_lm``
 (language models), with metrics.json, history.json and config.json written beside the model.
 ``flaxlstm.cli`` parses the options into a config and calls one of the ``train_*`` here.
 """
@@ -17,7 +17,6 @@ from collections.abc import Iterator
 import numpy as np
 from flax import nnx
 
-from flaxlstm import lm, train
 from flaxlstm.config import (
     AddingConfig,
     CumsumConfig,
@@ -34,7 +33,10 @@ from flaxlstm.data.batches import split_point
 from flaxlstm.files import DirectoryLock, save_json
 from flaxlstm.layers import set_loop
 from flaxlstm.models import AddingModel, CumsumModel, ParityModel
-from flaxlstm.runs import (
+from flaxlstm.training import lm
+from flaxlstm.training.fit import EVAL_BATCH_FACTOR, evaluate, fit, predict
+from flaxlstm.training.loop import History
+from flaxlstm.training.runs import (
     LM_CLASSIFIER,
     LmRun,
     imdb_model,
@@ -81,7 +83,7 @@ def fit_and_test(
     start = time.perf_counter()
     x, y, lengths = (*train_data, None)[:3]
     set_loop(model, config.loop)
-    history = train.fit(
+    history = fit(
         model,
         x,
         y,
@@ -107,14 +109,14 @@ def fit_and_test(
     if test_data is None:
         return write_metrics(config, {}, 0, seconds, final_validation(config, history))
     x, y, lengths = (*test_data, None)[:3]
-    test = train.evaluate(
-        model, x, y, lengths=lengths, batch_size=train.EVAL_BATCH_FACTOR * config.batch_size,
+    test = evaluate(
+        model, x, y, lengths=lengths, batch_size=EVAL_BATCH_FACTOR * config.batch_size,
         bucket_width=bucket_width, loss=loss,
     )  # fmt: skip
     return write_metrics(config, test, len(x), seconds)
 
 
-def final_validation(config: RunConfig, history: train.History) -> dict:
+def final_validation(config: RunConfig, history: History) -> dict:
     """The validation scores (``val_loss``, ``val_accuracy``, ...) of the model a run ends
     with: its epoch of lowest ``val_loss`` with ``restore_best``, else its last."""
     if "val_loss" not in history:
@@ -155,7 +157,7 @@ def train_cumsum(config: CumsumConfig) -> None:
         fit_and_test(config, model, train_data, test_data)
         if not config.quiet:  # seed 001's listing, for the first held-out sequence
             (x, y) = test_data
-            for label, p in zip(y[0], train.predict(model, x[:1])[0], strict=True):
+            for label, p in zip(y[0], predict(model, x[:1])[0], strict=True):
                 print(f"Expected: {label} Predicted {p:.4f}")
 
 

@@ -15,9 +15,9 @@ starts (``Chunk.resets``). The loss is the mean over real steps of −log p(next
   function Σ_v exp(z_v) estimated by exp(z_y) + Σ_{s_j ≠ y} exp(z_{s_j}) / (K q(s_j)), whose
   expectation it is. The cost per step falls from V to K output columns.
 
-``train_lm`` runs the loop with the same guarantees as ``flaxlstm.train.fit``: checkpoints
-that hold the carried state too (a resumed run ends bit for bit as an uninterrupted one),
-one run per locked directory, SIGINT/SIGTERM saved at the step under way.
+``train_lm`` trains in the one training loop (``flaxlstm.training.loop``), as ``fit`` does:
+its checkpoints hold the carried state too, so that a resumed run ends bit for bit as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ import dataclasses
 import functools
 import math
 import os
-import time
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, NamedTuple
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,24 +36,14 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from flaxlstm.cell import LSTMState
-from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.checks import check_positive_int
 from flaxlstm.config import Recipe
 from flaxlstm.data.text import Chunk, chunk_at, chunks, layout, steps_of
 from flaxlstm.data.vocabulary import OOV, PAD, START
-from flaxlstm.files import save_json
-from flaxlstm.interrupts import deferred_signals
 from flaxlstm.models import LanguageModel
 from flaxlstm.recurrent import make_mask
-from flaxlstm.train import (
-    NonFiniteLossError,
-    TrainState,
-    create_train_state,
-    interruption,
-    locked_checkpoints,
-    restore_or_refuse,
-    split_model,
-)
+from flaxlstm.training import loop
+from flaxlstm.training.loop import TrainState, create_train_state, split_model
 
 # ----------------------------------------------------------------------------- losses
 
@@ -187,71 +175,12 @@ def loss_totals(model, graphdef, params, non_params, documents, batch_size, bptt
 # ----------------------------------------------------------------------------- training
 
 
-@dataclasses.dataclass(frozen=True)
-class LmProgress:
-    """Where a language-model run stands (each checkpoint's metadata).
-
-    epoch: the epoch under way (from 1); chunk: its chunks already trained; window: the loss
-    sum, tokens and seconds trained since the last evaluation; history: one entry per
-    evaluation (``step``, ``tokens``, ``loss``, ``tokens_per_second``, ``val_loss``,
-    ``val_perplexity``, ``val_bits``); tokens: all trained so far; settings: ``SETTINGS``,
-    which a resumed run must share.
-    """
-
-    SETTINGS: ClassVar[str] = (
-        "documents, tokens, batch_size, bptt, seed, epochs, max_steps, samples"
-    )
-
-    settings: list
-    epoch: int = 1
-    chunk: int = 0
-    window: list = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
-    history: dict = dataclasses.field(default_factory=dict)
-    tokens: int = 0
-
-    def to_meta(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> LmProgress:
-        return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls)})
-
-
 def epoch_plan(documents: Sequence[np.ndarray], rows: int, bptt: int, seed: int, epoch: int):
     """The documents in epoch ``epoch``'s order (drawn from [seed, epoch]) and their
     ``layout``."""
     order = np.random.default_rng([seed, epoch]).permutation(len(documents))
     ordered = [documents[i] for i in order]
     return ordered, layout(steps_of(ordered), rows, bptt)
-
-
-class LmRun(NamedTuple):
-    """What stays fixed while ``train_lm`` trains."""
-
-    model: LanguageModel
-    documents: Sequence[np.ndarray]
-    validation: Sequence[np.ndarray]
-    graphdef: nnx.GraphDef  # the model in training mode
-    eval_graphdef: nnx.GraphDef  # and in eval mode
-    tx: optax.GradientTransformation
-    key: jax.Array  # the sampled softmax's samples: fold_in(key, step)
-    samples: int
-    batch_size: int
-    bptt: int
-    seed: int
-    epochs: int
-    total: int  # steps in all
-    eval_every: int | None
-    checkpoint_every: int | None
-    checkpoints: Checkpointer | None
-    models: Checkpointer | None  # the parameters after every evaluation
-    history_path: str | os.PathLike | None  # rewritten after every evaluation
-    received: Callable[[], int | None]  # the SIGINT or SIGTERM that came, if any
-    quiet: bool
-
-    def save(self, step: int, state: TrainState, carry: LSTMState, progress: LmProgress):
-        if self.checkpoints is not None:
-            self.checkpoints.save(step, {"train": state, "carry": carry}, progress.to_meta())
 
 
 def train_lm(
@@ -302,29 +231,18 @@ def train_lm(
     total = min(steps, max_steps or steps)
     tx = (recipe or Recipe()).optimizer(total)
     graphdef, state = create_train_state(model, tx)
-    carry = zero_carry(model, batch_size)
-    settings = [len(documents), int(sum(map(len, documents)))]
-    progress = LmProgress([*settings, batch_size, bptt, seed, epochs, max_steps, samples])
-    with locked_checkpoints(checkpoint_dir) as checkpoints, deferred_signals() as received:
-        run = LmRun(
-            model, documents, validation, graphdef, split_model(model, training=False)[0], tx,
-            jax.random.key(seed), samples, batch_size, bptt, seed, epochs, total, eval_every,
-            checkpoint_every, checkpoints, None if model_dir is None else Checkpointer(model_dir),
-            history_path, received, quiet,
-        )  # fmt: skip
-        trees, progress = restore_or_refuse(
-            checkpoints, {"train": state, "carry": carry}, progress, resume
-        )
-        state, carry = trees["train"], trees["carry"]
-        if int(state.step) >= total and not quiet:
-            print(f"The run is complete ({total} steps): nothing left to train")
-        while int(state.step) < total:
-            state, carry, progress = train_lm_epoch(run, state, carry, progress)
-    final = jax.device_get((state.params, state.non_params))
-    nnx.update(model, *jax.tree.map(jnp.asarray, final))
-    if history_path is not None:
-        save_json(history_path, progress.history)
-    return progress.history
+    objective = NextTokens(
+        model=model, documents=documents, validation=validation, graphdef=graphdef,
+        eval_graphdef=split_model(model, training=False)[0], tx=tx, key=jax.random.key(seed),
+        samples=samples, batch_size=batch_size, bptt=bptt, seed=seed, epochs=epochs,
+        max_steps=max_steps,
+    )  # fmt: skip
+    plan = loop.Plan(
+        epochs=epochs, steps=total, eval_every=eval_every, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every, resume=resume, model_dir=model_dir,
+        history_path=history_path, quiet=quiet,
+    )  # fmt: skip
+    return loop.train(model, objective, plan, state, zero_carry(model, batch_size))
 
 
 def _check_lm_options(
@@ -347,89 +265,56 @@ def _check_lm_options(
         raise ValueError("no documents to train on or to validate on")
 
 
-def train_lm_epoch(run: LmRun, state: TrainState, carry: LSTMState, progress: LmProgress):
-    """Train the rest of epoch ``progress.epoch`` (from chunk ``progress.chunk``), or up to
-    the run's last step; evaluate and checkpoint on the way. Returns (state, carry,
-    progress)."""
-    ordered, plan = epoch_plan(run.documents, run.batch_size, run.bptt, run.seed, progress.epoch)
-    chunks_in_epoch, step = len(plan.documents), int(state.step)
-    bar = tqdm(
-        total=chunks_in_epoch, initial=progress.chunk, leave=False, disable=run.quiet,
-        desc=f"Epoch {progress.epoch}/{run.epochs}", unit="chunk",
-    )  # fmt: skip
-    window, started = np.array(progress.window), time.perf_counter()
-    for c in range(progress.chunk, chunks_in_epoch):
-        chunk = chunk_at(ordered, plan, c, run.bptt)
-        state, carry, sums = lm_train_step(
-            state, carry, chunk, run.key, graphdef=run.graphdef, tx=run.tx, samples=run.samples
+@dataclasses.dataclass(frozen=True, eq=False)
+class NextTokens:
+    """``train_lm``'s objective for the loop (``loop.Objective``): chunks of the documents in a
+    new order every epoch, the LSTM state carried from chunk to chunk, scored on the
+    validation documents with the full softmax."""
+
+    model: LanguageModel  # the shape of its zero state
+    documents: Sequence[np.ndarray]
+    validation: Sequence[np.ndarray]
+    graphdef: nnx.GraphDef  # the model in training mode
+    eval_graphdef: nnx.GraphDef  # and in eval mode
+    tx: optax.GradientTransformation
+    key: jax.Array  # the sampled softmax's samples: fold_in(key, step)
+    samples: int
+    batch_size: int
+    bptt: int
+    seed: int
+    epochs: int
+    max_steps: int | None
+
+    @property
+    def settings(self) -> dict:
+        data = {"documents": len(self.documents), "tokens": int(sum(map(len, self.documents)))}
+        names = ("batch_size", "bptt", "seed", "epochs", "max_steps", "samples")
+        return data | {name: getattr(self, name) for name in names}
+
+    def batches(self, epoch: int, first: int):
+        ordered, plan = epoch_plan(self.documents, self.batch_size, self.bptt, self.seed, epoch)
+        count = len(plan.documents)
+        return count, (chunk_at(ordered, plan, c, self.bptt) for c in range(first, count))
+
+    def step(self, state: TrainState, carry: LSTMState, chunk: Chunk):
+        return lm_train_step(
+            state, carry, chunk, self.key, graphdef=self.graphdef, tx=self.tx, samples=self.samples
         )
-        step += 1
-        sums = np.asarray(sums, np.float64)  # waits for the step: an honest clock
-        if not np.isfinite(sums[0]):
-            raise NonFiniteLossError(
-                f"the loss is not finite at step {step} (epoch {progress.epoch}, chunk {c + 1});"
-                " training stopped, the last good checkpoint is kept"
-            )
-        window += [sums[0], sums[1], time.perf_counter() - started]
-        bar.update()
-        bar.set_postfix(
-            loss=f"{window[0] / max(window[1], 1):.3f}",
-            tokens_per_s=f"{window[1] / max(window[2], 1e-9):.0f}",
-        )
-        last = c == chunks_in_epoch - 1
-        progress = dataclasses.replace(
-            progress, epoch=progress.epoch + last, chunk=0 if last else c + 1,
-            window=window.tolist(), tokens=progress.tokens + int(sums[1]),
+
+    def scores(self, state: TrainState) -> dict[str, float]:
+        total = loss_totals(
+            self.model, self.eval_graphdef, state.params, state.non_params, self.validation,
+            self.batch_size, self.bptt,
         )  # fmt: skip
-        evaluate_now = last or step == run.total or (run.eval_every and step % run.eval_every == 0)
-        signum = run.received()
-        if evaluate_now:
-            progress = _evaluate(run, state, progress, step)
-            window = np.zeros(3)
-            if run.models is not None:
-                run.models.save(step, jax.device_get(state.params), {"step": step})
-            if run.history_path is not None:  # a result outlives the process that measured it
-                save_json(run.history_path, progress.history)
-            if not run.quiet:
-                bar.write(_history_line(progress.history))
-        if evaluate_now or signum or (run.checkpoint_every and step % run.checkpoint_every == 0):
-            run.save(step, state, carry, progress)
-        if signum:
-            bar.close()
-            where = f"epoch {progress.epoch}, chunk {progress.chunk} (step {step})"
-            raise interruption(signum, where, run.checkpoints)
-        if step == run.total:
-            break
-        started = time.perf_counter()
-    bar.close()
-    return state, carry, progress
+        return {f"val_{k}": v for k, v in scores(total[0], total[1]).items()}
 
-
-def _history_line(history: dict[str, list]) -> str:
-    """The last evaluation of ``history`` on one line."""
-    last = {k: v[-1] for k, v in history.items()}
-    steps = f"step {last.pop('step'):.0f} - tokens {last.pop('tokens'):.0f}"
-    speed = f"{last.pop('tokens_per_second'):.0f} tokens/s"
-    return " - ".join([steps, *(f"{k} {v:.4f}" for k, v in last.items()), speed])
-
-
-def _evaluate(run: LmRun, state: TrainState, progress: LmProgress, step: int) -> LmProgress:
-    """``progress`` with one more history entry: the training window's loss and speed, and
-    the validation scores of ``state``'s parameters."""
-    total = loss_totals(
-        run.model, run.eval_graphdef, state.params, state.non_params, run.validation,
-        run.batch_size, run.bptt,
-    )  # fmt: skip
-    loss_sum, tokens, seconds = progress.window
-    entry = {
-        "step": step,
-        "tokens": progress.tokens,
-        "loss": loss_sum / max(tokens, 1.0),
-        "tokens_per_second": tokens / max(seconds, 1e-9),
-        **{f"val_{k}": v for k, v in scores(total[0], total[1]).items()},
-    }
-    history = {k: [*progress.history.get(k, []), float(v)] for k, v in entry.items()}
-    return dataclasses.replace(progress, history=history, window=[0.0, 0.0, 0.0])
+    def entry(self, sums: np.ndarray, seconds: float, step: int, seen: float) -> dict:
+        return {
+            "step": step,
+            "tokens": int(seen),
+            "loss": sums[0] / max(sums[1], 1.0),
+            "tokens_per_second": sums[1] / max(seconds, 1e-9),
+        }
 
 
 # ----------------------------------------------------------------------------- generation

@@ -10,8 +10,6 @@ from typing import NamedTuple
 
 from flax import nnx
 
-from flaxlstm import train
-from flaxlstm.checkpoint import Checkpointer
 from flaxlstm.config import InspectCumsumConfig, Recipe
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
@@ -22,6 +20,9 @@ from flaxlstm.models import (
     LmClassifier,
     SentimentClassifier,
 )
+from flaxlstm.training.checkpoint import Checkpointer
+from flaxlstm.training.fit import fit
+from flaxlstm.training.loop import History
 
 
 class Run(NamedTuple):
@@ -125,7 +126,7 @@ def _restore_model(model: nnx.Module, run_dir) -> None:
     nnx.update(model, restored[0])
 
 
-def read_history(run_dir: str | os.PathLike) -> train.History:
+def read_history(run_dir: str | os.PathLike) -> History:
     """A run directory's history.json (written by ``fit``): metric name → one value per epoch."""
     path = os.path.join(run_dir, "history.json")
     if not os.path.isfile(path):
@@ -151,5 +152,5 @@ def train_cumsum_model(
     x, y = synthetic.cumsum_sequences(samples, steps, seed=[seed, 0])
     model = CumsumModel(hidden, rngs=nnx.Rngs(seed))
     recipe = Recipe(learning_rate=learning_rate)
-    train.fit(model, x, y, epochs=epochs, seed=seed, recipe=recipe, quiet=True)
+    fit(model, x, y, epochs=epochs, seed=seed, recipe=recipe, quiet=True)
     return model
