@@ -1,8 +1,8 @@
 """What moved, at its old import path for one release, with a DeprecationWarning: modules
 (``MOVED``, old path → new path, or the paths its names are now split over: importing one
-gives a module that forwards every name to them) and names that moved to another module (``MOVED_NAMES``, (module, name) → the module
-that holds it now: the old module's ``__getattr__`` calls ``moved_attribute``). These two are
-the one list of them."""
+gives a module that forwards every name to them) and names that moved to another module
+(``MOVED_NAMES``, (module, name) → the module that holds it now: the old module's
+``__getattr__`` calls ``moved_attribute``). These two are the one list of them."""
 
 from __future__ import annotations
 
