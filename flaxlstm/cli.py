@@ -14,6 +14,8 @@ status 2; bad data or an unwritable DIR with one line and exit status 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import os
 import runpy
 import sys
@@ -30,14 +32,11 @@ from flaxlstm.config import (
     InspectCumsumConfig,
     LmConfig,
     ParityConfig,
-    add_options,
-    from_options,
-    non_negative_float,
-    positive_int,
 )
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
 from flaxlstm.models import MODELS
+from flaxlstm.options import OptionError, non_negative_float, positive_int
 from flaxlstm.recurrent import describe_loop
 from flaxlstm.training import lm
 from flaxlstm.training.fit import evaluate, predict
@@ -64,6 +63,43 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def argument_type(parse):
+    """``parse`` (a config field's parser of text) for argparse: its OptionError as argparse's
+    one-line usage error."""
+
+    @functools.wraps(parse)
+    def convert(text: str):
+        try:
+            return parse(text)
+        except OptionError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return convert
+
+
+POSITIVE_INT, NON_NEGATIVE_FLOAT = map(argument_type, (positive_int, non_negative_float))
+
+
+def add_options(parser: argparse.ArgumentParser, config) -> None:
+    """One ``--option`` per field of the dataclass ``config`` (defaults from the instance)."""
+    for f in dataclasses.fields(config):
+        flag, default, meta = "--" + f.name.replace("_", "-"), getattr(config, f.name), f.metadata
+        if isinstance(default, bool):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=meta["help"]
+            )
+        else:
+            parse = None if meta["parse"] is None else argument_type(meta["parse"])
+            parser.add_argument(
+                flag, type=parse, choices=meta["choices"], default=default, help=meta["help"]
+            )
+
+
+def from_options(config_type: type, args: argparse.Namespace):
+    """The ``config_type`` that the parsed ``args`` describe."""
+    return config_type(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_type)})
 
 
 def build_parser() -> Parser:
@@ -93,22 +129,27 @@ def build_parser() -> Parser:
     predict.set_defaults(run=predict_reviews)
 
     generate = commands.add_parser(
-        "generate", help="sample text from a 'train lm' model",
+        "generate",
+        help="sample text from a 'train lm' model",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )  # fmt: skip
+    )
     generate.add_argument("--model-dir", required=True, help="a 'train lm' run directory")
     generate.add_argument("--prompt", default="", help="the text to go on from")
-    generate.add_argument("--tokens", type=positive_int, default=200, help="tokens to sample")
+    generate.add_argument("--tokens", type=POSITIVE_INT, default=200, help="tokens to sample")
     generate.add_argument(
-        "--temperature", type=non_negative_float, default=1.0, help="0: the likeliest token"
+        "--temperature",
+        type=NON_NEGATIVE_FLOAT,
+        default=1.0,
+        help="0: the likeliest token",
     )
     generate.add_argument("--seed", type=int, default=0, help="of the sampling")
     generate.set_defaults(run=generate_text)
 
     bench = commands.add_parser(
-        "bench", help="time the training step against PyTorch, Keras and Flax (a checkout's"
+        "bench",
+        help="time the training step against PyTorch, Keras and Flax (a checkout's"
         " benchmarks/bench.py)",
-    )  # fmt: skip
+    )
     bench.add_argument("options", nargs=argparse.REMAINDER, help="see benchmarks/bench.py -h")
     bench.set_defaults(run=run_benchmarks)
 
@@ -197,7 +238,7 @@ def review_view(views, name: str, help_text: str, run) -> argparse.ArgumentParse
     )
     parser.add_argument("--model-dir", required=True, help="a 'train imdb' run directory")
     parser.add_argument("review", help="the review's text")
-    parser.add_argument("--max-words", type=positive_int, default=60, help="words drawn")
+    parser.add_argument("--max-words", type=POSITIVE_INT, default=60, help="words drawn")
     parser.add_argument("--out", default=f"{name}.png", help="the PNG to write")
     parser.set_defaults(run=run)
     return parser
@@ -218,7 +259,10 @@ def add_explorer_view(views) -> argparse.ArgumentParser:
     text.add_argument("--text", help="the text to read")
     text.add_argument("--file", help="read the text from this file (UTF-8)")
     parser.add_argument(
-        "--max-tokens", type=positive_int, default=explorer.MAX_TOKENS, help="tokens shown"
+        "--max-tokens",
+        type=POSITIVE_INT,
+        default=explorer.MAX_TOKENS,
+        help="tokens shown",
     )
     parser.add_argument("--layer", help="the layer shown first (e.g. lstm); none: the first")
     parser.add_argument(
@@ -290,9 +334,14 @@ def inspect_html(args: argparse.Namespace) -> None:
     else:
         text = args.text
     data = explorer.explore_run(
-        args.model_dir, text, args.out, max_tokens=args.max_tokens, layer=args.layer,
-        quantity=args.quantity, unit=args.unit,
-    )  # fmt: skip
+        args.model_dir,
+        text,
+        args.out,
+        max_tokens=args.max_tokens,
+        layer=args.layer,
+        quantity=args.quantity,
+        unit=args.unit,
+    )
     size = os.path.getsize(args.out)
     print(f"wrote {args.out} ({len(data['tokens']) - 1} tokens, {size / 1e3:.0f} kB)")
 

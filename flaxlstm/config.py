@@ -1,97 +1,41 @@
 """Every setting in one place: the training recipe, each task's options and the IMDB models.
 
-Frozen dataclasses. The ``flaxlstm`` command builds its options from their fields (name,
-default, ``help`` and parser in each field's metadata), so a default changed here changes
-the command too; library users build them directly, e.g.
+Frozen dataclasses and nothing else. The ``flaxlstm`` command builds its options from their
+fields (name, default, ``help``, ``choices`` and a parser of the text in each field's
+metadata: ``flaxlstm.cli.add_options``), so a default changed here changes the command too;
+library users build them directly, e.g.
 ``fit(model, x, y, recipe=Recipe(lr_schedule="cosine", clip_norm=1.0))``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import jax
 import optax
 
 from flaxlstm.checks import require_ngrams
-
-
-def checked(parse, ok, expected: str):
-    """A command-line parser: ``parse`` the text, and accept the value if ``ok(value)``."""
-
-    def convert(text: str):
-        try:
-            value = parse(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    return convert
-
-
-positive_int = checked(int, lambda v: v >= 1, "a positive integer")
-non_negative_int = checked(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = checked(float, lambda v: 0 < v < float("inf"), "a positive number")
-non_negative_float = checked(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
-fraction = checked(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
-
-
-def option(default, help: str, parse=None, choices=None):
-    """A dataclass field that is also a command-line option (``--name-with-dashes``)."""
-    return field(default=default, metadata=dict(help=help, parse=parse, choices=choices))
-
-
-# Options that tasks share with other defaults.
-def learning_rate_option(default: float):
-    return option(default, "of Adam", positive_float)
-
-
-def schedule_option(default: str):
-    help = "cosine: decay the learning rate to 0 over all the training steps"
-    return option(default, help, choices=("constant", "cosine"))
-
-
-def clip_norm_option(default: float):
-    return option(
-        default, "clip gradients to this global norm (0: no clipping)", non_negative_float
-    )
-
-
-def epochs_option(default: int | None, help: str = "passes over the training data"):
-    return option(default, help, positive_int)
-
-
-def batch_size_option(default: int | None, help: str = "sequences per step"):
-    return option(default, help, positive_int)
-
-
-def hidden_option(default: int):
-    return option(default, "LSTM units", positive_int)
-
-
-def sequences_option(default: int, which: str = "training"):
-    return option(default, f"{which} sequences", positive_int)
-
-
-def loop_option():
-    return option(
-        "auto",
-        "where the LSTM's time steps run: auto (in C on an x86-64 CPU with AVX2 + FMA, else"
-        " jax.lax.scan), scan, or native (the C loop, or an error where it cannot run)",
-        choices=("auto", "scan", "native"),
-    )
-
-
-def out_option(default: str | None):
-    return option(default, "run directory: metrics, history, checkpoints, model", str)
-
+from flaxlstm.options import (
+    batch_size_option,
+    clip_norm_option,
+    epochs_option,
+    fraction,
+    hidden_option,
+    learning_rate_option,
+    loop_option,
+    non_negative_float,
+    non_negative_int,
+    option,
+    out_option,
+    positive_float,
+    positive_int,
+    schedule_option,
+    sequences_option,
+)
 
 # ----------------------------------------------------------------------------- the recipe
 
@@ -103,9 +47,9 @@ class Recipe:
     ``clip_norm`` first (0: no clipping). ``IMDB_RECIPE`` is what made the seeds' IMDB models
     reliable (docs/RESULTS.md)."""
 
-    learning_rate: float = learning_rate_option(1e-3)
-    lr_schedule: Literal["constant", "cosine"] = schedule_option("constant")
-    clip_norm: float = clip_norm_option(0.0)
+    learning_rate: float = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    clip_norm: float = 0.0
 
     def __post_init__(self):
         if not self.learning_rate > 0:
@@ -167,7 +111,20 @@ LM_PRETRAINED_LAYERS = ("embed", "lstm")
 
 
 @dataclass(frozen=True)
-class RunConfig(Recipe):
+class RecipeOptions:
+    """A ``Recipe``'s settings as a command's options (its defaults are ``Recipe``'s)."""
+
+    learning_rate: float = learning_rate_option(Recipe.learning_rate)
+    lr_schedule: Literal["constant", "cosine"] = schedule_option(Recipe.lr_schedule)
+    clip_norm: float = clip_norm_option(Recipe.clip_norm)
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe(self.learning_rate, self.lr_schedule, self.clip_norm)
+
+
+@dataclass(frozen=True)
+class RunConfig(RecipeOptions):
     """What every ``flaxlstm train`` task shares: the recipe, validation, checkpoints."""
 
     validation_split: float = option(0.1, "held out of train", fraction)
@@ -181,10 +138,6 @@ class RunConfig(Recipe):
     loop: str = loop_option()
     out: str | None = out_option(None)
     quiet: bool = option(False, "print nothing")
-
-    @property
-    def recipe(self) -> Recipe:
-        return Recipe(self.learning_rate, self.lr_schedule, self.clip_norm)
 
 
 @dataclass(frozen=True)
@@ -392,9 +345,10 @@ class ImdbConfig(RunConfig):
         str,
     )
     pretrained_lr_scale: float = option(
-        1.0, "with --init-from: the pretrained layers learn at this fraction of the rate",
+        1.0,
+        "with --init-from: the pretrained layers learn at this fraction of the rate",
         positive_float,
-    )  # fmt: skip
+    )
 
     def resolved(self) -> ImdbConfig:
         """This config with every unset size and layer setting taken from the model's seed
@@ -415,8 +369,10 @@ class ImdbConfig(RunConfig):
                     f"--init-from takes the language model's layers: leave out {flags}"
                 )
             layers = ()
-        filled = {k: getattr(seed, k) if getattr(self, k) is None else getattr(self, k)
-                  for k in (*names, *layers)}  # fmt: skip
+        filled = {
+            k: getattr(seed, k) if getattr(self, k) is None else getattr(self, k)
+            for k in (*names, *layers)
+        }
         if filled.get("nbsvm") or self.nbsvm:
             require_ngrams()
         return dataclasses.replace(self, out=self.out or f"runs/imdb-{self.model}", **filled)
@@ -435,7 +391,7 @@ class ImdbConfig(RunConfig):
 
 
 @dataclass(frozen=True)
-class LmConfig(Recipe):
+class LmConfig(RecipeOptions):
     """``flaxlstm train lm``: a language model on a text file or on IMDB's 75,000 training
     reviews (``train`` + ``unsupervised``, never ``test``), trained chunk by chunk with the
     state carried over (``flaxlstm.training.lm``). Unset sizes depend on ``level``."""
@@ -523,28 +479,3 @@ class InspectCumsumConfig:
     seed: int = option(0, "of the data, initialisation and order", int)
     sequence: int = option(0, "which held-out sequence to draw", int)
     out: str = option("runs/inspect-cumsum", "directory for the PNGs", str)
-
-
-def add_options(parser: argparse.ArgumentParser, config) -> None:
-    """One ``--option`` per field of the dataclass ``config`` (defaults from the instance)."""
-    for f in dataclasses.fields(config):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(config, f.name)
-        meta = f.metadata
-        if isinstance(default, bool):
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=meta["help"]
-            )
-        else:
-            parser.add_argument(
-                flag,
-                type=meta["parse"],
-                choices=meta["choices"],
-                default=default,
-                help=meta["help"],
-            )
-
-
-def from_options(config_type: type, args: argparse.Namespace):
-    """The ``config_type`` that the parsed ``args`` describe."""
-    return config_type(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_type)})

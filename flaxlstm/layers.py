@@ -7,6 +7,7 @@ sequence reused at every step (variational dropout, Gal & Ghahramani 2016). As w
 
 from __future__ import annotations
 
+import inspect
 from typing import Literal
 
 import jax
@@ -106,9 +107,6 @@ class LSTM(nnx.Module):
         loop: str = "auto",
         rngs: nnx.Rngs,
     ):
-        # The constructor's arguments, so that reversed_copy builds the same layer again
-        # (a tuple: jit hashes a module's static attributes).
-        self.init_args = tuple((k, v) for k, v in locals().items() if k not in ("self", "rngs"))
         check_positive_int("in_features", in_features)
         check_positive_int("hidden_features", hidden_features)
         check_positive_int("unroll", unroll)
@@ -125,6 +123,10 @@ class LSTM(nnx.Module):
         self.remat = remat  # recompute the loop in the backward pass (jax.checkpoint)
         self.gate_activation = gate_activation
         self.activation = activation
+        self.kernel_init = kernel_init
+        self.recurrent_kernel_init = recurrent_kernel_init
+        self.bias_init = bias_init
+        self.param_dtype = param_dtype
         self.dtype = dtype  # the matrix products' dtype (mixed precision); None: the inputs'
         self.hand_written_backward = hand_written_backward
         self.accumulate_above_bytes = accumulate_above_bytes
@@ -132,17 +134,33 @@ class LSTM(nnx.Module):
         self.clamps: Clamps = ()  # an ablation (flaxlstm.lab.internals.ablate), static
         self.deterministic = False
         self.sow_intermediates = False
-        width = self.gates * hidden_features
-        # Initialised in float32 at least (the orthogonal initialiser's QR has no bfloat16),
-        # then cast to param_dtype.
-        init_dtype = jnp.promote_types(param_dtype, jnp.float32)
-        kernel = kernel_init(rngs.params(), (in_features, width), init_dtype)
-        recurrent = recurrent_kernel_init(rngs.params(), (self.state_features, width), init_dtype)
-        self.kernel = nnx.Param(kernel.astype(param_dtype))
-        self.recurrent_kernel = nnx.Param(recurrent.astype(param_dtype))
-        self.bias = nnx.Param(bias_init(rngs.params(), (width,), init_dtype).astype(param_dtype))
+        self.kernel, self.recurrent_kernel, self.bias = self.initial_parameters(rngs)
         uses_dropout = dropout > 0 or recurrent_dropout > 0
         self.rngs = rngs["dropout"].fork() if uses_dropout else nnx.data(None)
+
+    def initial_parameters(self, rngs: nnx.Rngs) -> tuple[nnx.Param, nnx.Param, nnx.Param]:
+        """W [F, 4H], U [H, 4H] and b [4H] drawn by the layer's initialisers in float32 at
+        least (the orthogonal initialiser's QR has no bfloat16), then cast to param_dtype."""
+        width, dtype = self.gates * self.hidden_features, self.param_dtype
+        init_dtype = jnp.promote_types(dtype, jnp.float32)
+        kernel = self.kernel_init(rngs.params(), (self.in_features, width), init_dtype)
+        shape = (self.state_features, width)
+        recurrent = self.recurrent_kernel_init(rngs.params(), shape, init_dtype)
+        bias = self.bias_init(rngs.params(), (width,), init_dtype)
+        return tuple(nnx.Param(a.astype(dtype)) for a in (kernel, recurrent, bias))
+
+    def constructor_arguments(self) -> dict:
+        """The arguments this layer was built with (all but ``rngs``), read back from its
+        attributes of the same names, as scikit-learn's ``get_params`` does: what builds the
+        same layer again (``reversed_copy``). Subclasses keep every argument they add."""
+        names = {
+            name
+            for cls in type(self).__mro__
+            if issubclass(cls, LSTM) and "__init__" in vars(cls)
+            for name, parameter in inspect.signature(cls.__init__).parameters.items()
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+        }
+        return {name: getattr(self, name) for name in sorted(names - {"self", "rngs"})}
 
     @property
     def state_features(self) -> int:
@@ -246,7 +264,7 @@ class LSTM(nnx.Module):
 
     def reversed_copy(self, rngs: nnx.Rngs) -> LSTM:
         """A new layer of this class and settings, fresh parameters, the other direction."""
-        return type(self)(**dict(self.init_args, reverse=not self.reverse), rngs=rngs)
+        return type(self)(**self.constructor_arguments() | {"reverse": not self.reverse}, rngs=rngs)
 
 
 Merge = Literal["concat", "sum", "mul", "ave"]

@@ -15,6 +15,36 @@ or a boolean ``mask`` [B, T] (True at real tokens, wherever they are). A padded 
 state unchanged and outputs zeros (``keep_state_where_padded``), so the final state and the
 outputs at real tokens are the same whether the padding comes before or after the tokens, and
 a reversed scan starts at each sequence's last real token.
+
+``lstm_scan``'s options:
+
+- ``reverse``: scan from the last step to the first (outputs stay aligned with the inputs);
+  ``unroll``: passed to ``jax.lax.scan``.
+- ``recurrent_dropout_mask`` [B, H]: multiplies h where it enters h·U (variational dropout).
+- ``return_trace``: also return every step's gates and states; the loop then runs on
+  ``scan_cell`` (the same cell functions, differentiated by jax).
+- ``remat``: save nothing of the time loop for the backward pass but its inputs, and run the
+  forward again there: the per-step gates and states ([T, B, 6H]) are not held between the
+  forward and the backward pass, for one more forward pass of time.
+- ``hand_written_backward``: with the default activations and no trace, differentiate the loop
+  with its hand-written backward (False: jax autodiff of the plain scan);
+  ``accumulate_above_bytes``: it sums the weight gradients inside its loop when dz [T, B, 4H]
+  would take more bytes than this, else forms them after it.
+- ``matmul_dtype``: mixed precision: the matrix products take operands of this dtype (e.g.
+  ``jnp.bfloat16``) and accumulate in float32; gates, states and outputs stay in the inputs'
+  and weights' dtype (``cell.matmul``). None: everything in that dtype.
+- ``clamps``: units of gates or states held at fixed values at every step (an ablation,
+  ``cell.Clamp``); the loop then runs on ``scan_cell``.
+- ``loop``: "auto" runs the hand-written loop's time steps in C (flaxlstm/native/) where it can
+  (``native_loop_fits``: on an x86-64 CPU with AVX2 + FMA, in float32 or with bfloat16
+  products on a CPU with AVX512-BF16) and was measured faster than the scan
+  (``AUTO_NATIVE_BYTES``: a small enough [W; U]), else on ``jax.lax.scan``; "scan" always
+  scans; "native" requires the C loop (a one-line error where it cannot run).
+- ``return_outputs``: False when only the final state is wanted: the hand-written loop then
+  neither writes the outputs nor reads their (zero) gradient, [T, B, H] each.
+
+This module stays whole (over 450 lines): the forward loop, its hand-written backward and the
+rule that picks the loop read best side by side, each against the other.
 """
 
 from __future__ import annotations
@@ -131,43 +161,14 @@ def lstm_scan(
     loop: str = "auto",
     return_outputs: bool = True,
 ) -> tuple[LSTMState, jax.Array | None, Trace | None]:
-    """Run the LSTM over a batch of sequences.
+    """Run the LSTM over inputs ``x`` [B, T, F] with W [F, 4H] (``kernel``), U [H, 4H]
+    (``recurrent_kernel``) and b [4H]; ``mask`` [B, T] is True at real steps (None: all are),
+    ``initial_state`` is (c, h) [B, H] each (zeros when None). All are cast to one dtype, the
+    result type of x and the weights; the other options are the module docstring's.
 
-    Args:
-      kernel: W [F, 4H]; recurrent_kernel: U [H, 4H]; bias: b [4H].
-      x: inputs [B, T, F].
-      mask: [B, T] booleans, True at real steps; None means every step is real.
-      initial_state: (c, h), each [B, H]; zeros when None.
-      reverse: scan from the last step to the first (outputs stay aligned with the inputs).
-      unroll: passed to ``jax.lax.scan``.
-      recurrent_dropout_mask: [B, H], multiplies h where it enters h·U (variational dropout).
-      return_trace: also return every step's gates and states; the loop then runs on
-        ``scan_cell`` (the same cell functions, differentiated by jax).
-      remat: save nothing of the time loop for the backward pass but its inputs, and run the
-        forward again there: the per-step gates and states ([T, B, 6H]) are not held between
-        the forward and the backward pass, for one more forward pass of time.
-      hand_written_backward: with the default activations and no trace, differentiate the
-        loop with its hand-written backward (False: jax autodiff of the plain scan).
-      accumulate_above_bytes: the hand-written backward sums the weight gradients inside its
-        loop when dz [T, B, 4H] would take more bytes than this, else forms them after it.
-      matmul_dtype: mixed precision: the matrix products take operands of this dtype (e.g.
-        ``jnp.bfloat16``) and accumulate in float32; gates, states and outputs stay in the
-        inputs' and weights' dtype (``cell.matmul``). None: everything in that dtype.
-      clamps: units of gates or states held at fixed values at every step (an ablation,
-        ``cell.Clamp``); the loop then runs on ``scan_cell``.
-      loop: "auto" runs the hand-written loop's time steps in C (flaxlstm/native/) where it
-        can (``native_loop_fits``: on an x86-64 CPU with AVX2 + FMA, in float32 or with
-        bfloat16 products on a CPU with AVX512-BF16) and was measured faster than the scan
-        (``AUTO_NATIVE_BYTES``: a small enough [W; U]), else on ``jax.lax.scan``; "scan"
-        always scans; "native" requires the C loop (a one-line error where it cannot run).
-      return_outputs: False when only the final state is wanted: the hand-written loop then
-        neither writes the outputs nor reads their (zero) gradient, [T, B, H] each.
-    Returns:
-      the final state (c, h) [B, H] each, the outputs h_t [B, T, H] (zero at padded steps;
-      None without ``return_outputs``), and a ``Trace`` (i, f, g, o, c, h, zi, zf, zg, zo)
-      [B, T, H] each when ``return_trace``, else None.
-
-    Every input is cast to one dtype, the result type of x and the weights.
+    Returns the final state (c, h) [B, H] each, the outputs h_t [B, T, H] (zero at padded
+    steps; None without ``return_outputs``), and a ``Trace`` (i, f, g, o, c, h, zi, zf, zg,
+    zo) [B, T, H] each when ``return_trace``, else None.
     """
     _check_shapes(kernel, recurrent_kernel, bias, x, mask, initial_state, recurrent_dropout_mask)
     check_clamps(clamps, jnp.shape(recurrent_kernel)[0])
@@ -176,29 +177,27 @@ def lstm_scan(
     W, U, b, x, recurrent_mask = map(
         cast, (kernel, recurrent_kernel, bias, x, recurrent_dropout_mask)
     )
-    batch, time, _ = x.shape
-    hidden = U.shape[0]
+    (batch, time, features), hidden = x.shape, U.shape[0]
     state = zero_state(batch, hidden, dtype) if initial_state is None else initial_state
     state = LSTMState(*map(cast, state))
     fused = hand_written_backward and not (return_trace or clamps)
     fused = fused and is_default(gate_activation, activation)
-    native_loop = _choose_loop(loop, fused, dtype, matmul_dtype, batch, time, x.shape[-1], hidden)
+    native_loop = _choose_loop(loop, fused, dtype, matmul_dtype, batch, time, features, hidden)
     if fused:
         dz_bytes = time * batch * 4 * hidden * jnp.dtype(dtype).itemsize
         accumulate = dz_bytes > accumulate_above_bytes and not native_loop
-        options = _Options(
+        opts = _Options(
             reverse, unroll, accumulate, remat, matmul_dtype, native_loop, return_outputs
         )
         final, outputs = _fused_scan(
-            options, W, U, b, time_major(x), _time_major_mask(mask), state, recurrent_mask
+            opts, W, U, b, time_major(x), _time_major_mask(mask), state, recurrent_mask
         )
         return final, None if outputs is None else time_major(outputs), None
     step = _standard_step(U, gate_activation, activation, matmul_dtype, clamps)
-    xw = project_all(W, b, x, matmul_dtype)
     options = dict(reverse=reverse, unroll=unroll, return_trace=return_trace, remat=remat)
-    final, outputs, trace = scan_cell(
-        step, xw, mask, state, recurrent_dropout_mask=recurrent_mask, **options
-    )
+    options["recurrent_dropout_mask"] = recurrent_mask
+    xw = project_all(W, b, x, matmul_dtype)
+    final, outputs, trace = scan_cell(step, xw, mask, state, **options)
     return final, outputs if return_outputs else None, trace
 
 

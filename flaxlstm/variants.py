@@ -184,7 +184,6 @@ class ProjectedLSTM(VariantLSTM):
             raise ValueError(f"proj_size must lie in [1, {hidden_features}), got {proj_size!r}")
         self.proj_size = proj_size
         super().__init__(in_features, hidden_features, rngs=rngs, **kwargs)
-        self.init_args += (("proj_size", proj_size),)
         shape = (hidden_features, proj_size)
         self.projection = nnx.Param(
             nnx.initializers.glorot_uniform()(rngs.params(), shape, self.kernel.dtype)

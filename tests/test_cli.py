@@ -15,15 +15,8 @@ import pytest
 from flax import nnx
 
 from flaxlstm import LSTM, Bidirectional, native
-from flaxlstm.cli import build_parser, main
-from flaxlstm.config import (
-    IMDB_RECIPE,
-    CumsumConfig,
-    ImdbConfig,
-    ParityConfig,
-    Recipe,
-    from_options,
-)
+from flaxlstm.cli import build_parser, from_options, main
+from flaxlstm.config import IMDB_RECIPE, CumsumConfig, ImdbConfig, ParityConfig, Recipe
 from flaxlstm.data.synthetic import cumsum_sequences
 from flaxlstm.layers import set_loop
 from flaxlstm.models import CumsumModel

@@ -8,7 +8,7 @@ from flax import nnx
 from reference import lengths_to_mask, lstm_reference
 from test_core import close, set_params
 
-from flaxlstm import Bidirectional, Trace
+from flaxlstm import LSTM, Bidirectional, Trace
 from flaxlstm.variants import CoupledLSTM, LayerNormLSTM, PeepholeLSTM, ProjectedLSTM
 
 F, H, P = 3, 4, 2
@@ -150,3 +150,18 @@ def test_projected_lstm_loads_pytorch_proj_size_weights():
     close(layer(jnp.asarray(X)), out.detach().numpy())
     with pytest.raises(ValueError, match="proj_size must lie in"):
         ProjectedLSTM(F, H, proj_size=H, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize(
+    "cls, extra",
+    [(LSTM, {}), (PeepholeLSTM, {}), (CoupledLSTM, {}), (LayerNormLSTM, {}),
+     (ProjectedLSTM, {"proj_size": 3})],
+)  # fmt: skip
+def test_a_reversed_copy_is_the_same_layer_built_again_the_other_way(cls, extra):
+    zeros = nnx.initializers.zeros_init()
+    layer = cls(2, 5, dropout=0.1, unroll=2, kernel_init=zeros, rngs=nnx.Rngs(0), **extra)
+    twin = layer.reversed_copy(nnx.Rngs(1))
+    assert type(twin) is cls and twin.reverse and not layer.reverse
+    assert twin.constructor_arguments() == layer.constructor_arguments() | {"reverse": True}
+    assert twin.dropout == 0.1 and twin.unroll == 2 and not np.any(twin.kernel[...])
+    assert set(extra) <= set(layer.constructor_arguments())

@@ -13,6 +13,28 @@ of the text; a language model (``flaxlstm train lm``) the probability it gave to
 the step before and its likeliest next token. Values are rounded to ``DECIMALS`` decimals and
 the text is cut at ``max_tokens`` tokens, which bounds the page: about 10 · H · T numbers per
 LSTM layer and direction.
+
+``page_data``'s dict:
+
+- ``tokens`` [T] (``"<start>"`` first), ``oov`` [T] (1 where out of vocabulary), ``cut``: how
+  many tokens were left out;
+- ``layers``: per LSTM layer and direction (``trace_model``'s names), ``name``, ``units`` H,
+  ``token_steps`` [T] (the layer's step that reads each token: the token's own, or after a
+  CNN's pooling its window's, or None) and ``values``: per quantity of ``QUANTITIES`` the
+  layer records, [H][steps];
+- ``prediction``: ``label``, ``values`` [T] (a classifier: P(positive) if the text ended at
+  the token; a language model: the probability of the token from the step before, None for
+  START), for a language model also ``guesses`` [T] (the likeliest next token) and
+  ``guess_probabilities`` [T];
+- ``saturation``: per layer and gate i, f, g, o, ``left`` and ``right`` [H]
+  (``internals.saturation`` over the text's steps);
+- ``cells``: per built-in signal that applies to the text, its ``name``, ``about``,
+  ``baseline`` (boolean signals: the share of the likelier answer) and its ``top`` units by
+  absolute Pearson r of the cell state c over the layers that run on the input's steps, each
+  ``layer`` (index into ``layers``), ``unit``, ``r``, ``accuracy`` (a boolean signal's best
+  threshold probe, else None);
+- ``selected``: the ``layer`` (index), ``quantity`` and ``unit`` shown first (default: the
+  first layer's cell state, at the unit that follows a signal best, else unit 0).
 """
 
 from __future__ import annotations
@@ -188,31 +210,9 @@ def page_data(
 ) -> dict:
     """The explorer page's data for ``model`` (a ``SentimentClassifier``, any model that
     gives one logit per text, or a ``LanguageModel``) reading ``text``, tokenised at
-    ``vocabulary.level`` and cut at ``max_tokens`` tokens after the START token.
-
-    Returns a dict of lists, strings and numbers rounded to ``DECIMALS`` (``render_page``
-    embeds it as JSON):
-
-    - ``tokens`` [T] (``"<start>"`` first), ``oov`` [T] (1 where out of vocabulary),
-      ``cut``: how many tokens were left out;
-    - ``layers``: per LSTM layer and direction (``trace_model``'s names), ``name``,
-      ``units`` H, ``token_steps`` [T] (the layer's step that reads each token: the token's
-      own, or after a CNN's pooling its window's, or None) and ``values``: per quantity of
-      ``QUANTITIES`` the layer records, [H][steps];
-    - ``prediction``: ``label``, ``values`` [T] (a classifier: P(positive) if the text ended
-      at the token; a language model: the probability of the token from the step before,
-      None for START), for a language model also ``guesses`` [T] (the likeliest next token)
-      and ``guess_probabilities`` [T];
-    - ``saturation``: per layer and gate i, f, g, o, ``left`` and ``right`` [H]
-      (``internals.saturation`` over the text's steps);
-    - ``cells``: per built-in signal that applies to the text, its ``name``, ``about``,
-      ``baseline`` (boolean signals: the share of the likelier answer) and its ``top`` units
-      by absolute Pearson r of the cell state c over the layers that run on the input's
-      steps, each ``layer`` (index into ``layers``), ``unit``, ``r``, ``accuracy`` (a boolean
-      signal's best threshold probe, else None);
-    - ``selected``: the ``layer`` (index), ``quantity`` and ``unit`` shown first (default:
-      the first layer's cell state, at the unit that follows a signal best, else unit 0).
-    """
+    ``vocabulary.level`` and cut at ``max_tokens`` tokens after the START token: a dict of
+    lists, strings and numbers rounded to ``DECIMALS``, described in the module docstring
+    (``render_page`` embeds it as JSON)."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be a positive integer, got {max_tokens}")
     tokens = imdb_data.TOKENIZERS[vocabulary.level](text)

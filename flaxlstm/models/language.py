@@ -26,9 +26,14 @@ def language_model_layers(
     and the final state) and the dropout around it."""
     embed = Embedding(vocab_size, embedding, rngs=rngs)  # (first: the order draws the values)
     lstm = StackedLSTM(
-        embedding, hidden, num_layers=num_layers, dropout=dropout, return_sequences=True,
-        return_state=True, rngs=rngs,
-    )  # fmt: skip
+        embedding,
+        hidden,
+        num_layers=num_layers,
+        dropout=dropout,
+        return_sequences=True,
+        return_state=True,
+        rngs=rngs,
+    )
     return embed, lstm, nnx.Dropout(dropout, rngs=rngs)
 
 

@@ -61,11 +61,47 @@ static inline void ISA(cell_state)(Gates a, const float *c_prev, int H, int Hp, 
     ISA(tanh_all)(Hp, c, tc);
 }
 
+/* Row r of the part from lo at step row ``row``: its [x_t, h r] into xh [K]. */
+static inline void ISA(gather_xh)(const Forward *p, size_t row, int lo, int r, const float *h_n,
+                                  float *xh) {
+    int F = p->F, H = p->H;
+    const float *rm = p->rmask ? p->rmask + (size_t)(lo + r) * H : NULL;
+    memcpy(xh, p->x + (row + r) * F, F * sizeof(float));
+    for (int j = 0; j < H; j++) xh[F + j] = h_n[(size_t)r * H + j] * (rm ? rm[j] : 1.0f);
+}
+
+/* One row's step (``at``: its index in [T, B]) from its z [Gp]: the gates in place, its c and
+ * h (cr, hr [H]) where the step is real, its output and its saved gates. */
+static inline void ISA(forward_row)(const Forward *p, size_t at, float *zr, float *cr,
+                                    float *hr, float *c, float *tc) {
+    int H = p->H, G = 4 * H, Gp = (G + 15) / 16 * 16, Hp = (H + 15) / 16 * 16;
+    float m = p->mask ? p->mask[at] : 1.0f;
+    float *outr = p->out ? p->out + at * H : NULL;
+    /* the gates in place, the whole padded row in one pass: σ(z) = tanh(z/2)/2 + 1/2,
+     * so a = s tanh(s z) + 1 - s with s = 1/2 for i, f, o and s = 1 for g */
+#pragma omp simd
+    for (int j = 0; j < Gp; j++) {
+        float s = p->scale[j];
+        zr[j] = s * tanhf(s * zr[j]) + 1 - s;
+    }
+    Gates a = gates(zr, H);
+    ISA(cell_state)(a, cr, H, Hp, c, tc);
+#pragma omp simd
+    for (int j = 0; j < H; j++) {
+        float h = a.o[j] * tc[j];
+        cr[j] = m != 0.0f ? c[j] : cr[j];
+        hr[j] = m != 0.0f ? h : hr[j];
+    }
+    if (outr) /* h where real, 0 where padded */
+        for (int j = 0; j < H; j++) outr[j] = m != 0.0f ? hr[j] : 0.0f;
+    if (p->save) memcpy(p->a + at * G, zr, G * sizeof(float));
+}
+
 /* Rows [lo, hi) through every step, forward (lstm_forward). Returns 0, or -1 when its scratch
  * cannot be allocated (nothing written then). */
 static int ISA(forward_rows)(const void *context, int part, int lo, int hi) {
     const Forward *p = context;
-    int T = p->T, B = p->B, H = p->H, F = p->F, G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H;
+    int T = p->T, B = p->B, H = p->H, G = 4 * H, Gp = (G + 15) / 16 * 16, K = p->F + H;
     int rows = hi - lo, Hp = (H + 15) / 16 * 16;
     float *z = calloc((size_t)rows * Gp, sizeof(float));
     float *xh = calloc((size_t)rows * K, sizeof(float));
@@ -82,38 +118,14 @@ static int ISA(forward_rows)(const void *context, int part, int lo, int hi) {
             memcpy(p->c_prev + row * H, c_n, (size_t)rows * H * sizeof(float));
             memcpy(p->h_prev + row * H, h_n, (size_t)rows * H * sizeof(float));
         }
-        for (int q = 0; q < n; q++) { /* [x_t, h r], row q of the computed ones */
-            int r = order[q];
-            const float *rm = p->rmask ? p->rmask + (size_t)(lo + r) * H : NULL;
-            memcpy(xh + (size_t)q * K, p->x + (row + r) * F, F * sizeof(float));
-            for (int j = 0; j < H; j++)
-                xh[(size_t)q * K + F + j] = h_n[(size_t)r * H + j] * (rm ? rm[j] : 1.0f);
-        }
+        for (int q = 0; q < n; q++) /* [x_t, h r], row q of the computed ones */
+            ISA(gather_xh)(p, row, lo, order[q], h_n, xh + (size_t)q * K);
         /* z = [x_t, h r].[w; u] + bias */
         ISA(product)(p->bf16, n, K, Gp, xh, K, xh2, p->wu, 1, p->base, 0, z, Gp, NULL);
         for (int q = 0; q < n; q++) {
             int r = order[q];
-            float m = p->mask ? p->mask[row + r] : 1.0f;
-            float *zr = z + (size_t)q * Gp, *cr = c_n + (size_t)r * H, *hr = h_n + (size_t)r * H;
-            float *outr = p->out ? p->out + (row + r) * H : NULL;
-            /* the gates in place, the whole padded row in one pass: σ(z) = tanh(z/2)/2 + 1/2,
-             * so a = s tanh(s z) + 1 - s with s = 1/2 for i, f, o and s = 1 for g */
-#pragma omp simd
-            for (int j = 0; j < Gp; j++) {
-                float s = p->scale[j];
-                zr[j] = s * tanhf(s * zr[j]) + 1 - s;
-            }
-            Gates a = gates(zr, H);
-            ISA(cell_state)(a, cr, H, Hp, c, tc);
-#pragma omp simd
-            for (int j = 0; j < H; j++) {
-                float h = a.o[j] * tc[j];
-                cr[j] = m != 0.0f ? c[j] : cr[j];
-                hr[j] = m != 0.0f ? h : hr[j];
-            }
-            if (outr) /* h where real, 0 where padded */
-                for (int j = 0; j < H; j++) outr[j] = m != 0.0f ? hr[j] : 0.0f;
-            if (p->save) memcpy(p->a + (row + r) * G, zr, G * sizeof(float));
+            float *cr = c_n + (size_t)r * H, *hr = h_n + (size_t)r * H;
+            ISA(forward_row)(p, row + r, z + (size_t)q * Gp, cr, hr, c, tc);
         }
         for (int q = n; q < rows && p->out; q++) /* skipped: padded, output 0 */
             memset(p->out + (row + order[q]) * H, 0, H * sizeof(float));
@@ -125,6 +137,56 @@ static int ISA(forward_rows)(const void *context, int part, int lo, int hi) {
     free(c);
     free(tc);
     return failed ? -1 : 0;
+}
+
+/* One row's step backward (``at``: its index in [T, B]): its dz [4H] from the gradients
+ * carried into it (dhr, dcr [H]; ``zero`` [H] stands for no d_out), which it updates. */
+static inline void ISA(backward_row)(const Backward *p, size_t at, float *dzr, float *dhr,
+                                     float *dcr, float *c, float *tc, const float *zero) {
+    int H = p->H, Hp = (H + 15) / 16 * 16;
+    float m = p->mask ? p->mask[at] : 1.0f;
+    const float *cp = p->c_prev + at * H;
+    const float *dout = p->d_out ? p->d_out + at * H : zero; /* none: 0 */
+    Gates ag = gates(p->a + at * 4 * H, H), dzg = gates(dzr, H);
+    ISA(cell_state)(ag, cp, H, Hp, c, tc);
+#pragma omp simd
+    for (int j = 0; j < H; j++) {
+        float i_ = ag.i[j], f_ = ag.f[j], g_ = ag.g[j], o_ = ag.o[j];
+        int real = m != 0.0f;
+        float d_h = dhr[j] + (real ? dout[j] : 0.0f);
+        float d_c = dcr[j] + d_h * o_ * (1 - tc[j] * tc[j]);
+        dzg.i[j] = real ? d_c * g_ * i_ * (1 - i_) : 0.0f;
+        dzg.f[j] = real ? d_c * cp[j] * f_ * (1 - f_) : 0.0f;
+        dzg.g[j] = real ? d_c * i_ * (1 - g_ * g_) : 0.0f;
+        dzg.o[j] = real ? d_h * tc[j] * o_ * (1 - o_) : 0.0f;
+        dcr[j] = real ? d_c * f_ : dcr[j];
+        dhr[j] = d_h; /* what a padded step passes back */
+    }
+}
+
+/* A computed row's [x_t, h_prev r] (``at``: its index in [T, B]; ``b``: its batch row) into
+ * column 0 of xht [K, block]: what its dz multiplies for [dw; du]. */
+static inline void ISA(gather_xht)(const Backward *p, size_t at, int b, float *xht, int block) {
+    int F = p->F, H = p->H;
+    const float *rm = p->rmask ? p->rmask + (size_t)b * H : NULL;
+    for (int k = 0; k < F; k++) xht[(size_t)k * block] = p->x[at * F + k];
+    for (int k = 0; k < H; k++)
+        xht[(size_t)(F + k) * block] = p->h_prev[at * H + k] * (rm ? rm[k] : 1.0f);
+}
+
+/* A computed row's [dx_t, dh_in] (dxh_r, from dz.[w; u]^T) into dx, into the dh [H] it carries
+ * to the step before, and into d rmask (``at``: its index in [T, B]; ``b``: its batch row). */
+static inline void ISA(scatter_row)(const Backward *p, size_t at, int b, const float *dxh_r,
+                                    float *dhr) {
+    int F = p->F, H = p->H;
+    memcpy(p->dx + at * F, dxh_r, F * sizeof(float));
+    const float *dh_in = dxh_r + F; /* the gradient of h r */
+    const float *rm = p->rmask ? p->rmask + (size_t)b * H : NULL;
+    if (!p->mask || p->mask[at] != 0.0f) /* dh_prev = dh_in r */
+        for (int j = 0; j < H; j++) dhr[j] = dh_in[j] * (rm ? rm[j] : 1.0f);
+    if (rm) /* d rmask += h_prev dh_in (dh_in is 0 where padded) */
+        for (int j = 0; j < H; j++)
+            p->d_rmask[(size_t)b * H + j] += p->h_prev[at * H + j] * dh_in[j];
 }
 
 /* Rows [lo, hi) through every step, backward (lstm_backward), their weight gradients summed
@@ -159,31 +221,10 @@ static int ISA(backward_rows)(const void *context, int part, int lo, int hi) {
         float *dz = dzs + (size_t)filled * Gp, *xht_s = xht + filled;
         for (int q = 0; q < n; q++) { /* skipped rows: dz 0, dh and dc pass unchanged */
             int r = order[q];
-            float m = p->mask ? p->mask[row + r] : 1.0f;
-            const float *cp = p->c_prev + (row + r) * H;
-            const float *dout = p->d_out ? p->d_out + (row + r) * H : zero; /* none: 0 */
             float *dzr = dz + (size_t)q * Gp, *dhr = dh + (size_t)r * H, *dcr = dc + (size_t)r * H;
-            Gates ag = gates(p->a + (row + r) * G, H), dzg = gates(dzr, H);
-            ISA(cell_state)(ag, cp, H, Hp, c, tc);
-#pragma omp simd
-            for (int j = 0; j < H; j++) {
-                float i_ = ag.i[j], f_ = ag.f[j], g_ = ag.g[j], o_ = ag.o[j];
-                int real = m != 0.0f;
-                float d_h = dhr[j] + (real ? dout[j] : 0.0f);
-                float d_c = dcr[j] + d_h * o_ * (1 - tc[j] * tc[j]);
-                dzg.i[j] = real ? d_c * g_ * i_ * (1 - i_) : 0.0f;
-                dzg.f[j] = real ? d_c * cp[j] * f_ * (1 - f_) : 0.0f;
-                dzg.g[j] = real ? d_c * i_ * (1 - g_ * g_) : 0.0f;
-                dzg.o[j] = real ? d_h * tc[j] * o_ * (1 - o_) : 0.0f;
-                dcr[j] = real ? d_c * f_ : dcr[j];
-                dhr[j] = d_h; /* what a padded step passes back */
-            }
+            ISA(backward_row)(p, row + r, dzr, dhr, dcr, c, tc, zero);
             for (int j = 0; j < G; j++) dbias[j] += dzr[j];
-            for (int k = 0; k < F; k++) xht_s[(size_t)k * block + q] = p->x[(row + r) * F + k];
-            const float *rm = p->rmask ? p->rmask + (size_t)(lo + r) * H : NULL;
-            for (int k = 0; k < H; k++)
-                xht_s[(size_t)(F + k) * block + q] =
-                    p->h_prev[(row + r) * H + k] * (rm ? rm[k] : 1.0f);
+            ISA(gather_xht)(p, row + r, lo + r, xht_s + q, block);
         }
         /* [dx_t, dh_prev] = dz.[w; u]^T */
         ISA(product)(p->bf16, n, G, Kp, dz, Gp, dz2, p->wut, 1, zero, 0, dxh, Kp, NULL);
@@ -196,31 +237,14 @@ static int ISA(backward_rows)(const void *context, int part, int lo, int hi) {
         }
         for (int q = 0; q < rows; q++) {
             int r = order[q];
-            if (q >= n) { /* skipped: dx 0 */
+            if (q >= n) /* skipped: dx 0 */
                 memset(p->dx + (row + r) * F, 0, F * sizeof(float));
-                continue;
-            }
-            memcpy(p->dx + (row + r) * F, dxh + (size_t)q * Kp, F * sizeof(float));
-            const float *dh_in = dxh + (size_t)q * Kp + F; /* the gradient of h r */
-            const float *rm = p->rmask ? p->rmask + (size_t)(lo + r) * H : NULL;
-            if (!p->mask || p->mask[row + r] != 0.0f) /* dh_prev = dh_in r */
-                for (int j = 0; j < H; j++) dh[(size_t)r * H + j] = dh_in[j] * (rm ? rm[j] : 1.0f);
-            if (rm) /* d rmask += h_prev dh_in (dh_in is 0 where padded) */
-                for (int j = 0; j < H; j++)
-                    p->d_rmask[(size_t)(lo + r) * H + j] += p->h_prev[(row + r) * H + j] * dh_in[j];
+            else
+                ISA(scatter_row)(p, row + r, lo + r, dxh + (size_t)q * Kp, dh + (size_t)r * H);
         }
     }
-    free(dzs);
-    free(dxh);
-    free(order);
-    free(panel);
-    free(xht);
-    free(zero);
-    free(dz2);
-    free(xht2);
-    free(dzs2);
-    free(c);
-    free(tc);
+    void *scratch[] = {dzs, dxh, order, panel, xht, zero, dz2, xht2, dzs2, c, tc};
+    for (size_t k = 0; k < sizeof scratch / sizeof *scratch; k++) free(scratch[k]);
     return failed ? -1 : 0;
 }
 

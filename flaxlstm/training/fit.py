@@ -316,9 +316,14 @@ class Supervised:
         scores = {}
         for name, data in self.evaluations.items():
             metrics = run_eval(
-                self.eval_graphdef, state.params, state.non_params, data,
-                EVAL_BATCH_FACTOR * self.batch_size, self.bucket_width, self.loss,
-            )  # fmt: skip
+                self.eval_graphdef,
+                state.params,
+                state.non_params,
+                data,
+                EVAL_BATCH_FACTOR * self.batch_size,
+                self.bucket_width,
+                self.loss,
+            )
             scores |= {f"{name}_{key}": value for key, value in metrics.items()}
         return scores
 

@@ -252,9 +252,10 @@ def _check_lm_options(
     for name, value in (("batch_size", batch_size), ("bptt", bptt), ("epochs", epochs)):
         check_positive_int(name, value)
     for name, value in (
-        ("max_steps", max_steps), ("eval_every", eval_every),
+        ("max_steps", max_steps),
+        ("eval_every", eval_every),
         ("checkpoint_every", checkpoint_every),
-    ):  # fmt: skip
+    ):
         check_positive_int(name, value, optional=True)
     vocabulary = model.embed.num_embeddings
     if not 0 <= samples < vocabulary:
@@ -303,9 +304,14 @@ class NextTokens:
 
     def scores(self, state: TrainState) -> dict[str, float]:
         total = loss_totals(
-            self.model, self.eval_graphdef, state.params, state.non_params, self.validation,
-            self.batch_size, self.bptt,
-        )  # fmt: skip
+            self.model,
+            self.eval_graphdef,
+            state.params,
+            state.non_params,
+            self.validation,
+            self.batch_size,
+            self.bptt,
+        )
         return {f"val_{k}": v for k, v in scores(total[0], total[1]).items()}
 
     def entry(self, sums: np.ndarray, seconds: float, step: int, seen: float) -> dict:

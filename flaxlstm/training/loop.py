@@ -203,9 +203,8 @@ class Loop:
     """A run's fixed parts — its objective, plan, checkpoints and signals — and its loop."""
 
     def __init__(self, objective: Objective, plan: Plan, checkpoints, received):
-        self.objective, self.plan, self.checkpoints, self.received = (
-            objective, plan, checkpoints, received,
-        )  # fmt: skip
+        self.objective, self.plan = objective, plan
+        self.checkpoints, self.received = checkpoints, received
         self.models = None if plan.model_dir is None else Checkpointer(plan.model_dir)
         self.quiet = plan.quiet or not primary()
 
@@ -229,9 +228,13 @@ class Loop:
         count, batches = self.objective.batches(progress.epoch, progress.batch)
         step, pending, since = int(trees["train"].step), [], time.perf_counter()
         bar = tqdm(
-            total=count, initial=progress.batch, desc=f"Epoch {progress.epoch}/{self.plan.epochs}",
-            leave=False, disable=self.quiet, unit="batch",
-        )  # fmt: skip
+            total=count,
+            initial=progress.batch,
+            desc=f"Epoch {progress.epoch}/{self.plan.epochs}",
+            leave=False,
+            disable=self.quiet,
+            unit="batch",
+        )
         for i, batch in enumerate(batches, start=progress.batch):
             trees["train"], carry, sums = self.objective.step(
                 trees["train"], trees.get("carry"), batch
@@ -308,9 +311,14 @@ class Loop:
             trees["best"] = jax.tree.map(jnp.copy, state.params)
         stopped = self.plan.patience is not None and waited >= self.plan.patience
         after = dataclasses.replace(
-            progress, sums=[], seconds=0.0, history=history, best=best, waited=waited,
+            progress,
+            sums=[],
+            seconds=0.0,
+            history=history,
+            best=best,
+            waited=waited,
             stopped=stopped,
-        )  # fmt: skip
+        )
         if primary() and self.models is not None:
             params = jax.device_get(trees.get("best", state.params))
             self.models.save(step, params, {"step": step, "epoch": epoch})

@@ -80,10 +80,14 @@ class LmRun(NamedTuple):
 def language_model(config: dict) -> LanguageModel:
     """The ``LanguageModel`` that a ``train lm`` run's config describes (initialised)."""
     return LanguageModel(
-        config["vocab_size"], config["embedding"], config["hidden"],
-        num_layers=config["layers"], dropout=config["dropout"], tie=config["tie"],
+        config["vocab_size"],
+        config["embedding"],
+        config["hidden"],
+        num_layers=config["layers"],
+        dropout=config["dropout"],
+        tie=config["tie"],
         rngs=nnx.Rngs(config["seed"]),
-    )  # fmt: skip
+    )
 
 
 def load_lm_run(run_dir: str | os.PathLike) -> LmRun:

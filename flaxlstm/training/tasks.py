@@ -23,7 +23,6 @@ from flaxlstm.config import (
     ImdbConfig,
     LmConfig,
     ParityConfig,
-    Recipe,
     RunConfig,
 )
 from flaxlstm.data import imdb as imdb_data
@@ -110,9 +109,14 @@ def fit_and_test(
         return write_metrics(config, {}, 0, seconds, final_validation(config, history))
     x, y, lengths = (*test_data, None)[:3]
     test = evaluate(
-        model, x, y, lengths=lengths, batch_size=EVAL_BATCH_FACTOR * config.batch_size,
-        bucket_width=bucket_width, loss=loss,
-    )  # fmt: skip
+        model,
+        x,
+        y,
+        lengths=lengths,
+        batch_size=EVAL_BATCH_FACTOR * config.batch_size,
+        bucket_width=bucket_width,
+        loss=loss,
+    )
     return write_metrics(config, test, len(x), seconds)
 
 
@@ -197,13 +201,19 @@ def _train_imdb(config: ImdbConfig) -> None:
     if config.init_from is not None:
         source = load_lm_run(config.init_from)
         if source.vocabulary.level != "word":
-            raise ValueError(f"--init-from needs a word-level language model: {config.init_from}"
-                             f" is {source.vocabulary.level}-level")  # fmt: skip
+            raise ValueError(
+                f"--init-from needs a word-level language model: {config.init_from}"
+                f" is {source.vocabulary.level}-level"
+            )
         config = dataclasses.replace(config, vocab_size=source.vocabulary.size)
     data = imdb_data.load_imdb(
-        config.vocab_size, config.maxlen, data_dir=config.data_dir, cache_dir=config.cache_dir,
-        limit=config.limit, vocabulary=source and source.vocabulary,
-    )  # fmt: skip
+        config.vocab_size,
+        config.maxlen,
+        data_dir=config.data_dir,
+        cache_dir=config.cache_dir,
+        limit=config.limit,
+        vocabulary=source and source.vocabulary,
+    )
     data.vocabulary.save(os.path.join(out, "vocabulary.json"))
     names = ("model", "vocab_size", "maxlen", "seed", "dtype", "loop")
     run_config = {name: getattr(config, name) for name in names}
@@ -308,24 +318,35 @@ def lm_source(config: LmConfig) -> LmRun | None:
     return source
 
 
+def lm_texts(config: LmConfig) -> tuple[list[str], list[str]]:
+    """The texts that a ``train lm`` run trains on and holds out: IMDB's reviews, or one text
+    file's two parts."""
+    if config.imdb:
+        return text_data.imdb_texts(config.validation_split, config.data_dir, config.limit)
+    train_text, held_text = text_data.text_file(config.text, config.validation_split)
+    return [train_text], [held_text]
+
+
+def lm_documents(config: LmConfig, vocabulary, texts, held) -> tuple[list, list]:
+    """The id arrays to train and validate on: a document per review, or for one long text a
+    contiguous piece per row."""
+    documents, validation = vocabulary.encode(texts), vocabulary.encode(held)
+    if config.imdb:
+        return documents, validation
+    rows = max(1, min(config.batch_size, len(validation[0]) // (2 * config.bptt)))
+    return text_data.pieces(documents[0], config.batch_size), text_data.pieces(validation[0], rows)
+
+
 def _train_language_model(config: LmConfig) -> None:
     out, start = config.out, time.perf_counter()
-    if config.imdb:
-        texts, held = text_data.imdb_texts(config.validation_split, config.data_dir, config.limit)
-    else:
-        train_text, held_text = text_data.text_file(config.text, config.validation_split)
-        texts, held = [train_text], [held_text]
+    texts, held = lm_texts(config)
     source = lm_source(config)
     if source is not None:
         sizes = {name: source.config[name] for name in LM_SIZES}
         sizes["layers"] += config.grow
         config = dataclasses.replace(config, **sizes)
     vocabulary, samples = lm_vocabulary(config, texts, source)
-    documents, validation = vocabulary.encode(texts), vocabulary.encode(held)
-    if not config.imdb:  # one long text: a contiguous piece per row
-        documents = text_data.pieces(documents[0], config.batch_size)
-        rows = max(1, min(config.batch_size, len(validation[0]) // (2 * config.bptt)))
-        validation = text_data.pieces(validation[0], rows)
+    documents, validation = lm_documents(config, vocabulary, texts, held)
     names = ("level", "embedding", "hidden", "layers", "tie", "dropout", "seed", "init_from",
              "grow", "loop")  # fmt: skip
     run_config = {"task": "lm", "vocab_size": vocabulary.size} | {
@@ -346,7 +367,7 @@ def _train_language_model(config: LmConfig) -> None:
     history = lm.train_lm(
         model, documents, validation, batch_size=config.batch_size, bptt=config.bptt,
         epochs=config.epochs, max_steps=config.max_steps, samples=samples,
-        recipe=Recipe(config.learning_rate, config.lr_schedule, config.clip_norm),
+        recipe=config.recipe,
         seed=config.seed, eval_every=config.eval_every,
         checkpoint_dir=os.path.join(out, "checkpoints"), checkpoint_every=config.checkpoint_every,
         resume=config.resume, model_dir=os.path.join(out, "model"),
