@@ -35,6 +35,7 @@ from flaxlstm.config import (
 )
 from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
+from flaxlstm.data.vocabulary import tokenize
 from flaxlstm.models import MODELS
 from flaxlstm.options import OptionError, non_negative_float, positive_int
 from flaxlstm.recurrent import describe_loop
@@ -181,7 +182,7 @@ def predict_reviews(args: argparse.Namespace) -> None:
     if not reviews:
         raise ValueError("no reviews given (as arguments, --file, or lines on stdin)")
     for n, review in enumerate(reviews):
-        if not imdb_data.tokenize(review):
+        if not tokenize(review):
             raise ValueError(f"review {n + 1} has no words after tokenisation: {review[:40]!r}")
     ids, lengths = imdb_data.pad_sequences(
         vocabulary.encode(reviews), config["maxlen"], padding="post"

@@ -1,7 +1,7 @@
 """Text for language models: documents of token ids, laid out in chunks for truncated
 backpropagation through time (TBPTT).
 
-A document is an int32 id array that starts with START (``imdb.Vocabulary.encode``); a
+A document is an int32 id array that starts with START (``vocabulary.Vocabulary.encode``); a
 language model reads ``ids[:-1]`` and predicts ``ids[1:]``, so a document of n ids gives n − 1
 steps. ``layout`` deals the documents to B rows (each to the row with the fewest chunks so far)
 and every row reads its documents one after another in chunks of ``bptt`` steps. A document

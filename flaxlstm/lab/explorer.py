@@ -49,7 +49,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from flaxlstm.data import imdb as imdb_data
+from flaxlstm.data.vocabulary import FIRST_WORD, OOV, PAD, START, TOKENIZERS, Vocabulary
 from flaxlstm.files import atomic_write
 from flaxlstm.lab import internals
 from flaxlstm.lab.traces import trace_model
@@ -74,11 +74,11 @@ def _rounded(values) -> list:
     return np.where(np.isfinite(values), values, None).tolist()
 
 
-def token_name(vocabulary: imdb_data.Vocabulary, token_id: int) -> str:
+def token_name(vocabulary: Vocabulary, token_id: int) -> str:
     """The token that ``token_id`` stands for: a word (or character), or ``<pad>``,
     ``<start>``, ``<oov>``."""
-    names = {imdb_data.PAD: "<pad>", imdb_data.START: "<start>", imdb_data.OOV: "<oov>"}
-    return names.get(int(token_id)) or vocabulary.words[int(token_id) - imdb_data.FIRST_WORD]
+    names = {PAD: "<pad>", START: "<start>", OOV: "<oov>"}
+    return names.get(int(token_id)) or vocabulary.words[int(token_id) - FIRST_WORD]
 
 
 def _token_steps(model: nnx.Module, tokens: int, steps: int) -> list[int | None]:
@@ -92,7 +92,7 @@ def _token_steps(model: nnx.Module, tokens: int, steps: int) -> list[int | None]
     return [t // size if t // size < steps else None for t in range(tokens)]
 
 
-def _signals(vocabulary: imdb_data.Vocabulary, ids: np.ndarray) -> list[dict]:
+def _signals(vocabulary: Vocabulary, ids: np.ndarray) -> list[dict]:
     """The built-in per-step signals (``flaxlstm.lab.internals``) that apply to ``ids`` [1, T]:
     position always; inside quotes, inside parentheses and the distance to the sentence's
     end where the vocabulary holds their tokens and the text uses them. Each: name, what it
@@ -198,7 +198,7 @@ def _chosen_layer(layers: list[dict], layer: str | None, quantity: str, unit: in
 
 def page_data(
     model: nnx.Module,
-    vocabulary: imdb_data.Vocabulary,
+    vocabulary: Vocabulary,
     text: str,
     *,
     max_tokens: int = MAX_TOKENS,
@@ -215,7 +215,7 @@ def page_data(
     (``render_page`` embeds it as JSON)."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be a positive integer, got {max_tokens}")
-    tokens = imdb_data.TOKENIZERS[vocabulary.level](text)
+    tokens = TOKENIZERS[vocabulary.level](text)
     if not tokens:
         raise ValueError(f"the text has no tokens after tokenisation: {text[:40]!r}")
     shown = tokens[:max_tokens]
@@ -233,8 +233,8 @@ def page_data(
         title=title,
         kind="language model" if isinstance(model, LanguageModel) else "classifier",
         level=vocabulary.level,
-        tokens=[token_name(vocabulary, imdb_data.START), *shown],
-        oov=[int(i == imdb_data.OOV) for i in ids],
+        tokens=[token_name(vocabulary, START), *shown],
+        oov=[int(i == OOV) for i in ids],
         cut=len(tokens) - len(shown),
         layers=layers,
         prediction=_prediction(model, vocabulary, ids),
@@ -252,7 +252,7 @@ def page_data(
 # ----------------------------------------------------------------------------- the page
 
 
-def load_any_run(run_dir: str | os.PathLike) -> tuple[nnx.Module, imdb_data.Vocabulary]:
+def load_any_run(run_dir: str | os.PathLike) -> tuple[nnx.Module, Vocabulary]:
     """The model and vocabulary of a ``train lm`` or a ``train imdb`` run directory (its
     config.json says which), or a one-line ValueError."""
     path = Path(run_dir) / "config.json"

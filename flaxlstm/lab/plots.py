@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from flaxlstm.cell import Trace
-from flaxlstm.data import imdb as imdb_data
+from flaxlstm.data.vocabulary import OOV, Vocabulary, tokenize
 from flaxlstm.lab.internals import Saturation
 from flaxlstm.lab.traces import first_step, review_prefixes, trace_model
 from flaxlstm.models import CumsumModel, SentimentClassifier
@@ -146,7 +146,7 @@ def plot_cumsum(
 
 def plot_review(
     model: SentimentClassifier,
-    vocabulary: imdb_data.Vocabulary,
+    vocabulary: Vocabulary,
     text: str,
     max_words: int = 60,
 ) -> Figure:
@@ -165,7 +165,7 @@ def plot_review(
     ax.set_ylabel("P(positive) so far")
     ax.set_xticks(steps, words, rotation=70, ha="right", fontsize=9)
     for tick, word in zip(ax.get_xticklabels(), words, strict=True):
-        if vocabulary.ids[word] == imdb_data.OOV:
+        if vocabulary.ids[word] == OOV:
             tick.set_color("0.6")
     ax.set_title(
         f"Prediction after each word (final: {p[-1]:.2f}; grey words are out of vocabulary)"
@@ -175,7 +175,7 @@ def plot_review(
 
 def plot_review_gates(
     model: SentimentClassifier,
-    vocabulary: imdb_data.Vocabulary,
+    vocabulary: Vocabulary,
     text: str,
     *,
     layer: str | None = None,
@@ -183,7 +183,7 @@ def plot_review_gates(
 ) -> Figure:
     """``plot_gates`` for one review: the LSTM layer ``layer`` (default: the first of
     ``trace_model``'s) over START and the first ``max_words`` words."""
-    words = ["<start>", *imdb_data.tokenize(text)[:max_words]]
+    words = ["<start>", *tokenize(text)[:max_words]]
     (ids,) = vocabulary.encode_tokens([words[1:]])
     traces = trace_model(model, ids[None], lengths=np.array([len(ids)], np.int32))
     layer = layer or next(iter(traces))

@@ -18,8 +18,8 @@ import numpy as np
 from flax import nnx
 
 from flaxlstm.cell import Trace
-from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data.batches import Batch, check_data
+from flaxlstm.data.vocabulary import Vocabulary, tokenize
 from flaxlstm.layers import LSTM, capture_intermediates
 from flaxlstm.models import CumsumModel, SentimentClassifier
 from flaxlstm.training.fit import predict
@@ -104,7 +104,7 @@ def cumsum_crossings(
 
 def review_prefixes(
     model: SentimentClassifier,
-    vocabulary: imdb_data.Vocabulary,
+    vocabulary: Vocabulary,
     text: str,
     max_words: int = 60,
 ) -> tuple[list[str], np.ndarray]:
@@ -114,7 +114,7 @@ def review_prefixes(
     Every prefix is scored as a review of its own (``predict`` with lengths 2, 3, ...
     after the START id), so this holds for any model: bidirectional and CNN ones included.
     """
-    words = imdb_data.tokenize(text)[:max_words]
+    words = tokenize(text)[:max_words]
     if not words:
         raise ValueError(f"the review has no words after tokenisation: {text[:40]!r}")
     (ids,) = vocabulary.encode_tokens([words])  # [1 + n]: START, then the words

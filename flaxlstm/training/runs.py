@@ -11,8 +11,8 @@ from typing import NamedTuple
 from flax import nnx
 
 from flaxlstm.config import InspectCumsumConfig, Recipe
-from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import synthetic
+from flaxlstm.data.vocabulary import Vocabulary
 from flaxlstm.models import (
     MODELS,
     CumsumModel,
@@ -30,7 +30,7 @@ class Run(NamedTuple):
     encodes reviews with, and its config (model, vocab_size, maxlen, ...)."""
 
     model: SentimentClassifier | LmClassifier
-    vocabulary: imdb_data.Vocabulary
+    vocabulary: Vocabulary
     config: dict
 
 
@@ -73,7 +73,7 @@ class LmRun(NamedTuple):
     """A ``flaxlstm train lm`` run directory, loaded: the model, its vocabulary, its config."""
 
     model: LanguageModel
-    vocabulary: imdb_data.Vocabulary
+    vocabulary: Vocabulary
     config: dict
 
 
@@ -104,7 +104,7 @@ def load_lm_run(run_dir: str | os.PathLike) -> LmRun:
     return LmRun(model, vocabulary, config)
 
 
-def _read_run_files(run_dir, command: str) -> tuple[dict, imdb_data.Vocabulary]:
+def _read_run_files(run_dir, command: str) -> tuple[dict, Vocabulary]:
     """A run directory's config.json (a JSON object) and vocabulary.json."""
     config_path, vocabulary_path = (os.path.join(run_dir, f) for f in RUN_FILES)
     for path in config_path, vocabulary_path:
@@ -118,7 +118,7 @@ def _read_run_files(run_dir, command: str) -> tuple[dict, imdb_data.Vocabulary]:
         raise ValueError(f"{config_path} is not a run's config: {error}") from None
     if not isinstance(config, dict):
         raise ValueError(f"{config_path} is not a run's config (a JSON object naming its model)")
-    return config, imdb_data.Vocabulary.load(vocabulary_path)
+    return config, Vocabulary.load(vocabulary_path)
 
 
 def _restore_model(model: nnx.Module, run_dir) -> None:

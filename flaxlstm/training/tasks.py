@@ -29,6 +29,7 @@ from flaxlstm.data import imdb as imdb_data
 from flaxlstm.data import movies, synthetic
 from flaxlstm.data import text as text_data
 from flaxlstm.data.batches import split_point
+from flaxlstm.data.vocabulary import TOKENIZERS, Vocabulary
 from flaxlstm.files import DirectoryLock, save_json
 from flaxlstm.layers import set_loop
 from flaxlstm.models import AddingModel, CumsumModel, ParityModel
@@ -259,15 +260,13 @@ def train_language_model(config: LmConfig) -> None:
         _train_language_model(config)
 
 
-def lm_vocabulary(
-    config: LmConfig, texts, source: LmRun | None = None
-) -> tuple[imdb_data.Vocabulary, int]:
+def lm_vocabulary(config: LmConfig, texts, source: LmRun | None = None) -> tuple[Vocabulary, int]:
     """The vocabulary of the training ``texts``, or the ``source`` run's (``--init-from``),
     checked against a resumed run's, then saved in the run directory; and the
     sampled-softmax size (default by vocabulary size)."""
     if source is None:
-        tokenize = imdb_data.TOKENIZERS[config.level]
-        vocabulary = imdb_data.Vocabulary.fit(map(tokenize, texts), config.vocab_size, config.level)
+        tokenize = TOKENIZERS[config.level]
+        vocabulary = Vocabulary.fit(map(tokenize, texts), config.vocab_size, config.level)
     else:
         vocabulary = source.vocabulary
     samples = config.samples
@@ -277,7 +276,7 @@ def lm_vocabulary(
         raise ValueError(f"--samples {samples} must be below the vocabulary's {vocabulary.size}")
     path = os.path.join(config.out, "vocabulary.json")
     if config.resume and os.path.exists(path):
-        saved = imdb_data.Vocabulary.load(path)
+        saved = Vocabulary.load(path)
         if (saved.words, saved.level) != (vocabulary.words, vocabulary.level):
             raise ValueError(f"{config.out} holds a run on another text (its vocabulary differs)")
     vocabulary.save(path)
