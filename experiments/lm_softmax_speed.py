@@ -15,10 +15,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from flaxlstm.config import Recipe
 from flaxlstm.data.text import Chunk
 from flaxlstm.files import save_json
 from flaxlstm.models import LanguageModel
+from flaxlstm.recipes import Recipe
 from flaxlstm.training import lm
 from flaxlstm.training.loop import create_train_state
 

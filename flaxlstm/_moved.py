@@ -32,6 +32,10 @@ MOVED = {
     "flaxlstm.losses": "flaxlstm.training.losses",
 }
 MOVED_NAMES = {
+    ("flaxlstm.config", "Recipe"): "flaxlstm.recipes",
+    ("flaxlstm.config", "LayerRates"): "flaxlstm.recipes",
+    ("flaxlstm.config", "IMDB_RECIPE"): "flaxlstm.recipes",
+    ("flaxlstm.config", "LM_PRETRAINED_LAYERS"): "flaxlstm.recipes",
     ("flaxlstm.data.imdb", "name_groups"): "flaxlstm.data.movies",
     ("flaxlstm.data.imdb", "movie_slice_order"): "flaxlstm.data.movies",
     ("flaxlstm.data.imdb", "NAME"): "flaxlstm.data.movies",

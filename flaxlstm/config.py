@@ -1,23 +1,21 @@
-"""Every setting in one place: the training recipe, each task's options and the IMDB models.
+"""Every setting in one place: each task's options and the IMDB models.
 
 Frozen dataclasses and nothing else. The ``flaxlstm`` command builds its options from their
 fields (name, default, ``help``, ``choices`` and a parser of the text in each field's
 metadata: ``flaxlstm.cli.add_options``), so a default changed here changes the command too;
-library users build them directly, e.g.
-``fit(model, x, y, recipe=Recipe(lr_schedule="cosine", clip_norm=1.0))``.
+library users build them directly, e.g. ``CumsumConfig(hidden=50, epochs=5)``. The training
+recipe they make (``.recipe``) is a ``flaxlstm.recipes.Recipe``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from dataclasses import dataclass
 from typing import Literal
 
-import jax
-import optax
-
+from flaxlstm import recipes
+from flaxlstm._moved import moved_attribute
 from flaxlstm.checks import require_ngrams
 from flaxlstm.options import (
     batch_size_option,
@@ -37,76 +35,6 @@ from flaxlstm.options import (
     sequences_option,
 )
 
-# ----------------------------------------------------------------------------- the recipe
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How the parameters are optimised: Adam at ``learning_rate``, held constant or decayed
-    to 0 along a cosine over every training step, with gradients clipped to the global norm
-    ``clip_norm`` first (0: no clipping). ``IMDB_RECIPE`` is what made the seeds' IMDB models
-    reliable (docs/RESULTS.md)."""
-
-    learning_rate: float = 1e-3
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    clip_norm: float = 0.0
-
-    def __post_init__(self):
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
-        if not self.clip_norm >= 0:
-            raise ValueError(f"clip_norm must be >= 0, got {self.clip_norm}")
-
-    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
-        """The optax transformation for a run of ``total_steps`` optimizer steps (one object
-        per recipe and schedule length, so that compiled train steps are reused)."""
-        return _optimizer(self, total_steps if self.lr_schedule == "cosine" else None)
-
-
-@functools.cache
-def _optimizer(recipe: Recipe, total_steps: int | None) -> optax.GradientTransformation:
-    rate = recipe.learning_rate
-    if total_steps is not None:
-        rate = optax.cosine_decay_schedule(recipe.learning_rate, max(total_steps, 1))
-    adam = optax.adam(rate)
-    if not recipe.clip_norm:
-        return adam
-    return optax.chain(optax.clip_by_global_norm(recipe.clip_norm), adam)
-
-
-@dataclass(frozen=True)
-class LayerRates(Recipe):
-    """A ``Recipe`` in which the parameters under some of the model's top-level layers learn
-    at a fraction of the rate: ``scales`` = ((layer name, factor), ...) multiplies their Adam
-    updates. With one factor below 1 for pretrained layers it is ULMFiT's discriminative
-    fine-tuning (``flaxlstm train imdb --init-from``)."""
-
-    scales: tuple[tuple[str, float], ...] = ()
-
-    def optimizer(self, total_steps: int) -> optax.GradientTransformation:
-        return _layer_rates(self, total_steps if self.lr_schedule == "cosine" else None)
-
-
-@functools.cache
-def _layer_rates(recipe: LayerRates, total_steps: int | None) -> optax.GradientTransformation:
-    scales = dict(recipe.scales)
-
-    def labels(params):
-        name = lambda path: str(getattr(path[0], "key", path[0]))  # noqa: E731  the layer
-        group = lambda path, _: name(path) if name(path) in scales else ""  # noqa: E731
-        return jax.tree_util.tree_map_with_path(group, params)
-
-    groups = {"": optax.identity()} | {name: optax.scale(f) for name, f in scales.items()}
-    return optax.chain(_optimizer(recipe, total_steps), optax.multi_transform(groups, labels))
-
-
-IMDB_RECIPE = Recipe(learning_rate=1e-3, lr_schedule="cosine", clip_norm=1.0)
-# The layers a classifier fine-tuned from a language model takes from it (models.LmClassifier).
-LM_PRETRAINED_LAYERS = ("embed", "lstm")
-
-
 # ----------------------------------------------------------------------------- the tasks
 
 
@@ -114,13 +42,13 @@ LM_PRETRAINED_LAYERS = ("embed", "lstm")
 class RecipeOptions:
     """A ``Recipe``'s settings as a command's options (its defaults are ``Recipe``'s)."""
 
-    learning_rate: float = learning_rate_option(Recipe.learning_rate)
-    lr_schedule: Literal["constant", "cosine"] = schedule_option(Recipe.lr_schedule)
-    clip_norm: float = clip_norm_option(Recipe.clip_norm)
+    learning_rate: float = learning_rate_option(recipes.Recipe.learning_rate)
+    lr_schedule: Literal["constant", "cosine"] = schedule_option(recipes.Recipe.lr_schedule)
+    clip_norm: float = clip_norm_option(recipes.Recipe.clip_norm)
 
     @property
-    def recipe(self) -> Recipe:
-        return Recipe(self.learning_rate, self.lr_schedule, self.clip_norm)
+    def recipe(self) -> recipes.Recipe:
+        return recipes.Recipe(self.learning_rate, self.lr_schedule, self.clip_norm)
 
 
 @dataclass(frozen=True)
@@ -264,9 +192,9 @@ class ImdbConfig(RunConfig):
     """Seeds 002/003: IMDB sentiment. Unset sizes come from the model's seed; no validation
     split by default (the seeds train on all 25,000 training reviews); ``IMDB_RECIPE``."""
 
-    learning_rate: float = learning_rate_option(IMDB_RECIPE.learning_rate)
-    lr_schedule: Literal["constant", "cosine"] = schedule_option(IMDB_RECIPE.lr_schedule)
-    clip_norm: float = clip_norm_option(IMDB_RECIPE.clip_norm)
+    learning_rate: float = learning_rate_option(recipes.IMDB_RECIPE.learning_rate)
+    lr_schedule: Literal["constant", "cosine"] = schedule_option(recipes.IMDB_RECIPE.lr_schedule)
+    clip_norm: float = clip_norm_option(recipes.IMDB_RECIPE.clip_norm)
     validation_split: float = option(0.0, "held out of train", fraction)
     model: str = option(
         "simple", "one of the seeds' models, or best", choices=tuple(sorted(IMDB_MODELS))
@@ -383,11 +311,11 @@ class ImdbConfig(RunConfig):
         return {name: getattr(self, name) for name in IMDB_LAYER_OPTIONS}
 
     @property
-    def recipe(self) -> Recipe:
+    def recipe(self) -> recipes.Recipe:
         if self.init_from is None:
             return super().recipe
-        scales = tuple((name, self.pretrained_lr_scale) for name in LM_PRETRAINED_LAYERS)
-        return LayerRates(self.learning_rate, self.lr_schedule, self.clip_norm, scales)
+        scales = tuple((name, self.pretrained_lr_scale) for name in recipes.LM_PRETRAINED_LAYERS)
+        return recipes.LayerRates(self.learning_rate, self.lr_schedule, self.clip_norm, scales)
 
 
 @dataclass(frozen=True)
@@ -479,3 +407,8 @@ class InspectCumsumConfig:
     seed: int = option(0, "of the data, initialisation and order", int)
     sequence: int = option(0, "which held-out sequence to draw", int)
     out: str = option("runs/inspect-cumsum", "directory for the PNGs", str)
+
+
+def __getattr__(name: str):
+    """The names that moved to flaxlstm.recipes (flaxlstm/_moved.py)."""
+    return moved_attribute(__name__, name)

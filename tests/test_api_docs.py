@@ -24,7 +24,7 @@ def test_api_reference_builds_without_warnings(tmp_path):
         "training.fit": ["flaxlstm.training.fit.fit"],
         "training.loop": ["flaxlstm.training.loop.train", "flaxlstm.training.loop.Objective"],
         "training.lm": ["flaxlstm.training.lm.train_lm"],
-        "config": ["flaxlstm.config.Recipe"],
+        "recipes": ["flaxlstm.recipes.Recipe"],
         "data.imdb": ["flaxlstm.data.imdb.load_imdb"],
         "variants": ["flaxlstm.variants.PeepholeLSTM"],
     }

@@ -16,10 +16,11 @@ from flax import nnx
 
 from flaxlstm import LSTM, Bidirectional, native
 from flaxlstm.cli import build_parser, from_options, main
-from flaxlstm.config import IMDB_RECIPE, CumsumConfig, ImdbConfig, ParityConfig, Recipe
+from flaxlstm.config import CumsumConfig, ImdbConfig, ParityConfig
 from flaxlstm.data.synthetic import cumsum_sequences
 from flaxlstm.layers import set_loop
 from flaxlstm.models import CumsumModel
+from flaxlstm.recipes import IMDB_RECIPE, Recipe
 from flaxlstm.training.fit import fit
 
 

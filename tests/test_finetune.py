@@ -11,9 +11,9 @@ from flax import nnx
 from shared_data import DATA_DIR, needs_data
 from test_cli import run_main
 
-from flaxlstm.config import LayerRates, Recipe
 from flaxlstm.data.vocabulary import Vocabulary
 from flaxlstm.models import LanguageModel, LmClassifier
+from flaxlstm.recipes import LayerRates, Recipe
 from flaxlstm.training.runs import load_lm_run, load_run
 
 V, E, H = 40, 8, 12

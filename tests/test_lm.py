@@ -18,10 +18,10 @@ from flax import nnx
 
 from flaxlstm.cell import LSTMState
 from flaxlstm.cli import main
-from flaxlstm.config import Recipe
 from flaxlstm.data import text
 from flaxlstm.data.vocabulary import OOV, PAD, START, Vocabulary, tokenize_chars
 from flaxlstm.models import LanguageModel
+from flaxlstm.recipes import Recipe
 from flaxlstm.training import lm
 from flaxlstm.training.checkpoint import Checkpointer
 from flaxlstm.training.interrupts import TrainingInterrupted

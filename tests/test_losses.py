@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from flaxlstm import LSTM, PerStep
-from flaxlstm.config import Recipe
+from flaxlstm.recipes import Recipe
 from flaxlstm.training.fit import evaluate, fit, predict
 from flaxlstm.training.losses import get_loss
 

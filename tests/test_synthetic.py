@@ -5,7 +5,6 @@ import optax
 import pytest
 from flax import nnx
 
-from flaxlstm.config import Recipe
 from flaxlstm.data.synthetic import (
     adding_sequences,
     cumsum_sequences,
@@ -14,6 +13,7 @@ from flaxlstm.data.synthetic import (
     parity_sequences,
 )
 from flaxlstm.models import AddingModel, ParityModel, TokenClassifier
+from flaxlstm.recipes import Recipe
 from flaxlstm.training.fit import evaluate, fit, predict
 from flaxlstm.training.runs import train_cumsum_model
 

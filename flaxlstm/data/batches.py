@@ -2,7 +2,8 @@
 validation slice, and cut it into batches of one shape (length-bucketed when asked).
 
 Data enters as numpy arrays and is checked here before anything is compiled: lengths agree,
-labels [N] or [N, T] (their values are checked against the loss by ``flaxlstm.train``), token
+labels [N] or [N, T] (their values are checked against the loss by
+``flaxlstm.training.losses``), token
 ids in the model's vocabulary (inside jit, JAX's gather would clamp
 them silently). Batches keep one shape: the last batch of a pass is topped up with repeated
 examples of weight 0, so every example is seen and counted once and the padding counts for
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from flaxlstm.checks import check_positive_int, check_token_ids
+from flaxlstm.checks import check_token_ids
 
 
 class Batch(NamedTuple):
@@ -76,14 +77,6 @@ def _checked_labels(labels, inputs: np.ndarray) -> np.ndarray:
     if labels.dtype.kind not in "biuf" and not jnp.issubdtype(labels.dtype, jnp.floating):
         raise TypeError(f"y must be numbers (0/1, class ids or values), got {labels.dtype}")
     return labels
-
-
-def check_batching(batch_size: int, bucket_width: int | None, lengths) -> None:
-    """Raise a one-line ValueError for a bad ``batch_size`` or ``bucket_width``."""
-    check_positive_int("batch_size", batch_size)
-    check_positive_int("bucket_width", bucket_width, optional=True)
-    if bucket_width is not None and lengths is None:
-        raise ValueError("bucket_width needs lengths (the real tokens of each padded sequence)")
 
 
 def split_point(examples: int, validation_split: float) -> int:

@@ -130,6 +130,30 @@ def cache_path(
     return cache_dir / f"imdb-tok{TOKENIZER_VERSION}-vocab{vocab_size}{first}-{digest}.npz"
 
 
+def check_options(
+    vocab_size: int,
+    limit: int | None = None,
+    vocabulary: Vocabulary | None = None,
+    maxlen: int = 1,
+    padding: Side = "pre",
+    truncating: Side = "pre",
+) -> None:
+    """Raise a one-line ValueError for a bad option of ``load_imdb`` or ``encode_imdb``,
+    before anything is read."""
+    if not isinstance(vocab_size, int) or vocab_size < FIRST_WORD:
+        raise ValueError(f"vocab_size must be an integer ≥ {FIRST_WORD}, got {vocab_size!r}")
+    if vocabulary is not None and (vocabulary.level, vocabulary.size) != ("word", vocab_size):
+        raise ValueError(
+            f"a given vocabulary must be word-level of size vocab_size={vocab_size}, got a"
+            f" {vocabulary.level}-level one of size {vocabulary.size}"
+        )
+    for name, side in (("padding", padding), ("truncating", truncating)):
+        if side not in ("pre", "post"):
+            raise ValueError(f'{name} must be "pre" or "post", got {side!r}')
+    check_positive_int("maxlen", maxlen)
+    check_positive_int("limit", limit, optional=True)
+
+
 def encode_imdb(
     vocab_size: int,
     *,
@@ -147,14 +171,14 @@ def encode_imdb(
     Read from the cache when a sound cache file exists (under a second); otherwise built (10 to
     20 seconds on two cores) and cached. A cache file that cannot be read is rebuilt.
     """
-    if not isinstance(vocab_size, int) or vocab_size < FIRST_WORD:
-        raise ValueError(f"vocab_size must be an integer ≥ {FIRST_WORD}, got {vocab_size!r}")
-    check_positive_int("limit", limit, optional=True)
-    if vocabulary is not None and (vocabulary.level, vocabulary.size) != ("word", vocab_size):
-        raise ValueError(
-            f"a given vocabulary must be word-level of size vocab_size={vocab_size}, got a"
-            f" {vocabulary.level}-level one of size {vocabulary.size}"
-        )
+    check_options(vocab_size, limit, vocabulary)
+    return _encoded(vocab_size, data_dir, cache_dir, download, limit, vocabulary)
+
+
+def _encoded(
+    vocab_size: int, data_dir, cache_dir, download: bool, limit: int | None, vocabulary
+) -> tuple[Vocabulary, dict[str, Encoded]]:
+    """``encode_imdb`` with checked options."""
     data_dir = resolve_data_dir(data_dir)
     cache_dir = Path(cache_dir or default_cache_dir()).expanduser().resolve()
     if cache_dir.is_relative_to(data_dir):
@@ -236,6 +260,16 @@ def pad_sequences(
         maxlen = max(map(len, sequences), default=0)
     if not isinstance(maxlen, int | np.integer) or maxlen < 0:
         raise ValueError(f"maxlen must be a non-negative integer, got {maxlen!r}")
+    ids, lengths = _padded(sequences, maxlen, padding, truncating)
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"token ids must be non-negative, got {ids.min()}")
+    return ids, lengths
+
+
+def _padded(
+    sequences: list[np.ndarray], maxlen: int, padding: Side, truncating: Side
+) -> tuple[np.ndarray, np.ndarray]:
+    """``pad_sequences`` of checked integer ``sequences``."""
     ids = np.full((len(sequences), maxlen), PAD, np.int32)
     lengths = np.zeros(len(sequences), np.int32)
     for row, sequence in enumerate(sequences):
@@ -246,8 +280,6 @@ def pad_sequences(
             ids[row, maxlen - n :] = kept
         else:
             ids[row, :n] = kept
-    if ids.size and ids.min() < 0:
-        raise ValueError(f"token ids must be non-negative, got {ids.min()}")
     return ids, lengths
 
 
@@ -309,14 +341,10 @@ def load_imdb(
     Raises FileNotFoundError when ``data_dir`` holds no prepared copy (and not ``download``),
     and a one-line ValueError for a bad option, before anything is read.
     """
-    check_positive_int("maxlen", maxlen)
-    pad_sequences([], maxlen, padding, truncating)  # checks padding and truncating
-    vocabulary, splits = encode_imdb(
-        vocab_size, data_dir=data_dir, cache_dir=cache_dir, download=download, limit=limit,
-        vocabulary=vocabulary,
-    )  # fmt: skip
+    check_options(vocab_size, limit, vocabulary, maxlen, padding, truncating)
+    vocabulary, splits = _encoded(vocab_size, data_dir, cache_dir, download, limit, vocabulary)
     padded = {
-        split: Split(*pad_sequences(encoded.sequences, maxlen, padding, truncating), encoded.labels)
+        split: Split(*_padded(encoded.sequences, maxlen, padding, truncating), encoded.labels)
         for split, encoded in splits.items()
     }
     return Imdb(padded["train"], padded["test"], vocabulary)

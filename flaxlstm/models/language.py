@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flaxlstm import config
+from flaxlstm import recipes
 from flaxlstm.data.vocabulary import padding_mask
 from flaxlstm.layers import (
     Embedding,
@@ -49,7 +49,7 @@ class LmClassifier(nnx.Module):
     """
 
     # What comes from the language model: these layers (the head is new).
-    pretrained = config.LM_PRETRAINED_LAYERS
+    pretrained = recipes.LM_PRETRAINED_LAYERS
 
     def __init__(
         self,

@@ -25,7 +25,7 @@ on the same machine.
   record only (never to choose a model).
 - ``shuffle``: draw a new order of the training examples every epoch from ``seed``.
 - ``optimizer``: any optax GradientTransformation (Adam(1e-3) by default); ``clip_norm``: clip
-  the gradients to this global norm first. Or ``recipe``, a ``flaxlstm.config.Recipe``: Adam
+  the gradients to this global norm first. Or ``recipe``, a ``flaxlstm.recipes.Recipe``: Adam
   with a constant or cosine-decayed learning rate over all of the run's steps, and clipping
   (``IMDB_RECIPE`` is the IMDB command's).
 - ``bucket_width``: batch sequences of similar ``lengths`` together and cut each batch to a
@@ -62,8 +62,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from flaxlstm.checks import check_positive_int
-from flaxlstm.config import Recipe
-from flaxlstm.data.batches import Batch, batches, check_batching, check_data, hold_out
+from flaxlstm.data.batches import Batch, batches, check_data, hold_out
+from flaxlstm.recipes import Recipe
 from flaxlstm.recurrent import make_mask
 from flaxlstm.training import loop
 from flaxlstm.training.loop import History, TrainState, create_train_state, split_model
@@ -172,17 +172,8 @@ def output_shape(model: nnx.Module, data: Batch) -> tuple[int, ...]:
 
 def check_targets(model: nnx.Module, data: Batch, loss: Loss) -> None:
     """Raise a one-line ValueError unless ``data``'s labels fit ``loss`` and the model's
-    outputs: their shape, and their values at real labels (class ids in range, 0/1, ...)."""
-    shape = output_shape(model, data)
-    if loss.label_shape(shape) != data.labels.shape:
-        raise ValueError(
-            f"the model gives outputs {shape} for labels {data.labels.shape}"
-            f" ({loss.name} takes labels {loss.label_shape(shape)})"
-        )
-    real = data.labels
-    if real.ndim == 2 and data.lengths is not None:
-        real = real[np.arange(real.shape[1]) < data.lengths[:, None]]
-    loss.check_targets(real, shape)
+    outputs (``Loss.check_targets``)."""
+    loss.check_targets(data.labels, data.lengths, output_shape(model, data))
 
 
 # Evaluation (no gradients, nothing saved for a backward pass) runs batches this many times
@@ -248,9 +239,9 @@ def fit(
     batch_sharding, replicated = data_parallel(devices)
     _check_fit_options(
         epochs, patience, checkpoint_every, validation_split, validation_data, clip_norm,
-        resume, checkpoint_dir, optimizer, recipe, batch_size, batch_sharding.mesh.size,
+        resume, checkpoint_dir, optimizer, recipe, batch_size, bucket_width, lengths,
+        batch_sharding.mesh.size,
     )  # fmt: skip
-    check_batching(batch_size, bucket_width, lengths)
     loss = get_loss(loss)
     train, evaluations = prepare_data(
         model, Batch(x, y, lengths), validation_split, validation_data, report_data, loss
@@ -342,8 +333,9 @@ def mean_metrics(sums: np.ndarray, loss: Loss) -> dict[str, float]:
 
 def _check_fit_options(
     epochs, patience, checkpoint_every, validation_split, validation_data, clip_norm, resume,
-    checkpoint_dir, optimizer, recipe, batch_size, devices,
+    checkpoint_dir, optimizer, recipe, batch_size, bucket_width, lengths, devices,
 ) -> None:  # fmt: skip
+    check_batching(batch_size, bucket_width, lengths)
     check_positive_int("epochs", epochs)
     check_positive_int("patience", patience, optional=True)
     check_positive_int("checkpoint_every", checkpoint_every, optional=True)
@@ -361,6 +353,14 @@ def _check_fit_options(
         raise ValueError(
             f"batch_size {batch_size} must be a multiple of the {devices} devices it is split over"
         )
+
+
+def check_batching(batch_size: int, bucket_width: int | None, lengths) -> None:
+    """Raise a one-line ValueError for a bad ``batch_size`` or ``bucket_width``."""
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("bucket_width", bucket_width, optional=True)
+    if bucket_width is not None and lengths is None:
+        raise ValueError("bucket_width needs lengths (the real tokens of each padded sequence)")
 
 
 def prepare_data(

@@ -37,10 +37,10 @@ from tqdm.auto import tqdm
 
 from flaxlstm.cell import LSTMState
 from flaxlstm.checks import check_positive_int
-from flaxlstm.config import Recipe
 from flaxlstm.data.text import Chunk, chunk_at, chunks, layout, steps_of
 from flaxlstm.data.vocabulary import OOV, PAD, START
 from flaxlstm.models import LanguageModel
+from flaxlstm.recipes import Recipe
 from flaxlstm.recurrent import make_mask
 from flaxlstm.training import loop
 from flaxlstm.training.loop import TrainState, create_train_state, split_model

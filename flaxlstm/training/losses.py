@@ -51,16 +51,26 @@ class Loss(NamedTuple):
         """The shape the targets must have for outputs of ``output_shape``."""
         return output_shape[:-1] if self.classes else output_shape
 
-    def check_targets(self, targets: np.ndarray, output_shape: tuple[int, ...]) -> None:
-        """Raise a one-line ValueError unless the real ``targets`` fit this loss (their shape is
-        checked against the outputs by the caller)."""
-        if not targets.size:  # the loss would be 0 / 0
+    def check_targets(
+        self, labels: np.ndarray, lengths: np.ndarray | None, output_shape: tuple[int, ...]
+    ) -> None:
+        """Raise a one-line ValueError unless ``labels`` ([N] or [N, T], steps past
+        ``lengths`` [N] ignored) fit this loss and outputs of ``output_shape``: their shape,
+        and their values at real labels (finite; 0/1, class ids in range, ...)."""
+        if self.label_shape(output_shape) != labels.shape:
+            raise ValueError(
+                f"the model gives outputs {output_shape} for labels {labels.shape}"
+                f" ({self.name} takes labels {self.label_shape(output_shape)})"
+            )
+        if labels.ndim == 2 and lengths is not None:
+            labels = labels[np.arange(labels.shape[1]) < lengths[:, None]]
+        if not labels.size:  # the loss would be 0 / 0
             raise ValueError("y holds no real labels (T = 0, or every step is padding)")
-        if jnp.issubdtype(targets.dtype, jnp.floating) and not np.isfinite(targets).all():
-            bad = targets.size - np.count_nonzero(np.isfinite(targets))
+        if jnp.issubdtype(labels.dtype, jnp.floating) and not np.isfinite(labels).all():
+            bad = labels.size - np.count_nonzero(np.isfinite(labels))
             raise ValueError(f"y holds {bad} non-finite labels (NaN or infinity)")
         if self.check_values is not None:
-            self.check_values(targets, output_shape)
+            self.check_values(labels, output_shape)
 
 
 def _check_binary(labels: np.ndarray, output_shape) -> None:

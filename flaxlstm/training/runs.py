@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from flax import nnx
 
-from flaxlstm.config import InspectCumsumConfig, Recipe
+from flaxlstm.config import InspectCumsumConfig
 from flaxlstm.data import synthetic
 from flaxlstm.data.vocabulary import Vocabulary
 from flaxlstm.models import (
@@ -20,6 +20,7 @@ from flaxlstm.models import (
     LmClassifier,
     SentimentClassifier,
 )
+from flaxlstm.recipes import Recipe
 from flaxlstm.training.checkpoint import Checkpointer
 from flaxlstm.training.fit import fit
 from flaxlstm.training.loop import History
