@@ -70,12 +70,12 @@ class LSTM(nnx.Module):
 
     ``hand_written_backward`` and ``accumulate_above_bytes`` choose how the time loop is
     differentiated and ``loop`` where its steps run ("auto": in C on the CPU where it can,
-    flaxlstm/native/; "scan"; "native"; ``flaxlstm.recurrent.lstm_scan``). They are fields of
-    the layer, so a jitted step compiled for one setting is never reused for another. So is
-    ``clamps`` (empty at construction): units of gates or states held at fixed values at every
-    step, an ablation (``flaxlstm.cell.Clamp``; set and restored by
-    ``flaxlstm.lab.internals.ablate``); the loop then runs on ``scan_cell``, so training and
-    evaluation code run the ablated model unchanged.
+    flaxlstm/native/; "scan"; "native"; "pallas": one kernel, flaxlstm/pallas.py;
+    ``flaxlstm.recurrent.lstm_scan``). They are fields of the layer, so a jitted step compiled
+    for one setting is never reused for another. So is ``clamps`` (empty at construction): units
+    of gates or states held at fixed values at every step, an ablation (``flaxlstm.cell.Clamp``;
+    set and restored by ``flaxlstm.lab.internals.ablate``); the loop then runs on ``scan_cell``,
+    so training and evaluation code run the ablated model unchanged.
 
     Cell variants (``flaxlstm.variants``) subclass it and replace ``scan``; the checks,
     masking, dropout, reverse and traces stay this class's.
@@ -130,7 +130,7 @@ class LSTM(nnx.Module):
         self.dtype = dtype  # the matrix products' dtype (mixed precision); None: the inputs'
         self.hand_written_backward = hand_written_backward
         self.accumulate_above_bytes = accumulate_above_bytes
-        self.loop = loop  # "auto", "scan" or "native": where the time steps run (lstm_scan)
+        self.loop = loop  # "auto", "scan", "native" or "pallas": where the steps run (lstm_scan)
         self.clamps: Clamps = ()  # an ablation (flaxlstm.lab.internals.ablate), static
         self.deterministic = False
         self.sow_intermediates = False
@@ -277,7 +277,7 @@ _MERGES = {
 
 
 def set_loop(model: nnx.Module, loop: str) -> None:
-    """Set ``loop`` ("auto", "scan" or "native": where the time steps run, ``lstm_scan``) on
+    """Set ``loop`` ("auto", "scan", "native" or "pallas": where the steps run, ``lstm_scan``) on
     every ``LSTM`` inside ``model``, before its steps are traced (``flaxlstm train --loop``)."""
     for _, module in nnx.iter_graph(model):
         if isinstance(module, LSTM):

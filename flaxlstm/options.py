@@ -76,8 +76,9 @@ def loop_option():
     return option(
         "auto",
         "where the LSTM's time steps run: auto (in C on an x86-64 CPU with AVX2 + FMA, else"
-        " jax.lax.scan), scan, or native (the C loop, or an error where it cannot run)",
-        choices=("auto", "scan", "native"),
+        " jax.lax.scan), scan, native (the C loop, or an error where it cannot run), or pallas"
+        " (one Pallas kernel per direction: compiled on a CUDA GPU, interpreted elsewhere)",
+        choices=("auto", "scan", "native", "pallas"),
     )
 
 

@@ -39,7 +39,10 @@ a reversed scan starts at each sequence's last real token.
   (``native_loop_fits``: on an x86-64 CPU with AVX2 + FMA, in float32 or with bfloat16
   products on a CPU with AVX512-BF16) and was measured faster than the scan
   (``AUTO_NATIVE_BYTES``: a small enough [W; U]), else on ``jax.lax.scan``; "scan" always
-  scans; "native" requires the C loop (a one-line error where it cannot run).
+  scans; "native" requires the C loop (a one-line error where it cannot run); "pallas" runs
+  the whole loop, forward and backward, each in one Pallas kernel (flaxlstm/pallas.py):
+  compiled for CUDA, interpreted (exact and slow) on every other platform. "auto" does not
+  take it: it has not been timed on a GPU yet.
 - ``return_outputs``: False when only the final state is wanted: the hand-written loop then
   neither writes the outputs nor reads their (zero) gradient, [T, B, H] each.
 
@@ -57,7 +60,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from flaxlstm import native
+from flaxlstm import native, pallas
 from flaxlstm.cell import (
     Activation,
     Clamps,
@@ -313,7 +316,8 @@ class _Options(NamedTuple):
     accumulate: bool  # sum the weight gradients inside the loop (see ACCUMULATE_ABOVE_BYTES)
     remat: bool  # save only the inputs; the backward runs the forward again first
     matmul_dtype: object = None  # the matrix products' operand dtype (mixed precision)
-    native: str = ""  # the instruction set the time steps run on in C (flaxlstm.native); "": scan
+    native: str = ""  # where the steps run: an instruction set (in C, flaxlstm.native), "pallas"
+    # (one kernel, flaxlstm.pallas) or "" (jax.lax.scan)
     outputs: bool = True  # return the outputs [T, B, H] (False: the final state only)
 
 
@@ -334,6 +338,19 @@ def native_loop_fits(fused: bool, dtype, matmul_dtype, steps: int) -> str | None
     return next((why for bad, why in reasons if bad), None)
 
 
+def pallas_loop_fits(fused: bool, dtype, matmul_dtype) -> str | None:
+    """Why the Pallas kernel (flaxlstm/pallas.py) cannot run this ``lstm_scan``; None when
+    it can."""
+    products = jnp.dtype(matmul_dtype or jnp.float32)
+    if not fused:
+        return "it runs only the standard cell with its hand-written backward"
+    if dtype != jnp.float32:
+        return "it computes in float32 only"
+    if products not in (jnp.float32, jnp.bfloat16):
+        return "its products are float32 or bfloat16"
+    return None
+
+
 def _bf16(matmul_dtype) -> bool:
     """Whether the loop's products (``matmul_dtype``) are bfloat16."""
     return matmul_dtype is not None and jnp.dtype(matmul_dtype) == jnp.bfloat16
@@ -346,6 +363,8 @@ def _bf16(matmul_dtype) -> bool:
 # every batch, not at 6 MiB with B 16 nor 20 MiB; AVX2 faster at 0.5 MiB, slower from 1.5
 # MiB; bfloat16 products faster than the bfloat16 scan at 0.5 MiB, slower from 1.5 MiB
 # (docs/PERFORMANCE.md, "The C loop on every x86-64 CPU").
+# The values of ``loop``.
+LOOPS = ("auto", "scan", "native", "pallas")
 AUTO_NATIVE_BYTES = {"avx2": 2**20, "avx512": 3 * 2**20, "avx512bf16": 3 * 2**20}
 AUTO_NATIVE_BF16_BYTES = 2**19
 # ... and where each CPU's part of the batch (the C loop splits the rows between the CPUs) has
@@ -378,10 +397,15 @@ def _choose_loop(loop: str, fused, dtype, matmul_dtype, batch, time, features, h
     can and was measured faster for ``batch`` rows and [W; U] of ``features`` + ``hidden``
     rows, 4 ``hidden`` columns: ``AUTO_NATIVE_BYTES``)."""
     weights = (features + hidden) * 4 * hidden * 4  # [W; U] in float32
-    if loop not in ("auto", "scan", "native"):
-        raise ValueError(f'loop must be "auto", "scan" or "native", got {loop!r}')
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {', '.join(map(repr, LOOPS))}, got {loop!r}")
     if loop == "scan":
         return ""
+    if loop == "pallas":
+        why_not = pallas_loop_fits(fused, dtype, matmul_dtype)
+        if why_not:
+            raise ValueError(f"loop='pallas' cannot run here: {why_not}")
+        return "pallas"
     why_not = native_loop_fits(fused, dtype, matmul_dtype, batch * time)
     if loop == "native" and why_not:
         raise ValueError(f"loop='native' cannot run here: {why_not}")
@@ -406,6 +430,8 @@ def describe_loop(loop: str, matmul_dtype=None) -> str:
     if not isa:
         why = "as asked" if loop == "scan" else native_loop_fits(True, jnp.float32, matmul_dtype, 1)
         return f"on jax.lax.scan ({why})"
+    if loop == "pallas":
+        return "in one Pallas kernel (flaxlstm.pallas; interpreted except on CUDA)"
     if loop == "native":
         return f"in C on {isa} (flaxlstm.native)"
     limit = _auto_limit(isa, matmul_dtype) / 2**20
@@ -432,6 +458,14 @@ def _fused_forward(
     """The loop over time-major x [T, B, F]. Returns the final state, the outputs [T, B, H]
     (zero at padded steps; None without ``opt.outputs``) and, when ``save``, the per-step a
     [T, B, 4H] and the states each step started from, c_prev and h_prev [T, B, H]."""
+    if opt.native == "pallas":
+        b = b if opt.matmul_dtype is None else operand(b, opt.matmul_dtype).astype(b.dtype)
+        xw = project_all(W, b, time_major(x), opt.matmul_dtype)  # b rounded as the scan rounds it
+        final, outputs, saved = pallas.forward(
+            xw, U, state, mask, recurrent_mask,
+            reverse=opt.reverse, save=save, matmul_dtype=opt.matmul_dtype,
+        )  # fmt: skip
+        return final, outputs if opt.outputs else None, saved
     if opt.native:
         args = (x, W, U, b, *state, mask, recurrent_mask, opt.reverse, save)
         a, c_prev, h_prev, outputs, final = native.forward(
@@ -476,6 +510,15 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
         saved = _forward_again(opt, W, U, b, x, mask, state, recurrent_mask, cotangents)
     a, c_prev, h_prev = saved
     d_final, d_outputs = cotangents
+    if opt.native == "pallas":
+        dz, dh0, dc0 = pallas.backward(
+            saved, U, mask, recurrent_mask, d_final, d_outputs,
+            reverse=opt.reverse, matmul_dtype=opt.matmul_dtype,
+        )  # fmt: skip
+        dW, dU, db, dx, d_mask = _weight_gradients_after(
+            opt, W, U, x, h_prev, recurrent_mask, dz=dz
+        )
+        return dW, dU, db, dx, None, LSTMState(dc0, dh0), d_mask
     if opt.native:
         args = (saved, x, W, U, mask, recurrent_mask, *d_final[::-1], d_outputs, opt.reverse)
         dx, dW, dU, db, dh0, dc0, d_recurrent_mask = native.backward(
