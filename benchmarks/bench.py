@@ -35,7 +35,14 @@ steps on ``jax.lax.scan``, where ``flaxlstm`` runs them in C on the CPU, flaxlst
 ``flaxlstm-avx2`` and ``flaxlstm-avx512`` (the C loop on that instruction set, where the CPU
 runs it, at every shape: ``loop="native"``), ``flaxlstm-bf16-native`` and
 ``flaxlstm-bf16-scan`` (bfloat16 products in the C loop, where the CPU has AVX512-BF16, or on
-the scan, at every shape). The table names the path each flaxlstm row ran,
+the scan, at every shape), ``flaxlstm-pallas`` and ``flaxlstm-bf16-pallas`` (the whole loop in
+one Pallas kernel per direction, ``loop="pallas"``: compiled on a CUDA GPU, interpreted, and
+slow, elsewhere).
+
+``--precision`` sets float32 matrix products alike on both sides: ``tf32`` (JAX's GPU default,
+and PyTorch's for cuDNN's LSTM) or ``highest`` (full float32: JAX's
+``jax_default_matmul_precision``, and TF32 off in PyTorch's matmuls and cuDNN); unset, each
+library keeps its own default. The table names the path each flaxlstm row ran,
 ``flaxlstm[avx512bf16]``, ``flaxlstm-scan[scan]``: the C loop's instruction set
 (``FLAXLSTM_NATIVE_ISA`` forces a lower one for every row) or the scan.
 """
@@ -90,11 +97,12 @@ def _is_shape(name: str) -> bool:
 PEERS = ("flax", "keras", "torch", "cudnn")
 EXTRA = ("flaxlstm-autodiff", "flaxlstm-lengths", "flaxlstm-unroll8", "flaxlstm-bf16")
 EXTRA += ("flaxlstm-scan", "flaxlstm-avx2", "flaxlstm-avx512")
-EXTRA += ("flaxlstm-bf16-native", "flaxlstm-bf16-scan")
+EXTRA += ("flaxlstm-bf16-native", "flaxlstm-bf16-scan", "flaxlstm-pallas", "flaxlstm-bf16-pallas")
 # Environment variables that change the timings; recorded with the results.
 ENVIRONMENT = ("XLA_FLAGS", "GLIBC_TUNABLES", "OMP_NUM_THREADS", "LD_PRELOAD", "KERAS_BACKEND")
 ENVIRONMENT += ("FLAXLSTM_NATIVE_ISA", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 ENVIRONMENT += ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+ENVIRONMENT += ("JAX_DEFAULT_MATMUL_PRECISION",)
 
 
 def make_data(shape: dict, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -275,6 +283,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def set_precision(precision: str) -> None:
+    """float32 matrix products with TF32 (``tf32``) or in full float32 (``highest``), in JAX
+    and in PyTorch alike (its fresh memory processes inherit it through the environment)."""
+    import jax
+
+    jax.config.update(
+        "jax_default_matmul_precision", "tensorfloat32" if precision == "tf32" else "highest"
+    )
+    os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = jax.config.jax_default_matmul_precision
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/bench.py", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -291,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         "--cpus", type=int, help="run on this many CPUs (sets the affinity of this process)"
     )
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument(
+        "--precision", choices=("tf32", "highest"), help="float32 products on both sides"
+    )
     # The fresh process of peak_memory_mib: SHAPE (JSON) NAME STEPS.
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -298,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         shape, name, steps = args.memory_child
         memory_child(json.loads(shape), name, int(steps))
         return 0
+    if args.precision:
+        set_precision(args.precision)
     if args.cpus:  # before any backend starts its thread pools; RSS children inherit it
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cpus])
     shapes = [s for s in args.shapes.split(",") if s]

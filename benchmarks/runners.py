@@ -264,6 +264,8 @@ RUNNERS = {
     "flaxlstm-avx512": _flaxlstm("flaxlstm-avx512", isa="avx512", loop="native"),
     "flaxlstm-bf16-native": _flaxlstm("flaxlstm-bf16-native", dtype="bfloat16", loop="native"),
     "flaxlstm-bf16-scan": _flaxlstm("flaxlstm-bf16-scan", dtype="bfloat16", loop="scan"),
+    "flaxlstm-pallas": _flaxlstm("flaxlstm-pallas", loop="pallas"),
+    "flaxlstm-bf16-pallas": _flaxlstm("flaxlstm-bf16-pallas", dtype="bfloat16", loop="pallas"),
     "flax": flax_runner,
     "keras": keras_runner,
     "torch": torch_runner,

@@ -78,7 +78,7 @@ def loop_option():
         "where the LSTM's time steps run: auto (in C on an x86-64 CPU with AVX2 + FMA, else"
         " jax.lax.scan), scan, native (the C loop, or an error where it cannot run), or pallas"
         " (one Pallas kernel per direction: compiled on a CUDA GPU, interpreted elsewhere)",
-        choices=("auto", "scan", "native", "pallas"),
+        choices=("auto", "scan", "native", "pallas"),  # recurrent.LOOPS
     )
 
 

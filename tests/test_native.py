@@ -238,7 +238,9 @@ def test_loop_native_refuses_what_it_cannot_run_in_one_line():
     x = jnp.zeros((3, 5, 2))
     with pytest.raises(ValueError, match="loop='native' cannot run here: its products are"):
         lstm_scan(W, U, b, x, matmul_dtype=jnp.float16, loop="native")
-    with pytest.raises(ValueError, match='loop must be "auto", "scan" or "native", got .fast.'):
+    with pytest.raises(
+        ValueError, match="loop must be one of 'auto', 'scan', 'native', 'pallas', got .fast."
+    ):
         lstm_scan(W, U, b, x, loop="fast")
 
 

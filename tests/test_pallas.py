@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import AbstractDevice, AbstractMesh, use_abstract_mesh
 from test_native import assert_close, case, dropout_mask, value_and_grads
 
 from flaxlstm import LSTMState, lstm_scan
@@ -69,8 +70,10 @@ def test_final_state_only():
 
 
 def test_exports_for_cuda_with_the_loop_inside_the_kernels():
-    """Lowered for CUDA on this CPU machine: the forward and the backward are one Triton kernel
-    each (the Triton backend checks the block shapes and types here), and XLA runs no loop."""
+    """Lowered for CUDA on this CPU machine, for an H100 (the abstract device that names the
+    target; newer jax asks for it where no GPU is present): the forward and the backward are
+    one Triton kernel each (the Triton backend checks the block shapes and types here), and
+    XLA runs no loop."""
     B, T, F, H = 4, 20, 3, 9
 
     def loss(W, U, b, x, lengths):
@@ -81,11 +84,13 @@ def test_exports_for_cuda_with_the_loop_inside_the_kernels():
     args = (jnp.zeros((F, 4 * H)), jnp.zeros((H, 4 * H)), jnp.zeros(4 * H))
     args += (jnp.zeros((B, T, F)), jnp.full((B,), T))
     triton = "__gpu$xla.gpu.triton"
-    exported = jax.export.export(
-        jax.jit(jax.grad(loss, argnums=(0, 1, 2))),
-        platforms=["cuda"],
-        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(triton)],
-    )(*args)
+    h100 = AbstractDevice(device_kind="NVIDIA H100", num_cores=None, platform="cuda")
+    with use_abstract_mesh(AbstractMesh((1,), ("batch",), abstract_device=h100)):
+        exported = jax.export.export(
+            jax.jit(jax.grad(loss, argnums=(0, 1, 2))),
+            platforms=["cuda"],
+            disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(triton)],
+        )(*args)
     text = exported.mlir_module()
     assert text.count(f"@{triton}") == 2
     assert 'name = "_forward_kernel"' in text and 'name = "_backward_kernel"' in text
