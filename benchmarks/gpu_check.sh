@@ -11,7 +11,7 @@
 #    products) against PyTorch's nn.LSTM (cuDNN), jax.experimental.rnn (cuDNN through JAX) and
 #    the scan with unroll 1 and 8; forward + backward + Adam step medians. Twice: float32 with
 #    TF32 products on both sides (PyTorch's cuDNN default), and full float32 on both sides.
-# Writes OUT_DIR/gpu-DATE-tf32.json and OUT_DIR/gpu-DATE-float32.json. GPU_CHECK_SHAPES replaces
+# Writes OUT_DIR/CARD-DATE-tf32.json and OUT_DIR/CARD-DATE-float32.json (CARD: h100, h200, ...). GPU_CHECK_SHAPES replaces
 # the shapes (a tiny one proves the script on a CPU, where the kernel is interpreted).
 set -uo pipefail
 out=${1:-docs/bench}
@@ -22,14 +22,16 @@ export PYTHONUNBUFFERED=1
 python -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 ||
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # (the C loop is the CPU's; not needed)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no GPU"
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | grep -o '[A-Z][0-9]\{2,3\}' | head -1)
+card=$(echo "${card:-cpu}" | tr 'A-Z' 'a-z')
 python -c "import jax, flaxlstm; print('jax', jax.__version__, jax.devices())" || exit 1
 status=0
 timeout 120 python -m pytest -q -o addopts="" -p no:cacheprovider tests/test_pallas.py || status=1
 # flaxlstm itself (loop="auto") runs the scan on a GPU: the kernel is not taken until timed.
 timeout 130 python benchmarks/bench.py --shapes "$shapes" --precision tf32 \
     --peers torch,cudnn,flaxlstm-pallas,flaxlstm-bf16-pallas,flaxlstm-unroll8 \
-    --repeats 5 --budget 0.2 --no-rss --json "$out/gpu-$day-tf32.json" || status=1
+    --repeats 5 --budget 0.2 --no-rss --json "$out/$card-$day-tf32.json" || status=1
 timeout 90 python benchmarks/bench.py --shapes "$shapes" --precision highest \
     --peers torch,cudnn,flaxlstm-pallas --repeats 5 --budget 0.2 --no-rss \
-    --json "$out/gpu-$day-float32.json" || status=1
+    --json "$out/$card-$day-float32.json" || status=1
 exit $status

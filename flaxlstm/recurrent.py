@@ -459,6 +459,7 @@ def _fused_forward(
     (zero at padded steps; None without ``opt.outputs``) and, when ``save``, the per-step a
     [T, B, 4H] and the states each step started from, c_prev and h_prev [T, B, H]."""
     if opt.native == "pallas":
+        x = _real_steps(x, mask)
         b = b if opt.matmul_dtype is None else operand(b, opt.matmul_dtype).astype(b.dtype)
         xw = project_all(W, b, time_major(x), opt.matmul_dtype)  # b rounded as the scan rounds it
         final, outputs, saved = pallas.forward(
@@ -516,7 +517,7 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
             reverse=opt.reverse, matmul_dtype=opt.matmul_dtype,
         )  # fmt: skip
         dW, dU, db, dx, d_mask = _weight_gradients_after(
-            opt, W, U, x, h_prev, recurrent_mask, dz=dz
+            opt, W, U, _real_steps(x, mask), h_prev, recurrent_mask, dz=dz
         )
         return dW, dU, db, dx, None, LSTMState(dc0, dh0), d_mask
     if opt.native:
@@ -539,6 +540,12 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
             opt, W, U, x, h_prev, recurrent_mask, dz=ys
         )
     return dW, dU, db, dx, None, LSTMState(dc0, dh0), d_recurrent_mask
+
+
+def _real_steps(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """x [T, B, F] with zeros at padded steps: whatever they hold (NaN, infinity) reaches no
+    product, so no gradient (dW = Σ x_tᵀ·dz_t would turn 0·NaN into NaN)."""
+    return x if mask is None else jnp.where(mask, x, 0)
 
 
 def _forward_again(opt: _Options, W, U, b, x, mask, state, recurrent_mask, cotangents):

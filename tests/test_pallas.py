@@ -43,6 +43,20 @@ def test_equals_the_scan(padding, reverse, dropout, remat):
         assert not np.asarray(ours[0][1])[~np.asarray(mask)].any()
 
 
+def test_a_padded_step_reaches_no_gradient():
+    """NaN and infinity at padded steps of x change nothing: not the outputs, not a gradient."""
+    (W, U, b), x, mask, (c0, h0), weights = case(SHAPE, "scattered", seed=3)
+    padded = np.argwhere(~np.asarray(mask))
+    bad = np.asarray(x).copy()
+    bad[tuple(padded[0])] = np.nan
+    bad[tuple(padded[-1])] = np.inf
+    clean = np.where(np.asarray(mask)[..., None], np.asarray(x), 0)
+    args = lambda x: (W, U, b, jnp.asarray(x), c0, h0, mask, weights)  # noqa: E731
+    ours = value_and_grads(*args(bad), loop="pallas", reverse=False)
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(ours))
+    assert_close(ours, value_and_grads(*args(clean), loop="pallas", reverse=False))
+
+
 def test_bfloat16_products_equal_the_scan():
     (W, U, b), x, mask, (c0, h0), weights = case(SHAPE, "post", seed=1)
     args = (W, U, b, x, c0, h0, mask, weights)
@@ -69,12 +83,15 @@ def test_final_state_only():
     assert_close(final("pallas"), final("scan"))
 
 
-def test_exports_for_cuda_with_the_loop_inside_the_kernels():
+@pytest.mark.parametrize("shape", ["seed003", "seed002", "large"])
+def test_exports_for_cuda_with_the_loop_inside_the_kernels(shape):
     """Lowered for CUDA on this CPU machine, for an H100 (the abstract device that names the
     target; newer jax asks for it where no GPU is present): the forward and the backward are
     one Triton kernel each (the Triton backend checks the block shapes and types here), and
-    XLA runs no loop."""
-    B, T, F, H = 4, 20, 3, 9
+    XLA runs no loop. At the benchmark's shapes (B, T, E, H)."""
+    B, T, F, H = {"seed003": (64, 500, 32, 100), "seed002": (32, 80, 128, 128)}.get(
+        shape, (128, 200, 256, 512)
+    )
 
     def loss(W, U, b, x, lengths):
         mask = jnp.arange(T)[None] < lengths[:, None]
