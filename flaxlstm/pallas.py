@@ -159,11 +159,9 @@ def _backward_kernel(mm_dtype, steps, hidden, *refs):
 # ----------------------------------------------------------------------------- the wrappers
 
 
-def _pad_to(a: jax.Array, shape: tuple[int, ...], value: float = 0.0) -> jax.Array:
-    """``a`` padded at the end of every axis to ``shape``."""
-    return jnp.pad(
-        a, [(0, n - m) for m, n in zip(a.shape, shape, strict=True)], constant_values=value
-    )
+def _pad_to(a: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``a`` padded with zeros at the end of every axis to ``shape``."""
+    return jnp.pad(a, [(0, n - m) for m, n in zip(a.shape, shape, strict=True)])
 
 
 def _gates(a: jax.Array, hidden: int, to: int) -> jax.Array:
@@ -181,13 +179,14 @@ class _Layout:
         self.T, self.H = padded_size(steps, 1), padded_size(hidden)
         self.B = -(-batch // BLOCK_ROWS) * BLOCK_ROWS
 
-    def pad(self, a: jax.Array, gates: bool = False, value: float = 0.0) -> jax.Array:
-        """A time-major [T, B, n] (or [B, n]) array on the kernel's shapes."""
+    def pad(self, a: jax.Array, gates: bool = False) -> jax.Array:
+        """A time-major [T, B, n] (or [B, n]) array on the kernel's shapes, padded with zeros:
+        padded rows are padded steps (mask 0), padded units have no weights."""
         if gates:
             a = _gates(a, self.hidden, self.H)
         sizes = {3: (self.T, self.B), 2: (self.B,)}[a.ndim]
         n = a.shape[-1] if a.shape[-1] in (1, 4 * self.H) else self.H
-        return _pad_to(a, (*sizes, n), value)
+        return _pad_to(a, (*sizes, n))
 
     def cut(self, a: jax.Array, gates: bool = False) -> jax.Array:
         """The real part of a padded [T, B, n] or [B, n] array."""
