@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import field
 
+from flaxlstm.recurrent import LOOPS
+
 
 class OptionError(ValueError):
     """An option's text is not a value it takes; the message says what was expected."""
@@ -78,7 +80,7 @@ def loop_option():
         "where the LSTM's time steps run: auto (in C on an x86-64 CPU with AVX2 + FMA, else"
         " jax.lax.scan), scan, native (the C loop, or an error where it cannot run), or pallas"
         " (one Pallas kernel per direction: compiled on a CUDA GPU, interpreted elsewhere)",
-        choices=("auto", "scan", "native", "pallas"),  # recurrent.LOOPS
+        choices=LOOPS,
     )
 
 

@@ -86,10 +86,6 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, *args):
     )
 
 
-def _sigmoid(z):
-    return 1 / (1 + jnp.exp(-z))
-
-
 def _forward_kernel(mm_dtype, steps, hidden, save, *refs):
     """One program: ``steps`` steps for its rows. refs: xw [T, R, 4Hp], U [Hp, 4Hp],
     r [R, Hp], c0, h0 [R, Hp], m [T, R, 1] → outputs [T, R, Hp], c, h [R, Hp] and, when
@@ -105,7 +101,8 @@ def _forward_kernel(mm_dtype, steps, hidden, save, *refs):
             + jnp.dot(h_in, u_ref[:, gate(k)], preferred_element_type=jnp.float32)
             for k in range(4)
         ]
-        i, f, g, o = _sigmoid(z[0]), _sigmoid(z[1]), jnp.tanh(z[2]), _sigmoid(z[3])
+        σ = jax.nn.sigmoid
+        i, f, g, o = σ(z[0]), σ(z[1]), jnp.tanh(z[2]), σ(z[3])
         c_new = f * c + i * g
         h_new = o * jnp.tanh(c_new)
         real = m_ref[t] > 0  # [R, 1]
@@ -180,13 +177,26 @@ class _Layout:
         self.B = -(-batch // BLOCK_ROWS) * BLOCK_ROWS
 
     def pad(self, a: jax.Array, gates: bool = False) -> jax.Array:
-        """A time-major [T, B, n] (or [B, n]) array on the kernel's shapes, padded with zeros:
-        padded rows are padded steps (mask 0), padded units have no weights."""
+        """A time-major [T, B, n] (or [B, n]) array of n = 4H (``gates``) or H columns on the
+        kernel's shapes, padded with zeros: padded rows are padded steps (mask 0), padded units
+        have no weights."""
         if gates:
             a = _gates(a, self.hidden, self.H)
         sizes = {3: (self.T, self.B), 2: (self.B,)}[a.ndim]
-        n = a.shape[-1] if a.shape[-1] in (1, 4 * self.H) else self.H
-        return _pad_to(a, (*sizes, n))
+        return _pad_to(a, (*sizes, 4 * self.H if gates else self.H))
+
+    def weights(self, U: jax.Array, dtype) -> jax.Array:
+        """U [H, 4H] as the kernel's [Hp, 4Hp], in the products' ``dtype``."""
+        return operand(_pad_to(_gates(U, self.hidden, self.H), (self.H, 4 * self.H)), dtype)
+
+    def masks(self, mask, recurrent_mask, reverse: bool) -> tuple[jax.Array, jax.Array]:
+        """On the kernel's shapes, in its order of steps: the step mask [T, B, 1] (1.0 at real
+        steps; None: every step) and the recurrent dropout mask [B, H] (None: ones)."""
+        steps = jnp.ones((self.steps, self.batch, 1)) if mask is None else mask.astype(jnp.float32)
+        (steps,) = _time_order(reverse, steps)
+        ones = jnp.ones((self.batch, self.hidden))
+        dropout = ones if recurrent_mask is None else recurrent_mask
+        return _pad_to(steps, (self.T, self.B, 1)), self.pad(dropout)
 
     def cut(self, a: jax.Array, gates: bool = False) -> jax.Array:
         """The real part of a padded [T, B, n] or [B, n] array."""
@@ -219,7 +229,7 @@ class _Layout:
 
 def _time_order(reverse: bool, *arrays):
     """The arrays [T, ...] in the order the kernel runs them (flipped for ``reverse``)."""
-    return [None if a is None else (jnp.flip(a, 0) if reverse else a) for a in arrays]
+    return [jnp.flip(a, 0) if reverse else a for a in arrays]
 
 
 def forward(
@@ -232,17 +242,15 @@ def forward(
     steps, batch, hidden = xw.shape[0], xw.shape[1], U.shape[0]
     lay = _Layout(steps, batch, hidden)
     mm_dtype = matmul_dtype or jnp.float32
-    m = jnp.ones((steps, batch, 1)) if mask is None else mask.astype(jnp.float32)
-    xw, m = _time_order(reverse, xw, m)
-    r = jnp.ones((batch, hidden)) if recurrent_mask is None else recurrent_mask
-    U_p = operand(_pad_to(_gates(U, hidden, lay.H), (lay.H, 4 * lay.H)), mm_dtype)
+    m, r = lay.masks(mask, recurrent_mask, reverse)
+    (xw,) = _time_order(reverse, xw)
     args = (
         lay.pad(xw, gates=True),
-        U_p,
-        lay.pad(r),
+        lay.weights(U, mm_dtype),
+        r,
         lay.pad(state.c),
         lay.pad(state.h),
-        lay.pad(m),
+        m,
     )
     outs = (lay.H, (lay.H,), (lay.H,)) + ((4 * lay.H, lay.H, lay.H) if save else ())
     kernel = functools.partial(_forward_kernel, mm_dtype, steps, lay.H, save)
@@ -279,13 +287,12 @@ def backward(
     steps, batch, hidden = c_prev.shape
     lay = _Layout(steps, batch, hidden)
     mm_dtype = matmul_dtype or jnp.float32
-    m = jnp.ones((steps, batch, 1)) if mask is None else mask.astype(jnp.float32)
+    m, r = lay.masks(mask, recurrent_mask, reverse)
     dout = jnp.zeros_like(c_prev) if d_outputs is None else d_outputs
-    a, c_prev, dout, m = _time_order(reverse, a, c_prev, dout, m)
-    r = jnp.ones((batch, hidden)) if recurrent_mask is None else recurrent_mask
-    Ut = operand(_pad_to(_gates(U, hidden, lay.H), (lay.H, 4 * lay.H)).T, mm_dtype)
+    a, c_prev, dout = _time_order(reverse, a, c_prev, dout)
+    Ut = lay.weights(U, mm_dtype).T
     args = (
-        lay.pad(a, gates=True), lay.pad(c_prev), lay.pad(dout), lay.pad(m), Ut, lay.pad(r),
+        lay.pad(a, gates=True), lay.pad(c_prev), lay.pad(dout), m, Ut, r,
         lay.pad(d_final.h), lay.pad(d_final.c),
     )  # fmt: skip
     kernel = functools.partial(_backward_kernel, mm_dtype, steps, lay.H)

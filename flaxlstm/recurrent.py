@@ -356,6 +356,9 @@ def _bf16(matmul_dtype) -> bool:
     return matmul_dtype is not None and jnp.dtype(matmul_dtype) == jnp.bfloat16
 
 
+# The values of ``loop``.
+LOOPS = ("auto", "scan", "native", "pallas")
+
 # loop="auto" takes the C loop where its path was measured faster than the scan: where the
 # stacked weights [W; U] (float32) take at most this many bytes, by instruction set for float32
 # products, and for bfloat16 products. Measured on an AVX-512 CPU at seed 003 (0.15 MiB), seed
@@ -363,8 +366,6 @@ def _bf16(matmul_dtype) -> bool:
 # every batch, not at 6 MiB with B 16 nor 20 MiB; AVX2 faster at 0.5 MiB, slower from 1.5
 # MiB; bfloat16 products faster than the bfloat16 scan at 0.5 MiB, slower from 1.5 MiB
 # (docs/PERFORMANCE.md, "The C loop on every x86-64 CPU").
-# The values of ``loop``.
-LOOPS = ("auto", "scan", "native", "pallas")
 AUTO_NATIVE_BYTES = {"avx2": 2**20, "avx512": 3 * 2**20, "avx512bf16": 3 * 2**20}
 AUTO_NATIVE_BF16_BYTES = 2**19
 # ... and where each CPU's part of the batch (the C loop splits the rows between the CPUs) has

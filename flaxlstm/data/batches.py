@@ -3,11 +3,10 @@ validation slice, and cut it into batches of one shape (length-bucketed when ask
 
 Data enters as numpy arrays and is checked here before anything is compiled: lengths agree,
 labels [N] or [N, T] (their values are checked against the loss by
-``flaxlstm.training.losses``), token
-ids in the model's vocabulary (inside jit, JAX's gather would clamp
-them silently). Batches keep one shape: the last batch of a pass is topped up with repeated
-examples of weight 0, so every example is seen and counted once and the padding counts for
-nothing.
+``flaxlstm.training.losses``), token ids in the model's vocabulary (inside jit, JAX's gather
+would clamp them silently). Batches keep one shape: the last batch of a pass is topped up with
+repeated examples of weight 0, so every example is seen and counted once and the padding counts
+for nothing.
 """
 
 from __future__ import annotations

@@ -130,7 +130,14 @@ def cache_path(
     return cache_dir / f"imdb-tok{TOKENIZER_VERSION}-vocab{vocab_size}{first}-{digest}.npz"
 
 
-def check_options(
+def _check_sides(padding: Side, truncating: Side) -> None:
+    """Raise a one-line ValueError unless ``padding`` and ``truncating`` are "pre" or "post"."""
+    for name, side in (("padding", padding), ("truncating", truncating)):
+        if side not in ("pre", "post"):
+            raise ValueError(f'{name} must be "pre" or "post", got {side!r}')
+
+
+def _check_options(
     vocab_size: int,
     limit: int | None = None,
     vocabulary: Vocabulary | None = None,
@@ -147,9 +154,7 @@ def check_options(
             f"a given vocabulary must be word-level of size vocab_size={vocab_size}, got a"
             f" {vocabulary.level}-level one of size {vocabulary.size}"
         )
-    for name, side in (("padding", padding), ("truncating", truncating)):
-        if side not in ("pre", "post"):
-            raise ValueError(f'{name} must be "pre" or "post", got {side!r}')
+    _check_sides(padding, truncating)
     check_positive_int("maxlen", maxlen)
     check_positive_int("limit", limit, optional=True)
 
@@ -171,7 +176,7 @@ def encode_imdb(
     Read from the cache when a sound cache file exists (under a second); otherwise built (10 to
     20 seconds on two cores) and cached. A cache file that cannot be read is rebuilt.
     """
-    check_options(vocab_size, limit, vocabulary)
+    _check_options(vocab_size, limit, vocabulary)
     return _encoded(vocab_size, data_dir, cache_dir, download, limit, vocabulary)
 
 
@@ -250,9 +255,7 @@ def pad_sequences(
     sequence (keeps its end), ``"post"`` its end. ``padding="pre"`` puts the zeros first (then
     pass ``padding_mask(ids)`` to the models), ``"post"`` last (then ``lengths`` will do).
     """
-    for name, side in (("padding", padding), ("truncating", truncating)):
-        if side not in ("pre", "post"):
-            raise ValueError(f'{name} must be "pre" or "post", got {side!r}')
+    _check_sides(padding, truncating)
     if not isinstance(sequences, Iterable) or isinstance(sequences, str | bytes):
         raise TypeError(f"sequences must be a list of id sequences, got {type(sequences).__name__}")
     sequences = [_token_ids(row, sequence) for row, sequence in enumerate(sequences)]
@@ -341,7 +344,7 @@ def load_imdb(
     Raises FileNotFoundError when ``data_dir`` holds no prepared copy (and not ``download``),
     and a one-line ValueError for a bad option, before anything is read.
     """
-    check_options(vocab_size, limit, vocabulary, maxlen, padding, truncating)
+    _check_options(vocab_size, limit, vocabulary, maxlen, padding, truncating)
     vocabulary, splits = _encoded(vocab_size, data_dir, cache_dir, download, limit, vocabulary)
     padded = {
         split: Split(*_padded(encoded.sequences, maxlen, padding, truncating), encoded.labels)

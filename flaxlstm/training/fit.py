@@ -6,7 +6,7 @@ step, or with a last axis of C classes. The loss (``flaxlstm.training.losses``: 
 sparse categorical cross-entropy from logits, mse, or any callable) sets the metric (accuracy
 or mean absolute error) and what ``predict`` returns. Data is checked and batched by
 ``flaxlstm.data.batches``; the targets are checked against the loss and the model's output
-shape (``check_targets``) before anything is compiled.
+shape (``Loss.check_targets``) before anything is compiled.
 
 The model is split once, ``graphdef, params, non_params = nnx.split(model, nnx.Param, ...)``;
 the steps are pure functions of the train state that ``nnx.merge`` the model inside
@@ -168,12 +168,6 @@ def output_shape(model: nnx.Module, data: Batch) -> tuple[int, ...]:
         lambda p, r, b: apply_model(graphdef, p, r, b)[0], params, non_params, one
     ).shape
     return (len(data.inputs), *shape[1:])
-
-
-def check_targets(model: nnx.Module, data: Batch, loss: Loss) -> None:
-    """Raise a one-line ValueError unless ``data``'s labels fit ``loss`` and the model's
-    outputs (``Loss.check_targets``)."""
-    loss.check_targets(data.labels, data.lengths, output_shape(model, data))
 
 
 # Evaluation (no gradients, nothing saved for a backward pass) runs batches this many times
@@ -380,10 +374,11 @@ def prepare_data(
 
 
 def checked(model: nnx.Module, data: Batch, loss: Loss) -> Batch:
-    """``data`` checked as inputs (``check_data``) and as targets of ``loss``."""
+    """``data`` checked as inputs (``check_data``) and as targets of ``loss`` for the model's
+    outputs (``Loss.check_targets``)."""
     data = check_data(model, data)
     if data.labels is not None:
-        check_targets(model, data, loss)
+        loss.check_targets(data.labels, data.lengths, output_shape(model, data))
     return data
 
 
