@@ -14,7 +14,8 @@ Inputs are batch-major [B, T, F]. Padding is described by ``lengths`` [B] (real 
 or a boolean ``mask`` [B, T] (True at real tokens, wherever they are). A padded step leaves the
 state unchanged and outputs zeros (``keep_state_where_padded``), so the final state and the
 outputs at real tokens are the same whether the padding comes before or after the tokens, and
-a reversed scan starts at each sequence's last real token.
+a reversed scan starts at each sequence's last real token. Whatever a padded step's input holds
+(NaN, infinity) reaches no output and no gradient: every loop zeroes it first (``real_steps``).
 
 ``lstm_scan``'s options:
 
@@ -131,6 +132,18 @@ def _time_major_mask(mask: jax.Array | None) -> jax.Array | None:
     return None if mask is None else time_major(mask)[..., None]
 
 
+def real_steps(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """x [B, T, F] with zeros at padded steps (``mask`` [B, T] False; None: x as it is).
+
+    The first of the two ``where``\ s that keep a padded step's input out of every gradient:
+    the loop's ``where(m_t, new, old)`` (``keep_state_where_padded``) sends a zero gradient to
+    a padded step's products, but a product's weight gradient is x_tᵀ·dz_t, and 0·NaN = NaN.
+    Zeroed here, before any product, x_t is 0 there, and the gradient of the zeroed branch of
+    this ``where`` is 0: dW, dU, db and dx stay finite and equal to those of zero padding.
+    """
+    return x if mask is None else jnp.where(mask[..., None], x, 0)
+
+
 def keep_state_where_padded(
     m_t: jax.Array | None, new: LSTMState, old: LSTMState, out: jax.Array
 ) -> tuple[LSTMState, jax.Array]:
@@ -180,6 +193,7 @@ def lstm_scan(
     W, U, b, x, recurrent_mask = map(
         cast, (kernel, recurrent_kernel, bias, x, recurrent_dropout_mask)
     )
+    x = real_steps(x, mask)  # NaN or infinity at a padded step reaches no gradient
     (batch, time, features), hidden = x.shape, U.shape[0]
     state = zero_state(batch, hidden, dtype) if initial_state is None else initial_state
     state = LSTMState(*map(cast, state))
@@ -460,7 +474,6 @@ def _fused_forward(
     (zero at padded steps; None without ``opt.outputs``) and, when ``save``, the per-step a
     [T, B, 4H] and the states each step started from, c_prev and h_prev [T, B, H]."""
     if opt.native == "pallas":
-        x = _real_steps(x, mask)
         b = b if opt.matmul_dtype is None else operand(b, opt.matmul_dtype).astype(b.dtype)
         xw = project_all(W, b, time_major(x), opt.matmul_dtype)  # b rounded as the scan rounds it
         final, outputs, saved = pallas.forward(
@@ -507,6 +520,14 @@ def _fused_scan_fwd(opt: _Options, W, U, b, x, mask, state: LSTMState, recurrent
 
 
 def _fused_scan_bwd(opt: _Options, residuals, cotangents):
+    """The gradients of ``_fused_scan``'s arguments, each typed as its argument (inside
+    ``shard_map``, summed over the devices where it differs and its argument does not:
+    ``native.summed_like``)."""
+    grads = _fused_gradients(opt, residuals, cotangents)
+    return native.summed_like(residuals[:7], grads)
+
+
+def _fused_gradients(opt: _Options, residuals, cotangents):
     W, U, b, x, mask, state, recurrent_mask, saved = residuals
     if opt.remat:
         saved = _forward_again(opt, W, U, b, x, mask, state, recurrent_mask, cotangents)
@@ -518,7 +539,7 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
             reverse=opt.reverse, matmul_dtype=opt.matmul_dtype,
         )  # fmt: skip
         dW, dU, db, dx, d_mask = _weight_gradients_after(
-            opt, W, U, _real_steps(x, mask), h_prev, recurrent_mask, dz=dz
+            opt, W, U, x, h_prev, recurrent_mask, dz=dz
         )
         return dW, dU, db, dx, None, LSTMState(dc0, dh0), d_mask
     if opt.native:
@@ -541,12 +562,6 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
             opt, W, U, x, h_prev, recurrent_mask, dz=ys
         )
     return dW, dU, db, dx, None, LSTMState(dc0, dh0), d_recurrent_mask
-
-
-def _real_steps(x: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """x [T, B, F] with zeros at padded steps: whatever they hold (NaN, infinity) reaches no
-    product, so no gradient (dW = Σ x_tᵀ·dz_t would turn 0·NaN into NaN)."""
-    return x if mask is None else jnp.where(mask, x, 0)
 
 
 def _forward_again(opt: _Options, W, U, b, x, mask, state, recurrent_mask, cotangents):

@@ -51,6 +51,9 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_batching import custom_vmap
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec
 
 # The loop's instruction sets, lowest first; each runs only on CPUs that run the ones before.
 INSTRUCTION_SETS = ("avx2", "avx512", "avx512bf16")
@@ -148,24 +151,153 @@ def has_bfloat16() -> bool:
     return instruction_set() == "avx512bf16"
 
 
-def _call(name: str, shapes, *arrays, reverse: bool, mask, rmask, bf16: bool, isa: str):
+def _threads() -> int:
+    """The most threads one call of the loop takes: the CPUs this process may run on, shared
+    by the CPU devices XLA runs here (``--xla_force_host_platform_device_count``), each of
+    which runs its own call at the same time."""
+    return max(1, len(os.sched_getaffinity(0)) // len(jax.local_devices(backend="cpu")))
+
+
+def _varying(array) -> set:
+    """The mesh axes along which ``array`` differs between devices inside ``shard_map``."""
+    kind = jax.typeof(array)
+    return set(getattr(getattr(kind, "mat", None), "varying", None) or getattr(kind, "vma", ()))
+
+
+def _typed(results, operands):
+    """The handler's ``results`` as ``shard_map`` must see them (XLA's custom call does not
+    say it): differing between devices wherever one of the operands differs."""
+    varying = tuple(set().union(*map(_varying, operands)))
+    return [jax.lax.pcast(r, varying, to="varying") for r in results] if varying else results
+
+
+def summed_like(primals, grads):
+    """``grads`` (a pytree like ``primals``, None for none) each summed over the devices where
+    it differs and its primal does not, as autodiff sums the gradient of a value that every
+    device of ``shard_map`` uses (a weight, a start state) and a ``custom_vjp`` must; outside
+    ``shard_map``, ``grads`` as they are."""
+
+    def summed(primal, grad):
+        extra = tuple(_varying(grad) - _varying(primal)) if grad is not None else ()
+        return jax.lax.psum(grad, extra) if extra else grad
+
+    return jax.tree.map(summed, primals, grads, is_leaf=lambda leaf: leaf is None)
+
+
+def _rows_spec(arg_shapes, arg_rows, mesh):
+    """The mesh axes that split the batch rows of the loop's first array (its sharding's entry
+    at its batch axis ``arg_rows[0]``), or None: not split, or not evenly (then every device
+    takes every row)."""
+    first, axis = arg_shapes[0], arg_rows[0]
+    spec = tuple(first.sharding.spec) + (None,) * len(first.shape)
+    rows = spec[axis]
+    names = (rows,) if isinstance(rows, str) else tuple(rows or ())
+    devices = int(np.prod([mesh.shape[name] for name in names]))
+    return rows if names and first.shape[axis] % devices == 0 else None
+
+
+def _sharding_rule(arg_ndims, arg_rows, result_ndims, result_rows) -> tuple[str, list[str]]:
+    """Shardy's rule for ``_sharded_rows``: the factor ``b`` at every batch axis, and a factor
+    of its own, which must stay whole, at every other axis ("t b f, k0 k1, ... -> ...")."""
+    whole = []
+
+    def named(ndims, rows):
+        def factor(d, axis):
+            if d == axis:
+                return "b"
+            whole.append(f"k{len(whole)}")
+            return whole[-1]
+
+        return ", ".join(
+            " ".join(factor(d, axis) for d in range(ndim))
+            for ndim, axis in zip(ndims, rows, strict=True)
+        )
+
+    return f"{named(arg_ndims, arg_rows)} -> {named(result_ndims, result_rows)}", whole
+
+
+def _sharded_rows(handler, ndims, rows):
+    """``handler`` (arrays → results, of ``ndims`` = (the arrays' ranks, the results'), their
+    batch rows along the axes ``rows`` = (one per array, one per result; None: no batch axis))
+    as XLA's SPMD partitioner may split it over devices: each device runs it on its own rows
+    with the weights whole, and a result with no batch axis (the weight gradients: sums over
+    the rows) is each device's sum, added across the devices once (one all-reduce). Time,
+    features and units stay whole: a device's loop runs every step of its rows. Under
+    ``shard_map`` it runs on the rows it is given; under ``jax.vmap`` once per example
+    (``vmap_method="sequential"``)."""
+    arg_rows, result_rows = rows
+
+    @custom_partitioning
+    def run(*arrays):
+        return tuple(handler(*arrays))
+
+    def partition(mesh, arg_shapes, result_shapes):
+        split = _rows_spec(arg_shapes, arg_rows, mesh)
+
+        def along(shape, axis):
+            spec = [split if d == axis else None for d in range(len(shape.shape))]
+            return NamedSharding(mesh, PartitionSpec(*spec))
+
+        def lower(*arrays):
+            results = handler(*arrays)
+            return tuple(
+                jax.lax.psum(r, split) if axis is None and split is not None else r
+                for r, axis in zip(results, result_rows, strict=True)
+            )
+
+        results = tuple(map(along, result_shapes, result_rows))
+        return mesh, lower, results, tuple(map(along, arg_shapes, arg_rows))
+
+    rule, whole = _sharding_rule(ndims[0], arg_rows, ndims[1], result_rows)
+    run.def_partition(
+        partition,
+        infer_sharding_from_operands=lambda *args: partition(*args)[2],  # without Shardy
+        sharding_rule=rule,
+        need_replication_factors=tuple(whole),
+    )
+
+    @custom_vmap
+    def mapped(*arrays):
+        return run(*arrays)
+
+    @mapped.def_vmap
+    def _(axis_size, batched, *arrays):
+        in_axes = [0 if b else None for b in batched]
+        return tuple(jax.vmap(handler, in_axes=in_axes)(*arrays)), (True,) * len(result_rows)
+
+    return mapped
+
+
+def _call(name: str, shapes, *arrays, reverse: bool, mask, rmask, bf16: bool, isa: str, rows):
     """XLA's call of the handler ``name`` on float32 ``arrays``, then ``mask`` (the scan's
     [T, B, 1] booleans, True at real steps; None: every step is real) and the recurrent
-    dropout mask ``rmask`` [B, H] (None: none), with outputs of ``shapes``; ``bf16``: the
-    products on bfloat16 operands; ``isa``: the instruction set. The loop reads the mask as
+    dropout mask ``rmask`` [B, H] (None: none), with outputs of ``shapes(B)`` (B: the rows
+    the call is given); ``bf16``: the products on bfloat16 operands; ``isa``: the instruction
+    set; ``rows``: the batch axis of each of ``arrays`` and of each result (None: none), by
+    which the call splits over devices (``_sharded_rows``). The loop reads the mask as
     [T, B] float32, 1 at real steps."""
     _check(isa, "the instruction set")
     if bf16 and isa != "avx512bf16":
         raise ValueError(f"the C loop takes bfloat16 products on avx512bf16 only, not {isa}")
-    results = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
-    call = jax.ffi.ffi_call(f"flaxlstm_{name}", results, vmap_method="sequential")
     empty = jnp.zeros((0,), jnp.float32)  # an unread placeholder for a missing mask
     has_mask, has_rmask = mask is not None, rmask is not None
     mask = mask[..., 0].astype(jnp.float32) if has_mask else empty
     rmask = empty if rmask is None else rmask
-    flags = dict(has_mask=np.int32(has_mask), has_rmask=np.int32(has_rmask), bf16=np.int32(bf16))
-    code = np.int32(INSTRUCTION_SETS.index(isa) + 1)  # _lstm_cpu.c's ISA_AVX2, ...
-    return call(*arrays, mask, rmask, reverse=np.int32(reverse), isa=code, **flags)
+    attributes = dict(
+        reverse=np.int32(reverse), has_mask=np.int32(has_mask), has_rmask=np.int32(has_rmask),
+        bf16=np.int32(bf16), isa=np.int32(INSTRUCTION_SETS.index(isa) + 1),  # _lstm_cpu.c's
+        threads=np.int32(_threads()),
+    )  # fmt: skip
+
+    def handler(*operands):
+        results = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes(operands[0].shape[1])]
+        call = jax.ffi.ffi_call(f"flaxlstm_{name}", results, vmap_method="sequential")
+        return _typed(call(*operands, **attributes), operands)
+
+    rows = ((*rows[0], 1 if has_mask else None, 0 if has_rmask else None), rows[1])
+    arrays = (*arrays, mask, rmask)
+    ndims = ([a.ndim for a in arrays], [len(s) for s in shapes(arrays[0].shape[1])])
+    return _sharded_rows(handler, ndims, rows)(*arrays)
 
 
 def forward(
@@ -190,17 +322,19 @@ def forward(
       [T, B, H] (or None), the outputs [T, B, H] (or None) and the final state (c, h) [B, H]
       each.
     """
-    time, batch, _ = x.shape
-    hidden = U.shape[0]
-    gates = 4 * hidden
+    time, hidden = x.shape[0], U.shape[0]
     steps = time if save else 0
-    shapes = [(steps, batch, gates), (steps, batch, hidden), (steps, batch, hidden)]
-    shapes += [(time if outputs else 0, batch, hidden), (batch, hidden), (batch, hidden)]
-    arrays = (x, W, U, b, c0, h0)
-    isa = isa or instruction_set()
+
+    def shapes(batch):  # a, c_prev, h_prev, outputs [T, B, ...]; c_n, h_n [B, H]
+        saved = [(steps, batch, 4 * hidden)] + [(steps, batch, hidden)] * 2
+        return saved + [(time if outputs else 0, batch, hidden)] + [(batch, hidden)] * 2
+
+    rows = ((1, None, None, None, 0, 0), (1, 1, 1, 1, 0, 0))  # the batch axis of each
+    arrays, isa = (x, W, U, b, c0, h0), isa or instruction_set()
     *saved, out, c_n, h_n = _call(
-        "LstmForward", shapes, *arrays, reverse=reverse, mask=mask, rmask=rmask, bf16=bf16, isa=isa
-    )
+        "LstmForward", shapes, *arrays, reverse=reverse, mask=mask, rmask=rmask, bf16=bf16,
+        isa=isa, rows=rows,
+    )  # fmt: skip
     return (*(saved if save else [None] * 3), out if outputs else None, (c_n, h_n))
 
 
@@ -216,13 +350,20 @@ def backward(
     (the same as the forward ran with)."""
     time, batch, features = x.shape
     hidden = U.shape[0]
-    shapes = [(time, batch, features), W.shape, U.shape, (4 * hidden,)] + [(batch, hidden)] * 2
-    shapes.append((0,) if rmask is None else (batch, hidden))
+
+    def shapes(batch):  # dx [T, B, F]; dW, dU, db: summed over the rows; dh0, dc0, d_rmask [B, H]
+        grads = [(time, batch, features), W.shape, U.shape, (4 * hidden,)] + [(batch, hidden)] * 2
+        return grads + [(0,) if rmask is None else (batch, hidden)]
+
     if d_outputs is None:  # an empty placeholder: the loop adds nothing
         d_outputs = jnp.zeros((0, batch, hidden), jnp.float32)
-    arrays = (*saved, x, W, U, dh_n, dc_n, d_outputs)
-    isa = isa or instruction_set()
-    grads = _call(
-        "LstmBackward", shapes, *arrays, reverse=reverse, mask=mask, rmask=rmask, bf16=bf16, isa=isa
+    rows = (
+        (1, 1, 1, 1, None, None, 0, 0, 1),
+        (1, None, None, None, 0, 0, None if rmask is None else 0),
     )
+    arrays, isa = (*saved, x, W, U, dh_n, dc_n, d_outputs), isa or instruction_set()
+    grads = _call(
+        "LstmBackward", shapes, *arrays, reverse=reverse, mask=mask, rmask=rmask, bf16=bf16,
+        isa=isa, rows=rows,
+    )  # fmt: skip
     return (*grads[:-1], None if rmask is None else grads[-1])

@@ -378,10 +378,12 @@ static void spawn_thread(void *pool, void (*task)(void *), void *arg) {
 
 enum { MAX_PARTS = 64 };
 
-/* One part per CPU this process may run on (its affinity), at most B. */
-static int parts_for(int B) {
+/* One part per CPU this process may run on (its affinity), at most `threads` (0: no limit;
+ * XLA's devices on one CPU each take their share of it) and at most B. */
+static int parts_for(int B, int threads) {
     cpu_set_t set;
     int cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    if (threads > 0 && threads < cpus) cpus = threads;
     int parts = cpus < B ? cpus : B;
     return parts < 1 ? 1 : parts > MAX_PARTS ? MAX_PARTS : parts;
 }
@@ -435,10 +437,10 @@ static int runs(int isa, int bf16) {
  * when save (for the backward), the activated gates a [T, B, 4H] and the state each step
  * starts from, c_prev, h_prev [T, B, H]. Each step's product is [x_t, h r].[w; u] + bias: one
  * product, and no [T, B, 4H] input projection in memory; bf16: on bfloat16 operands (see the
- * top). The parts run through spawn(pool, ...) (NULL: new threads; in_parts). Returns 0 or
- * an error (lstm_error). */
-int lstm_forward(int isa, Spawn spawn, void *pool, int T, int B, int H, int F, int reverse,
-                 int save, int bf16, const float *x, const float *w, const float *u,
+ * top). The parts, at most `threads` (parts_for), run through spawn(pool, ...) (NULL: new
+ * threads; in_parts). Returns 0 or an error (lstm_error). */
+int lstm_forward(int isa, Spawn spawn, void *pool, int threads, int T, int B, int H, int F,
+                 int reverse, int save, int bf16, const float *x, const float *w, const float *u,
                  const float *bias, const float *c0, const float *h0, const float *mask,
                  const float *rmask, float *a, float *c_prev, float *h_prev, float *out,
                  float *c_n, float *h_n) {
@@ -468,7 +470,8 @@ int lstm_forward(int isa, Spawn spawn, void *pool, int T, int B, int H, int F, i
     }
     if (out) huge_pages(out, (size_t)T * B * H * sizeof(float));
     Work work = isa == ISA_AVX2 ? forward_rows_avx2 : forward_rows_avx512;
-    error = in_parts(work, &context, B, parts_for(B), spawn, pool) ? LSTM_OUT_OF_MEMORY : 0;
+    int parts = parts_for(B, threads);
+    error = in_parts(work, &context, B, parts, spawn, pool) ? LSTM_OUT_OF_MEMORY : 0;
 done:
     free(wu);
     free(wu2);
@@ -491,15 +494,15 @@ done:
  * The weight gradients are summed in the loop, each part over its rows, then the parts' sums
  * in order: dz [T, B, 4H] is never stored (a large fresh buffer is slow to touch). bf16: every
  * product on bfloat16 operands (see the top). Returns 0 or an error (lstm_error). */
-int lstm_backward(int isa, Spawn spawn, void *pool, int T, int B, int H, int F, int reverse,
-                  int bf16, const float *a, const float *c_prev, const float *h_prev,
+int lstm_backward(int isa, Spawn spawn, void *pool, int threads, int T, int B, int H, int F,
+                  int reverse, int bf16, const float *a, const float *c_prev, const float *h_prev,
                   const float *x, const float *w, const float *u, const float *dh_n,
                   const float *dc_n, const float *d_out, const float *mask, const float *rmask,
                   float *dx, float *dw, float *du, float *dbias, float *dh0, float *dc0,
                   float *d_rmask) {
     if (!runs(isa, bf16)) return LSTM_BAD_ISA;
     int G = 4 * H, Gp = (G + 15) / 16 * 16, K = F + H, Kp = (K + 15) / 16 * 16;
-    int parts = parts_for(B), error = LSTM_OUT_OF_MEMORY;
+    int parts = parts_for(B, threads), error = LSTM_OUT_OF_MEMORY;
     float *wut = calloc((size_t)G * Kp, sizeof(float));
     int g2 = bf16 ? G / 2 : G; /* m's rows: floats, or pairs of rows */
     pair *wut2 = bf16 ? malloc((size_t)g2 * Kp * sizeof(pair)) : NULL;

@@ -10,13 +10,13 @@ namespace ffi = xla::ffi;
 extern "C" {
 typedef void (*Spawn)(void *pool, void (*task)(void *), void *arg);
 const char *lstm_error(int error);
-int lstm_forward(int isa, Spawn spawn, void *pool, int T, int B, int H, int F, int reverse,
-                 int save, int bf16, const float *x, const float *w, const float *u,
+int lstm_forward(int isa, Spawn spawn, void *pool, int threads, int T, int B, int H, int F,
+                 int reverse, int save, int bf16, const float *x, const float *w, const float *u,
                  const float *bias, const float *c0, const float *h0, const float *mask,
                  const float *rmask, float *a, float *c_prev, float *h_prev, float *out,
                  float *c_n, float *h_n);
-int lstm_backward(int isa, Spawn spawn, void *pool, int T, int B, int H, int F, int reverse,
-                  int bf16, const float *a, const float *c_prev, const float *h_prev,
+int lstm_backward(int isa, Spawn spawn, void *pool, int threads, int T, int B, int H, int F,
+                  int reverse, int bf16, const float *a, const float *c_prev, const float *h_prev,
                   const float *x, const float *w, const float *u, const float *dh_n,
                   const float *dc_n, const float *d_out, const float *mask, const float *rmask,
                   float *dx, float *dw, float *du, float *dbias, float *dh0, float *dc0,
@@ -50,11 +50,11 @@ using Out = ffi::ResultBuffer<ffi::F32>;
 static ffi::Error Forward(ffi::ThreadPool pool, In x, In w, In u, In bias, In c0, In h0,
                           In mask, In rmask, Out a, Out c_prev, Out h_prev, Out out, Out c_n,
                           Out h_n, int32_t reverse, int32_t has_mask, int32_t has_rmask,
-                          int32_t bf16, int32_t isa) {
+                          int32_t bf16, int32_t isa, int32_t threads) {
   auto d = x.dimensions();
   int save = a->element_count() > 0;
-  return Result(lstm_forward(isa, Schedule, &pool, d[0], d[1], u.dimensions()[0], d[2], reverse,
-               save, bf16,
+  return Result(lstm_forward(isa, Schedule, &pool, threads, d[0], d[1], u.dimensions()[0], d[2],
+               reverse, save, bf16,
                x.typed_data(), w.typed_data(), u.typed_data(), bias.typed_data(), c0.typed_data(),
                h0.typed_data(), has_mask ? mask.typed_data() : nullptr,
                has_rmask ? rmask.typed_data() : nullptr, a->typed_data(),
@@ -70,10 +70,11 @@ static ffi::Error Forward(ffi::ThreadPool pool, In x, In w, In u, In bias, In c0
 static ffi::Error Backward(ffi::ThreadPool pool, In a, In c_prev, In h_prev, In x, In w, In u,
                            In dh_n, In dc_n, In d_out, In mask, In rmask, Out dx, Out dw, Out du,
                            Out dbias, Out dh0, Out dc0, Out d_rmask, int32_t reverse,
-                           int32_t has_mask, int32_t has_rmask, int32_t bf16, int32_t isa) {
+                           int32_t has_mask, int32_t has_rmask, int32_t bf16, int32_t isa,
+                           int32_t threads) {
   auto d = x.dimensions();
-  return Result(lstm_backward(isa, Schedule, &pool, d[0], d[1], u.dimensions()[0], d[2], reverse,
-                bf16,
+  return Result(lstm_backward(isa, Schedule, &pool, threads, d[0], d[1], u.dimensions()[0], d[2],
+                reverse, bf16,
                 a.typed_data(), c_prev.typed_data(), h_prev.typed_data(), x.typed_data(),
                 w.typed_data(), u.typed_data(), dh_n.typed_data(), dc_n.typed_data(),
                 d_out.element_count() ? d_out.typed_data() : nullptr,
@@ -92,7 +93,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForward, Forward,
                                   .Attr<int32_t>("has_mask")
                                   .Attr<int32_t>("has_rmask")
                                   .Attr<int32_t>("bf16")
-                                  .Attr<int32_t>("isa"));
+                                  .Attr<int32_t>("isa")
+                                  .Attr<int32_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, Backward,
                               ffi::Ffi::Bind()
@@ -105,4 +107,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackward, Backward,
                                   .Attr<int32_t>("has_mask")
                                   .Attr<int32_t>("has_rmask")
                                   .Attr<int32_t>("bf16")
-                                  .Attr<int32_t>("isa"));
+                                  .Attr<int32_t>("isa")
+                                  .Attr<int32_t>("threads"));
