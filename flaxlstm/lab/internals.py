@@ -9,6 +9,10 @@ text, and what the model does when chosen units are clamped. Numbers only
     find_units(model, ids, lengths, signal)   the same over every layer: "find the quote cell"
     ablate(model, layer, units, what="c")     a ``with`` block in which those units are clamped
     ablation_effect(model, x, y, ablation)    loss, metric and predictions without and with it
+    select_cells(values, start, end, thr)     the units on over one span only (hypotheses.py)
+    match_spans(values_list, cells, thr)      the spans where all of them are on (hypotheses.py)
+    saliency(model, ids, lengths)             each token's share of the output (attribution.py)
+    gradient_flow(model, ids, lengths)        ‖∂output/∂h_t‖ at every step (attribution.py)
 
 Per-step signals from token ids ids [N, T], each [N, T]: ``position``, ``inside_quotes``,
 ``inside_parentheses``, ``to_sentence_end``, ``in_set``. Layers are named as by
@@ -30,6 +34,8 @@ from flax import nnx
 from flaxlstm.cell import Clamp, Trace, check_clamps
 from flaxlstm.checks import check_positive_int
 from flaxlstm.data.batches import Batch, check_data
+from flaxlstm.lab.attribution import gradient_flow, saliency  # noqa: F401 (re-exported)
+from flaxlstm.lab.hypotheses import match_spans, select_cells  # noqa: F401 (re-exported)
 from flaxlstm.lab.traces import lstm_layers, traced_steps
 from flaxlstm.layers import LSTM
 from flaxlstm.training.fit import evaluate, predict
