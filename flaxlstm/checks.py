@@ -43,13 +43,18 @@ def concrete(x) -> np.ndarray | None:
 
 
 def check_token_ids(ids, vocab_size: int) -> None:
-    """Raise a one-line error unless ``ids`` are integers in [0, vocab_size)."""
+    """Raise a one-line error unless ``ids`` are integers in [0, vocab_size); the error names
+    the first id outside, where it is, and the vocabulary's size. (Ids that are not concrete,
+    inside jit, are not checked: ``flaxlstm.Embedding`` gives them a NaN row.)"""
     dtype = jnp.asarray(ids).dtype if not isinstance(ids, jax.core.Tracer) else ids.dtype
     if not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(f"token ids must be integers, got {dtype}")
     values = concrete(ids)
-    if values is not None and values.size and (values.min() < 0 or values.max() >= vocab_size):
-        raise ValueError(
-            f"token ids must lie in [0, {vocab_size}), got values from {values.min()}"
-            f" to {values.max()}"
-        )
+    if values is None or not values.size or (values.min() >= 0 and values.max() < vocab_size):
+        return
+    where = np.argwhere((values < 0) | (values >= vocab_size))
+    at = tuple(int(i) for i in where[0])
+    raise ValueError(
+        f"token ids must lie in [0, {vocab_size}) (a vocabulary of {vocab_size}), got"
+        f" {values[at]} at index {list(at)} ({len(where)} outside it)"
+    )

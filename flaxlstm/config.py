@@ -52,7 +52,17 @@ class RecipeOptions:
 
 
 @dataclass(frozen=True)
-class RunConfig(RecipeOptions):
+class JobOptions:
+    """One process of a job of several (``jax.distributed``; ``flaxlstm.training.processes.
+    join_job``): all three, or none (one process, or a SLURM / Open MPI job found by itself)."""
+
+    coordinator: str | None = option(None, "HOST:PORT where process 0 coordinates the job", str)
+    num_processes: int | None = option(None, "the processes of the job", positive_int)
+    process_id: int | None = option(None, "this process's number, 0 .. N-1", non_negative_int)
+
+
+@dataclass(frozen=True)
+class RunConfig(RecipeOptions, JobOptions):
     """What every ``flaxlstm train`` task shares: the recipe, validation, checkpoints."""
 
     validation_split: float = option(0.1, "held out of train", fraction)
@@ -319,7 +329,7 @@ class ImdbConfig(RunConfig):
 
 
 @dataclass(frozen=True)
-class LmConfig(RecipeOptions):
+class LmConfig(RecipeOptions, JobOptions):
     """``flaxlstm train lm``: a language model on a text file or on IMDB's 75,000 training
     reviews (``train`` + ``unsupervised``, never ``test``), trained chunk by chunk with the
     state carried over (``flaxlstm.training.lm``). Unset sizes depend on ``level``."""

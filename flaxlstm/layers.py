@@ -27,7 +27,7 @@ from flaxlstm.cell import (
     zero_state,
 )
 from flaxlstm.checks import check_positive_int, check_rate, check_token_ids
-from flaxlstm.recurrent import ACCUMULATE_ABOVE_BYTES, lstm_scan, make_mask
+from flaxlstm.recurrent import ACCUMULATE_ABOVE_BYTES, lstm_scan, make_mask, real_steps
 
 
 def _variational_mask(key: jax.Array, rate: float, shape: tuple[int, ...], dtype) -> jax.Array:
@@ -330,7 +330,8 @@ class Bidirectional(nnx.Module):
 
 class PerStep(nnx.Module):
     """Applies ``module`` at every step of [B, T, F] (Keras's TimeDistributed) and zeroes the
-    padded steps given by ``lengths`` or ``mask``."""
+    padded steps given by ``lengths`` or ``mask``, in its inputs too (``real_steps``: a NaN
+    there reaches no gradient)."""
 
     def __init__(self, module: nnx.Module):
         self.module = module
@@ -339,7 +340,7 @@ class PerStep(nnx.Module):
         if jnp.ndim(x) != 3:
             raise ValueError(f"PerStep expects inputs x [B, T, F], got shape {jnp.shape(x)}")
         steps = make_mask(x.shape[0], x.shape[1], lengths, mask)
-        y = self.module(x)
+        y = self.module(real_steps(x, steps))
         if steps is None:
             return y
         return jnp.where(steps[..., None], y, 0)
@@ -351,10 +352,14 @@ def keras_embedding_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float
 
 
 class Embedding(nnx.Embed):
-    """``nnx.Embed`` that refuses token ids outside [0, vocabulary) instead of clamping them.
+    """``nnx.Embed`` [V, E] that never reads another row for a token id outside [0, V).
 
-    JAX's gather clamps out-of-range ids silently inside jit, so ids are checked here whenever
-    they are concrete, and by the training loop before they enter jit.
+    ids [...] → rows [..., E]. JAX's gather would: −1 reads the last row, and an id ≥ V gives a
+    NaN row. Here such an id is refused in one line wherever the ids are concrete (outside
+    jit, ``check_token_ids``; ``fit``, ``evaluate`` and ``predict`` check their data before
+    anything is compiled, ``flaxlstm.data.batches.check_data``), and inside jit it gives a row
+    of NaN: a loss that reads it is NaN, so nothing trains silently on a wrong row. (At a padded
+    step the LSTM reads no input, ``flaxlstm.recurrent.real_steps``: padding ids are 0.)
     """
 
     def __init__(self, num_embeddings: int, features: int, **kwargs):
@@ -364,7 +369,13 @@ class Embedding(nnx.Embed):
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         check_token_ids(ids, self.num_embeddings)
-        return super().__call__(ids)
+        ids = jnp.asarray(ids)
+        (table,) = self.promote_dtype((self.embedding[...],), dtype=self.dtype, inexact=False)
+        # In [0, V): compared in the ids' own dtype (V may exceed a narrow one's largest value).
+        last = min(self.num_embeddings - 1, int(jnp.iinfo(ids.dtype).max))
+        known = (ids >= 0) & (ids <= last)
+        rows = jnp.take(table, jnp.where(known, ids, 0), axis=0)
+        return jnp.where(known[..., None], rows, jnp.nan)
 
 
 def __getattr__(name: str):

@@ -43,7 +43,9 @@ a reversed scan starts at each sequence's last real token. Whatever a padded ste
   scans; "native" requires the C loop (a one-line error where it cannot run); "pallas" runs
   the whole loop, forward and backward, each in one Pallas kernel (flaxlstm/pallas.py):
   compiled for CUDA, interpreted (exact and slow) on every other platform. "auto" does not
-  take it: it has not been timed on a GPU yet.
+  take it: it has not been timed on a GPU yet. Neither kernel loop can be differentiated twice,
+  nor the C loop exported (``jax.export``): one-line errors say so (flaxlstm/limits.py);
+  "scan" does both.
 - ``return_outputs``: False when only the final state is wanted: the hand-written loop then
   neither writes the outputs nor reads their (zero) gradient, [T, B, H] each.
 
@@ -78,6 +80,7 @@ from flaxlstm.cell import (
     zero_state,
 )
 from flaxlstm.checks import concrete
+from flaxlstm.limits import guard
 
 # The hand-written backward sums the weight gradients step by step inside the loop when the
 # per-step gradients dz [T, B, 4H] would take more than this many bytes, and otherwise keeps dz
@@ -135,7 +138,7 @@ def _time_major_mask(mask: jax.Array | None) -> jax.Array | None:
 def real_steps(x: jax.Array, mask: jax.Array | None) -> jax.Array:
     """x [B, T, F] with zeros at padded steps (``mask`` [B, T] False; None: x as it is).
 
-    The first of the two ``where``\ s that keep a padded step's input out of every gradient:
+    The first of the two ``where`` calls that keep a padded step's input out of every gradient:
     the loop's ``where(m_t, new, old)`` (``keep_state_where_padded``) sends a zero gradient to
     a padded step's products, but a product's weight gradient is x_tᵀ·dz_t, and 0·NaN = NaN.
     Zeroed here, before any product, x_t is 0 there, and the gradient of the zeroed branch of
@@ -473,6 +476,8 @@ def _fused_forward(
     """The loop over time-major x [T, B, F]. Returns the final state, the outputs [T, B, H]
     (zero at padded steps; None without ``opt.outputs``) and, when ``save``, the per-step a
     [T, B, 4H] and the states each step started from, c_prev and h_prev [T, B, H]."""
+    if opt.native:  # a kernel loop: no second derivative, the C loop no export (limits.py)
+        W, U, b, x, state, recurrent_mask = guard(opt.native, (W, U, b, x, state, recurrent_mask))
     if opt.native == "pallas":
         b = b if opt.matmul_dtype is None else operand(b, opt.matmul_dtype).astype(b.dtype)
         xw = project_all(W, b, time_major(x), opt.matmul_dtype)  # b rounded as the scan rounds it
@@ -528,6 +533,8 @@ def _fused_scan_bwd(opt: _Options, residuals, cotangents):
 
 
 def _fused_gradients(opt: _Options, residuals, cotangents):
+    if opt.native:  # a kernel loop: its backward is not differentiable (limits.py)
+        residuals, cotangents = guard(opt.native, (residuals, cotangents))
     W, U, b, x, mask, state, recurrent_mask, saved = residuals
     if opt.remat:
         saved = _forward_again(opt, W, U, b, x, mask, state, recurrent_mask, cotangents)

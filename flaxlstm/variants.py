@@ -2,10 +2,12 @@ r"""Cell variants: each is ``flaxlstm.LSTM`` with its own step, a few dozen line
 
 Each subclasses ``VariantLSTM``: the layer's checks, masking, dropout, reverse,
 ``Bidirectional`` and traces, with the step of its own gate math (``cell_step``) scanned by
-``flaxlstm.recurrent.scan_cell`` (differentiated by jax). Notation as in ``flaxlstm.cell``:
-:math:`z = x_t W + h_{t-1} U + b` split into gate blocks :math:`z_i, z_f, z_g, z_o`,
-σ the gate activation, tanh the activation. Each step's ``Trace`` records, as ``zi, zf, zg,
-zo``, what σ and tanh are given (with peepholes, the peephole terms included).
+``flaxlstm.recurrent.scan_cell`` (differentiated by jax), on inputs zeroed at padded steps
+before they are projected (``recurrent.real_steps``: a NaN there reaches no gradient).
+Notation as in ``flaxlstm.cell``: :math:`z = x_t W + h_{t-1} U + b` split into gate blocks
+:math:`z_i, z_f, z_g, z_o`, σ the gate activation, tanh the activation. Each step's
+``Trace`` records, as ``zi, zf, zg, zo``, what σ and tanh are given (with peepholes, the
+peephole terms included).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from flax import nnx
 from flaxlstm.cell import LSTMState, Trace
 from flaxlstm.interop.torch import load_torch_weights
 from flaxlstm.layers import LSTM
-from flaxlstm.recurrent import scan_cell, time_major
+from flaxlstm.recurrent import real_steps, scan_cell, time_major
 
 
 class VariantLSTM(LSTM):
@@ -41,7 +43,7 @@ class VariantLSTM(LSTM):
             )
         return scan_cell(
             self.cell_step(x.dtype),
-            time_major(self.project(x)),
+            time_major(self.project(real_steps(x, mask))),  # padded steps' inputs: zeros
             mask,
             initial_state,
             reverse=self.reverse,

@@ -273,7 +273,7 @@ BAD_DATA = {  # what is wrong → a strategy of data_case(...); "y ..." cases ne
     ),
     "y strings": st.just(data_case(y=np.full((N, T), "1"), names=["y"])),
     "y of no steps": st.just(data_case(x=features((N, 0, 1)), y=np.ones((N, 0)), names=["labels"])),
-    "bucket_width": st.sampled_from([0, -2, 1.5]).map(
+    "bucket_width": st.sampled_from([True, -2, 1.5]).map(
         lambda v: data_case(names=["bucket_width"], bucket_width=v, lengths=np.full(N, T))
     ),
     "fit epochs": not_positive.map(lambda v: data_case(names=["epochs"], epochs=v)),

@@ -6,7 +6,7 @@ from flax import nnx
 
 from flaxlstm.data.batches import Batch, batches
 from flaxlstm.models import MODELS
-from flaxlstm.training.fit import evaluate
+from flaxlstm.training.fit import evaluate, fit
 
 
 def post_padded(lengths, maxlen):
@@ -67,5 +67,26 @@ def test_bucket_width_needs_lengths(small_model):
     ids, lengths, labels = post_padded(np.full(4, 5), 8)
     with pytest.raises(ValueError, match="bucket_width needs lengths"):
         evaluate(small_model, ids, labels, bucket_width=4)
-    with pytest.raises(ValueError, match="bucket_width must be a positive integer"):
-        evaluate(small_model, ids, labels, lengths=lengths, bucket_width=0)
+    with pytest.raises(ValueError, match=r"bucket_width must be an integer >= 0 \(0: no bu"):
+        evaluate(small_model, ids, labels, lengths=lengths, bucket_width=-1)
+
+
+def test_bucket_width_0_means_no_buckets_as_on_the_command_line(small_model):
+    """``flaxlstm train imdb --bucket-width 0`` pads every batch to the full length (tasks.py
+    passes None); so does ``bucket_width=0`` in ``batches``, ``evaluate`` (no lengths needed)
+    and ``fit``: the same batches, in the same order, as without buckets, so the same history."""
+    ids, lengths, labels = post_padded(np.random.default_rng(6).integers(1, 30, 24), 30)
+    data = Batch(ids, labels, lengths)
+    rng = lambda: np.random.default_rng(7)  # noqa: E731
+    none = list(batches(data, 8, np.arange(24)[::-1], rng=rng()))
+    zero = list(batches(data, 8, np.arange(24)[::-1], bucket_width=0, rng=rng()))
+    for a, b in zip(none, zero, strict=True):
+        assert a.inputs.shape == (8, 30)
+        np.testing.assert_array_equal(a.inputs, b.inputs)
+    assert evaluate(small_model, ids, labels, bucket_width=0) == evaluate(small_model, ids, labels)
+    histories = [
+        fit(nnx.clone(small_model), ids, labels, lengths=lengths, batch_size=8, bucket_width=w,
+            quiet=True)
+        for w in (0, None, 10)
+    ]  # fmt: skip
+    assert histories[0] == histories[1] != histories[2]

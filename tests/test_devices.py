@@ -55,7 +55,8 @@ for n in (2, 4):
         loss=supervised.get_loss("binary_crossentropy"),
     )
     hlo = lowered.compile().as_text()
-    calls = re.findall(r"= \\(f32\\[(\\d+),(\\d+),\\d+\\].*custom_call_target=.(flaxlstm_\\w+)", hlo)
+    call = r"= \\(f32\\[(\\d+),(\\d+),\\d+\\].*custom_call_target=.(flaxlstm_\\w+)"
+    calls = re.findall(call, hlo)
     print(n, "calls", sorted({(name, int(b)) for t, b, name in calls}))
     print(n, "all-gathers", hlo.count("all-gather("), "all-reduces", hlo.count("all-reduce("))
 

@@ -96,6 +96,29 @@ def test_a_callable_loss_trains_and_reports_only_the_loss():
     assert get_loss(huber).name == "huber"
 
 
+def test_predict_and_evaluate_default_to_the_loss_fit_trained_with():
+    """As Keras's compile: after ``fit(loss=...)``, ``predict`` and ``evaluate`` take that
+    loss, on the model and on a copy of it through ``nnx.split``/``nnx.merge``; a model that
+    ``fit`` never trained takes binary_crossentropy, refused for class logits [N, C]."""
+    x, rng = data(6)
+    y = rng.integers(0, C, N)
+    model = Tagger(C, per_step=False, rngs=nnx.Rngs(6))
+    for call in (lambda: predict(model, x), lambda: evaluate(model, x, y)):
+        with pytest.raises(
+            ValueError, match=r"outputs \(12, 3\), not the logits \[N\] or \[N, T=5\]"
+        ):
+            call()
+    loss = "sparse_categorical_crossentropy"
+    fit(model, x, y, epochs=1, batch_size=N, loss=loss, quiet=True)
+    probabilities = predict(model, x, loss=loss)
+    np.testing.assert_allclose(probabilities.sum(-1), 1, rtol=1e-5)  # softmax, not 3 sigmoids
+    for fitted in (model, nnx.merge(*nnx.split(model))):
+        np.testing.assert_array_equal(predict(fitted, x), probabilities)
+        assert evaluate(fitted, x, y) == evaluate(model, x, y, loss=loss)
+    with pytest.raises(ValueError, match=r"binary_crossentropy takes labels"):  # as given
+        evaluate(model, x, y, loss="binary_crossentropy")
+
+
 @pytest.mark.parametrize(
     "loss, y, message",
     [

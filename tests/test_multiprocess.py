@@ -1,9 +1,9 @@
 """Data parallelism over processes: ``jax.distributed`` with 2 processes on 127.0.0.1 (CPU
-collectives over gloo) trains as one process does; process 0 alone writes the checkpoints, and
-a run of either layout resumes the other's checkpoints to the same result; a SIGTERM to one
-process stops both after the same step.
+collectives over gloo) trains as one process does; the checkpoints land once (every process
+takes part in saving them), and a run of either layout resumes the other's checkpoints to the
+same result; a SIGTERM to one process stops both after the same step.
 
-The processes run ``TRAIN``, the script README.md quotes ("Several devices, several hosts"),
+The processes run ``TRAIN``, the script README.md quotes ("Several machines"),
 with a few lines after it that write each process's model and history for the test to read.
 """
 
@@ -183,7 +183,7 @@ def test_two_processes_train_as_one_and_resume_each_others_checkpoints(tmp_path)
     resumed_by_one = job(tmp_path, tmp_path / "two-then-one", 1, "--resume")[0]
     assert_same_training(resumed_by_one, one)
 
-    # Process 0 alone wrote one set of checkpoints, the same files as one process writes.
+    # One set of checkpoints, the same files as one process writes.
     for run in ("two", "one"):
         assert Checkpointer(tmp_path / run / "checkpoints").steps() == KEPT
         assert Checkpointer(tmp_path / run / "model").steps() == [12, 24]  # every epoch

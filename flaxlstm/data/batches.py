@@ -3,10 +3,10 @@ validation slice, and cut it into batches of one shape (length-bucketed when ask
 
 Data enters as numpy arrays and is checked here before anything is compiled: lengths agree,
 labels [N] or [N, T] (their values are checked against the loss by
-``flaxlstm.training.losses``), token ids in the model's vocabulary (inside jit, JAX's gather
-would clamp them silently). Batches keep one shape: the last batch of a pass is topped up with
-repeated examples of weight 0, so every example is seen and counted once and the padding counts
-for nothing.
+``flaxlstm.training.losses``), token ids in the model's vocabulary (inside jit, an id outside
+it would read another row of an ``nnx.Embed``, and a NaN row of a ``flaxlstm.Embedding``).
+Batches keep one shape: the last batch of a pass is topped up with repeated examples of weight
+0, so every example is seen and counted once and the padding counts for nothing.
 """
 
 from __future__ import annotations
@@ -104,16 +104,17 @@ def batches(
     """``data`` in batches of exactly ``batch_size`` examples, taken in ``order`` (all [N] of
     them by default). The last batch is topped up by repeating examples at weight 0.
 
-    With ``bucket_width`` and ``lengths``, examples of similar length go together and each
-    batch is cut to W steps, the smallest multiple of ``bucket_width`` that holds its longest
-    example (at most T): inputs [B, W, ...]. Few widths means few compilations, and the steps
-    cut off are padding that the model masks anyway (``lengths`` count real tokens first), so
-    the loss is the same as on the full [B, T] batch. ``rng`` shuffles the order of batches.
+    With ``bucket_width`` (None or 0: no buckets, as ``--bucket-width 0``) and ``lengths``,
+    examples of similar length go together and each batch is cut to W steps, the smallest
+    multiple of ``bucket_width`` that holds its longest example (at most T): inputs
+    [B, W, ...]. Few widths means few compilations, and the steps cut off are padding that the
+    model masks anyway (``lengths`` count real tokens first), so the loss is the same as on the
+    full [B, T] batch. ``rng`` shuffles the order of batches.
     """
     order = np.arange(len(data.inputs)) if order is None else order
     time = data.inputs.shape[1]
     widths = None
-    if bucket_width is not None and data.lengths is not None:
+    if bucket_width and data.lengths is not None:
         widths = np.minimum(-(-np.maximum(data.lengths, 1) // bucket_width) * bucket_width, time)
         order = order[np.argsort(widths[order], kind="stable")]  # buckets keep the shuffle
     padded = np.resize(order, -(-len(order) // batch_size) * batch_size)

@@ -7,15 +7,14 @@ renames it when complete, so a run killed while saving leaves the previous check
 a SHA-256 of every leaf, kept in the metadata, detects a checkpoint damaged after the fact,
 which is then reported in one line and skipped in favour of the previous good one.
 
-In a job of several processes (``jax.distributed``) every Checkpointer works on its own, as in
-one process: orbax waits for no other process. ``flaxlstm.train`` saves from process 0 only
-(the state is replicated, so its local copy is the whole state) and every process restores;
-the files are the same as one process writes, so either layout resumes the other's.
+In a job of several processes (``jax.distributed``) every process opens the same directory and
+takes part in every save and restore, as orbax's multi-process saving asks (it waits for all
+of them at each); the state is replicated, so the files land once, from process 0, and are the
+same as one process writes: a run resumes another's with any number of processes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 # Orbax logs every save at INFO; a training run's own lines are enough.
 logging.getLogger("absl").setLevel(logging.WARNING)
@@ -41,11 +41,16 @@ class IncompatibleCheckpointError(CheckpointError):
 
 
 def _host_leaves(tree: Any) -> tuple[list[np.ndarray], list[bool]]:
-    """The leaves of ``tree`` as numpy arrays; typed PRNG keys as their raw key data."""
+    """The leaves of ``tree`` as numpy arrays; typed PRNG keys as their raw key data; an
+    array split over several processes (a carried state's rows) gathered whole (every process
+    calls this)."""
     leaves, is_key = [], []
     for leaf in jax.tree.leaves(tree):
         key = isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-        leaves.append(np.asarray(jax.random.key_data(leaf) if key else leaf))
+        leaf = jax.random.key_data(leaf) if key else leaf
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = multihost_utils.process_allgather(leaf, tiled=True)
+        leaves.append(np.asarray(leaf))
         is_key.append(key)
     return leaves, is_key
 
@@ -65,6 +70,16 @@ def _signature(leaves: list[np.ndarray]) -> list[str]:
     return [f"{leaf.dtype}{list(leaf.shape)}" for leaf in leaves]
 
 
+def remove_incomplete(directory: str | os.PathLike) -> list[str]:
+    """Delete what saves that never finished left in ``directory`` (orbax's temporary
+    directories); call it only while no other process writes there (``files.DirectoryLock``).
+    Returns their names."""
+    names = [p.name for p in Path(directory).glob("*.orbax-checkpoint-tmp*")]
+    for name in names:
+        shutil.rmtree(Path(directory) / name, ignore_errors=True)
+    return names
+
+
 class Checkpointer:
     """Numbered checkpoints in ``directory``, the newest ``max_to_keep`` of them kept."""
 
@@ -73,18 +88,6 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
         )
-        if jax.process_count() > 1:
-            # Several processes (jax.distributed): each Checkpointer works alone, waiting for
-            # no other process; flaxlstm.train writes from process 0 only, the others read.
-            os.makedirs(self.directory, exist_ok=True)
-            me = jax.process_index()
-            options = dataclasses.replace(
-                options,
-                create=False,  # orbax creates directories only with all processes
-                multiprocessing_options=ocp.options.MultiprocessingOptions(
-                    primary_host=me, active_processes={me}
-                ),
-            )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "meta")
         )
@@ -112,19 +115,10 @@ class Checkpointer:
             )
             self._manager.wait_until_finished()
         except Exception as e:  # no space, no permission, ...: the earlier ones stay good
-            self.remove_incomplete()
+            remove_incomplete(self.directory)
             raise CheckpointError(
                 f"could not save checkpoint {step} in {self.directory}: {_first_line(e)}"
             ) from None
-
-    def remove_incomplete(self) -> list[str]:
-        """Delete what saves that never finished left behind (orbax's temporary directories);
-        call it only while no other process writes here (``files.DirectoryLock``). Returns
-        their names."""
-        names = [p.name for p in Path(self.directory).glob("*.orbax-checkpoint-tmp*")]
-        for name in names:
-            shutil.rmtree(Path(self.directory) / name, ignore_errors=True)
-        return names
 
     def restore(self, like: Any, step: int, check=None) -> tuple[Any, dict[str, Any]]:
         """Checkpoint ``step`` shaped as ``like`` (the live state), and its metadata;

@@ -17,7 +17,9 @@ on the same machine.
 ``fit``'s options:
 
 - ``loss``: ``"binary_crossentropy"``, ``"sparse_categorical_crossentropy"``, ``"mse"``, or a
-  callable ``(outputs, targets) -> per-label losses``.
+  callable ``(outputs, targets) -> per-label losses``; recorded on the model, as Keras's
+  ``compile`` does. None (the default here and in ``evaluate``, ``predict``): the loss ``fit``
+  last trained the model with, else binary_crossentropy (``losses.default_loss``).
 - ``validation_split``: the fraction of examples, taken from the end before shuffling (as
   Keras), held out to validate on after every epoch; ``validation_data``: ``(x, y)`` or
   ``(x, y, lengths)`` to validate on instead. ``report_data``: ``{name: (x, y[, lengths])}``
@@ -30,7 +32,8 @@ on the same machine.
   (``IMDB_RECIPE`` is the IMDB command's).
 - ``bucket_width``: batch sequences of similar ``lengths`` together and cut each batch to a
   multiple of this many steps (``flaxlstm.data.batches.batches``): the padding is not
-  computed, with the same loss as on fully padded batches.
+  computed, with the same loss as on fully padded batches. None or 0: no buckets (as the
+  command's ``--bucket-width 0``).
 - ``restore_best``: when validating, end with the parameters of the epoch of lowest
   ``val_loss`` rather than the last epoch's; ``patience``: stop after this many epochs
   without a lower ``val_loss``.
@@ -67,7 +70,7 @@ from flaxlstm.recipes import Recipe
 from flaxlstm.recurrent import make_mask
 from flaxlstm.training import loop
 from flaxlstm.training.loop import History, TrainState, create_train_state, split_model
-from flaxlstm.training.losses import LOSSES, Loss, get_loss
+from flaxlstm.training.losses import FIT_LOSS, LOSSES, Loss, default_loss, get_loss
 from flaxlstm.training.processes import data_parallel, global_arrays
 
 # ----------------------------------------------------------------------------- loss and steps
@@ -209,7 +212,7 @@ def fit(
     report_data: dict[str, tuple] | None = None,
     shuffle: bool = True,
     seed: int = 0,
-    loss: str | Callable | Loss = "binary_crossentropy",
+    loss: str | Callable | Loss | None = None,
     optimizer: optax.GradientTransformation | None = None,
     clip_norm: float | None = None,
     recipe: Recipe | None = None,
@@ -236,10 +239,11 @@ def fit(
         resume, checkpoint_dir, optimizer, recipe, batch_size, bucket_width, lengths,
         batch_sharding.mesh.size,
     )  # fmt: skip
-    loss = get_loss(loss)
-    train, evaluations = prepare_data(
+    bucket_width = bucket_width or None  # 0: no buckets, as None
+    train, evaluations, loss = prepare_data(
         model, Batch(x, y, lengths), validation_split, validation_data, report_data, loss
     )
+    setattr(model, FIT_LOSS, loss)  # before the split: in every graphdef of the model
     steps = epochs * -(-len(train.inputs) // batch_size)
     tx = transformation(optimizer, clip_norm, recipe, steps)
     graphdef, state = create_train_state(model, tx)
@@ -350,36 +354,48 @@ def _check_fit_options(
 
 
 def check_batching(batch_size: int, bucket_width: int | None, lengths) -> None:
-    """Raise a one-line ValueError for a bad ``batch_size`` or ``bucket_width``."""
+    """Raise a one-line ValueError for a bad ``batch_size`` or ``bucket_width`` (a positive
+    integer, or None or 0: no buckets, as the command's ``--bucket-width 0``)."""
     check_positive_int("batch_size", batch_size)
-    check_positive_int("bucket_width", bucket_width, optional=True)
-    if bucket_width is not None and lengths is None:
+    is_int = isinstance(bucket_width, int) and not isinstance(bucket_width, bool)
+    if bucket_width is not None and not (is_int and bucket_width >= 0):
+        raise ValueError(
+            f"bucket_width must be an integer >= 0 (0: no buckets), got {bucket_width!r}"
+        )
+    if bucket_width and lengths is None:
         raise ValueError("bucket_width needs lengths (the real tokens of each padded sequence)")
 
 
 def prepare_data(
-    model, data: Batch, validation_split: float, validation_data, report_data, loss: Loss
-) -> tuple[Batch, dict[str, Batch]]:
-    """The checked training data and the data sets scored after every epoch: ``val`` (held
-    out or given) and the ``report_data``."""
-    train = checked(model, data, loss)
+    model, data: Batch, validation_split: float, validation_data, report_data, loss
+) -> tuple[Batch, dict[str, Batch], Loss]:
+    """The checked training data, the data sets scored after every epoch (``val``, held out
+    or given, and the ``report_data``) and the loss (``checked``)."""
+    train, loss = checked(model, data, loss)
     evaluations = {}
     if validation_data is not None:
-        evaluations["val"] = checked(model, Batch(*validation_data), loss)
+        evaluations["val"] = checked(model, Batch(*validation_data), loss)[0]
     elif validation_split:
         train, evaluations["val"] = hold_out(train, validation_split)
     for name, extra in (report_data or {}).items():
-        evaluations[name] = checked(model, Batch(*extra), loss)
-    return train, evaluations
+        evaluations[name] = checked(model, Batch(*extra), loss)[0]
+    return train, evaluations, loss
 
 
-def checked(model: nnx.Module, data: Batch, loss: Loss) -> Batch:
-    """``data`` checked as inputs (``check_data``) and as targets of ``loss`` for the model's
-    outputs (``Loss.check_targets``)."""
+def checked(model: nnx.Module, data: Batch, loss) -> tuple[Batch, Loss]:
+    """``data`` checked as inputs (``check_data``) and, with labels, as targets of the loss
+    for the model's outputs (``Loss.check_targets``); and the loss: ``loss``, or where it is
+    None the one ``fit`` trained the model with, else the default (``losses.default_loss``)."""
     data = check_data(model, data)
+    loss = getattr(model, FIT_LOSS, None) if loss is None else get_loss(loss)
+    shape = None
+    if loss is None or data.labels is not None:  # the outputs' shape, without computing
+        shape = output_shape(model, data)
+    if loss is None:
+        loss = default_loss(shape, data.inputs.shape[1])
     if data.labels is not None:
-        loss.check_targets(data.labels, data.lengths, output_shape(model, data))
-    return data
+        loss.check_targets(data.labels, data.lengths, shape)
+    return data, loss
 
 
 def transformation(optimizer, clip_norm, recipe: Recipe | None, steps: int):
@@ -399,14 +415,13 @@ def evaluate(
     lengths=None,
     batch_size: int = 32,
     bucket_width: int | None = None,
-    loss: str | Callable | Loss = "binary_crossentropy",
+    loss: str | Callable | Loss | None = None,
 ) -> dict[str, float]:
-    """The loss and its metric (``{"loss", "accuracy"}`` by default) of ``model`` in eval mode
-    (no dropout) over all of (x, y): the mean over examples, or over real steps for per-step
-    labels [N, T]. ``bucket_width`` and ``loss`` as in ``fit``."""
+    """The loss and its metric (``{"loss", "accuracy"}`` for binary_crossentropy) of ``model``
+    in eval mode (no dropout) over all of (x, y): the mean over examples, or over real steps for
+    per-step labels [N, T]. ``bucket_width`` and ``loss`` as in ``fit``."""
     check_batching(batch_size, bucket_width, lengths)
-    loss = get_loss(loss)
-    data = checked(model, Batch(x, y, lengths), loss)
+    data, loss = checked(model, Batch(x, y, lengths), loss)
     graphdef, params, non_params = split_model(model, training=False)
     return run_eval(graphdef, params, non_params, data, batch_size, bucket_width, loss)
 
@@ -417,14 +432,13 @@ def predict(
     *,
     lengths=None,
     batch_size: int = 32,
-    loss: str | Callable | Loss = "binary_crossentropy",
+    loss: str | Callable | Loss | None = None,
 ) -> np.ndarray:
-    """What ``model`` in eval mode predicts for ``loss``: probabilities σ(logits) [N] or
-    [N, T] (0.5 at padded steps of a model that outputs zero logits there, as ``PerStep``
-    does), softmax probabilities [N(, T), C], or the values."""
+    """What ``model`` in eval mode predicts for ``loss`` (as in ``fit``): probabilities
+    σ(logits) [N] or [N, T] (0.5 at padded steps of a model that outputs zero logits there, as
+    ``PerStep`` does), softmax probabilities [N(, T), C], or the values."""
     check_batching(batch_size, None, lengths)
-    loss = get_loss(loss)
-    data = check_data(model, Batch(x, None, lengths))
+    data, loss = checked(model, Batch(x, None, lengths), loss)
     graphdef, params, non_params = split_model(model, training=False)
     out = [
         output_step(params, non_params, b, graphdef=graphdef, loss=loss)

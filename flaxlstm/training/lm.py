@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from flaxlstm.cell import LSTMState
@@ -44,6 +45,7 @@ from flaxlstm.recipes import Recipe
 from flaxlstm.recurrent import make_mask
 from flaxlstm.training import loop
 from flaxlstm.training.loop import TrainState, create_train_state, split_model
+from flaxlstm.training.processes import data_parallel, global_arrays
 
 # ----------------------------------------------------------------------------- losses
 
@@ -201,6 +203,7 @@ def train_lm(
     resume: bool = False,
     model_dir: str | os.PathLike | None = None,
     history_path: str | os.PathLike | None = None,
+    devices=None,
     quiet: bool = False,
 ) -> dict[str, list]:
     """Train ``model`` in place to predict every next token of ``documents`` (id arrays that
@@ -213,16 +216,18 @@ def train_lm(
       samples: 0 for the full softmax, else K classes for a sampled softmax.
       recipe: Adam's learning rate, schedule and clipping (``Recipe()`` by default).
       eval_every: also evaluate (and checkpoint) every N steps; always after every epoch.
-      checkpoint_dir, checkpoint_every, resume, model_dir, quiet: as ``fit``'s.
+      checkpoint_dir, checkpoint_every, resume, model_dir, devices, quiet: as ``fit``'s (the
+        rows of every chunk and of the carried state split over ``devices``).
       history_path: where the history is written, after every evaluation (JSON).
     Returns:
       the history: per evaluation the step, tokens trained, mean training loss and training
       tokens per second since the last evaluation, and ``val_loss``, ``val_perplexity``,
       ``val_bits``.
     """
+    rows, replicated = data_parallel(devices)
     _check_lm_options(
         model, documents, validation, batch_size, bptt, epochs, max_steps, samples,
-        eval_every, checkpoint_every, resume, checkpoint_dir,
+        eval_every, checkpoint_every, resume, checkpoint_dir, rows.mesh.size,
     )  # fmt: skip
     steps = sum(
         len(epoch_plan(documents, batch_size, bptt, seed, epoch)[1].documents)
@@ -235,19 +240,20 @@ def train_lm(
         model=model, documents=documents, validation=validation, graphdef=graphdef,
         eval_graphdef=split_model(model, training=False)[0], tx=tx, key=jax.random.key(seed),
         samples=samples, batch_size=batch_size, bptt=bptt, seed=seed, epochs=epochs,
-        max_steps=max_steps,
+        max_steps=max_steps, rows=rows,
     )  # fmt: skip
     plan = loop.Plan(
         epochs=epochs, steps=total, eval_every=eval_every, checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every, resume=resume, model_dir=model_dir,
-        history_path=history_path, quiet=quiet,
+        history_path=history_path, quiet=quiet, replicated=replicated,
+        carried=NamedSharding(rows.mesh, PartitionSpec(None, "data")),  # [L, B, H]
     )  # fmt: skip
     return loop.train(model, objective, plan, state, zero_carry(model, batch_size))
 
 
 def _check_lm_options(
     model, documents, validation, batch_size, bptt, epochs, max_steps, samples, eval_every,
-    checkpoint_every, resume, checkpoint_dir,
+    checkpoint_every, resume, checkpoint_dir, devices,
 ) -> None:  # fmt: skip
     for name, value in (("batch_size", batch_size), ("bptt", bptt), ("epochs", epochs)):
         check_positive_int(name, value)
@@ -262,6 +268,10 @@ def _check_lm_options(
         raise ValueError(f"samples must lie in [0, {vocabulary}) (the vocabulary), got {samples}")
     if (resume or checkpoint_every) and checkpoint_dir is None:
         raise ValueError("resume and checkpoint_every need a checkpoint_dir")
+    if batch_size % devices:
+        raise ValueError(
+            f"batch_size {batch_size} must be a multiple of the {devices} devices it is split over"
+        )
     if not len(documents) or not len(validation):
         raise ValueError("no documents to train on or to validate on")
 
@@ -285,6 +295,7 @@ class NextTokens:
     seed: int
     epochs: int
     max_steps: int | None
+    rows: NamedSharding  # each chunk's rows split over the devices
 
     @property
     def settings(self) -> dict:
@@ -298,6 +309,7 @@ class NextTokens:
         return count, (chunk_at(ordered, plan, c, self.bptt) for c in range(first, count))
 
     def step(self, state: TrainState, carry: LSTMState, chunk: Chunk):
+        chunk = global_arrays(chunk, self.rows)
         return lm_train_step(
             state, carry, chunk, self.key, graphdef=self.graphdef, tx=self.tx, samples=self.samples
         )

@@ -45,7 +45,7 @@ from jax.sharding import NamedSharding
 from tqdm.auto import tqdm
 
 from flaxlstm.files import DirectoryLock, save_json
-from flaxlstm.training.checkpoint import Checkpointer
+from flaxlstm.training.checkpoint import Checkpointer, remove_incomplete
 from flaxlstm.training.interrupts import TrainingInterrupted, deferred_signals
 from flaxlstm.training.processes import agreed, global_arrays, primary, sync_processes
 
@@ -135,6 +135,7 @@ class Plan:
     history_path: str | os.PathLike | None = None
     quiet: bool = False
     replicated: NamedSharding | None = None  # where the train state lives, on several devices
+    carried: NamedSharding | None = None  # and the carried state (its rows split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +190,8 @@ def train(
         trees, progress = restore_or_refuse(checkpoints, trees, progress, plan.resume, objective)
         if plan.replicated is not None:
             trees["train"] = global_arrays(trees["train"], plan.replicated)
+        if plan.carried is not None and "carry" in trees:
+            trees["carry"] = global_arrays(trees["carry"], plan.carried)
         trees, progress = Loop(objective, plan, checkpoints, received).run(trees, progress)
     final = trees["best"] if plan.keep_best else trees["train"].params
     final = jax.device_get((final, trees["train"].non_params))
@@ -235,36 +238,37 @@ class Loop:
             disable=self.quiet,
             unit="batch",
         )
-        for i, batch in enumerate(batches, start=progress.batch):
-            trees["train"], carry, sums = self.objective.step(
-                trees["train"], trees.get("carry"), batch
-            )
-            if carry is not None:
-                trees["carry"] = carry
-            step += 1
-            pending.append(sums)
-            bar.update()
-            last, final = i == count - 1, step == self.plan.steps
-            evaluate = last or final or every(self.plan.eval_every, step)
-            save = evaluate or every(self.plan.checkpoint_every, step)
-            signum = self.received()
-            late = time.perf_counter() - since >= READ_SECONDS
-            if not (save or signum or late or len(pending) >= READ_EVERY):
-                continue
-            progress = self.read(progress, pending, step, since, i + 1, last)
-            pending = []
-            bar.set_postfix(loss=f"{progress.sums[0] / max(progress.sums[-1], 1e-12):.4f}")
-            if evaluate:
-                progress = self.evaluate(trees, progress, step, progress.epoch - last)
-            if save or signum:
-                self.save(step, trees, progress)
-            if signum:
-                bar.close()
-                raise self.interrupt(signum, progress, step)
-            since = time.perf_counter()
-            if final:
-                break
-        bar.close()
+        try:  # the bar is cleared however the epoch ends
+            for i, batch in enumerate(batches, start=progress.batch):
+                trees["train"], carry, sums = self.objective.step(
+                    trees["train"], trees.get("carry"), batch
+                )
+                if carry is not None:
+                    trees["carry"] = carry
+                step += 1
+                pending.append(sums)
+                bar.update()
+                last, final = i == count - 1, step == self.plan.steps
+                evaluate = last or final or every(self.plan.eval_every, step)
+                save = evaluate or every(self.plan.checkpoint_every, step)
+                signum = self.received()
+                late = time.perf_counter() - since >= READ_SECONDS
+                if not (save or signum or late or len(pending) >= READ_EVERY):
+                    continue
+                progress = self.read(progress, pending, step, since, i + 1, last)
+                pending = []
+                bar.set_postfix(loss=f"{progress.sums[0] / max(progress.sums[-1], 1e-12):.4f}")
+                if evaluate:
+                    progress = self.evaluate(trees, progress, step, progress.epoch - last)
+                if save or signum:
+                    self.save(step, trees, progress)
+                if signum:
+                    raise self.interrupt(signum, progress, step)
+                since = time.perf_counter()
+                if final:
+                    break
+        finally:
+            bar.close()
         return trees, progress
 
     def read(self, progress, pending: list, step: int, since: float, done: int, last: bool):
@@ -319,7 +323,7 @@ class Loop:
             waited=waited,
             stopped=stopped,
         )
-        if primary() and self.models is not None:
+        if self.models is not None:  # every process takes part; the files land once
             params = jax.device_get(trees.get("best", state.params))
             self.models.save(step, params, {"step": step, "epoch": epoch})
         if primary() and self.plan.history_path is not None:
@@ -332,9 +336,9 @@ class Loop:
         return after
 
     def save(self, step: int, trees: dict, progress: Progress) -> None:
-        """Checkpoint ``trees`` and ``progress`` as ``step``; process 0 alone writes (every
-        process holds the same replicated state)."""
-        if self.checkpoints is not None and primary():
+        """Checkpoint ``trees`` and ``progress`` as ``step``; every process takes part, the
+        files land once (``Checkpointer``)."""
+        if self.checkpoints is not None:
             self.checkpoints.save(step, trees, progress.to_meta())
 
     def interrupt(self, signum: int, progress: Progress, step: int) -> TrainingInterrupted:
@@ -404,14 +408,13 @@ def restore_or_refuse(
 def locked_checkpoints(directory: str | os.PathLike | None) -> Iterator[Checkpointer | None]:
     """A Checkpointer for ``directory`` (None without one), the directory locked for as long
     as it is used (``files.DirectoryLock``); what interrupted saves left there is removed.
-    With several processes, process 0 (the writer) holds the lock and cleans up before any
-    process reads the directory."""
+    With several processes, process 0 holds the lock and cleans up before any process opens
+    the directory."""
     if directory is None:
         yield None
         return
     with DirectoryLock(directory) if primary() else contextlib.nullcontext():
-        checkpoints = Checkpointer(directory)
         if primary():
-            checkpoints.remove_incomplete()
+            remove_incomplete(directory)
         sync_processes("flaxlstm: checkpoints ready")
-        yield checkpoints
+        yield Checkpointer(directory)

@@ -14,6 +14,11 @@ where a label is one per sequence ([B]) or one per step ([B, T]):
 Every loss is computed from logits (stably), weighted per label (padding and topped-up
 examples weigh 0) and averaged over the real labels. ``predict`` returns σ(logits), softmax
 probabilities, or the values.
+
+``fit`` records the ``Loss`` it trains a model with on the model, as Keras's ``compile`` does
+(``FIT_LOSS``), and ``fit``, ``evaluate`` and ``predict`` given no loss take that one, else
+``"binary_crossentropy"``, refused in one line for outputs that are not one logit per example
+or per step (``default_loss``).
 """
 
 from __future__ import annotations
@@ -134,6 +139,26 @@ LOSSES: dict[str, Loss] = {
         _identity,
     ),
 }
+
+
+# The model's attribute where ``fit`` records its ``Loss``: a static field of the module (no
+# array in it), so it travels in the model's graphdef through nnx.split / nnx.merge and
+# nnx.jit; a model built anew (e.g. loaded from its parameters) has none.
+FIT_LOSS = "fit_loss"
+
+
+def default_loss(output_shape: tuple[int, ...], time: int) -> Loss:
+    """``"binary_crossentropy"``, the loss where none is given and ``fit`` never trained the
+    model, for outputs of ``output_shape`` from inputs of ``time`` steps; a one-line ValueError
+    unless they are one logit per example [N] or per step [N, T] (class logits [N, C] are not:
+    σ of each would be read as a probability of its own)."""
+    if tuple(output_shape[1:]) not in ((), (time,)):
+        raise ValueError(
+            f"the model gives outputs {tuple(output_shape)}, not the logits [N] or [N, T={time}]"
+            " of binary_crossentropy, the loss when none is given and fit never trained it:"
+            " pass loss= (e.g. 'sparse_categorical_crossentropy' for class logits)"
+        )
+    return LOSSES["binary_crossentropy"]
 
 
 def get_loss(loss: str | PerLabel | Loss) -> Loss:

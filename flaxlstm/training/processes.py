@@ -1,20 +1,82 @@
 """One device or many, one process or several: the batch split over a mesh of devices, and
 the few places where the processes of a ``jax.distributed`` job must agree.
 
-The same code runs everywhere: after ``jax.distributed.initialize()`` every process's devices
-join the mesh, every process holds the whole data and runs the same steps, ``global_arrays``
-places its part of each batch, process 0 alone writes the run's files (``primary``), and
-every process stops at the same step on a signal (``agreed``).
+The same code runs everywhere: ``join_job`` starts a process of a job (``flaxlstm train
+--coordinator ...``, or as SLURM / Open MPI launched it), every process's devices join the
+mesh, every process builds the same data and runs the same steps, ``global_arrays`` places its
+own rows of each batch, every process takes part in saving the checkpoints and process 0 alone
+writes the run's other files (``primary``), every process stops at the same step on a signal
+(``agreed``), and an error or a lost process ends the others at once (``HEARTBEAT_S``,
+``one_line``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+# A process that stops answering is declared dead after HEARTBEAT_S (JAX's default: 100 s),
+# and the others end then; a process that ends waits at most SHUTDOWN_S for the others.
+HEARTBEAT_S = 10
+SHUTDOWN_S = 10
+
+
+def cluster_found() -> str | None:
+    """The launcher of a job of several processes whose settings ``jax.distributed.
+    initialize()`` reads by itself: "SLURM" (``srun`` with several tasks) or "Open MPI"
+    (``mpirun -np N``, N > 1); None outside one."""
+    if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return "SLURM"
+    if (
+        "OMPI_MCA_orte_hnp_uri" in os.environ
+        and int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    ):
+        return "Open MPI"
+    return None
+
+
+def join_job(coordinator: str | None, num_processes: int | None, process_id: int | None) -> bool:
+    """Join a job of several processes (``jax.distributed.initialize``) before JAX runs
+    anything: at ``coordinator`` ("HOST:PORT", where process 0 listens) as process
+    ``process_id`` of ``num_processes``, or, with none of the three, as SLURM or Open MPI
+    launched it (``cluster_found``). On the CPU the processes' collectives go over gloo (TCP).
+    Returns whether this process is in a job of several; a one-line ValueError for settings
+    that do not go together."""
+    given = [value is not None for value in (coordinator, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError(
+            "--coordinator, --num-processes and --process-id go together: give all three or none"
+        )
+    if not any(given) and cluster_found() is None:
+        return False
+    if all(given):
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"--process-id must lie in [0, {num_processes}), got {process_id}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator, num_processes, process_id,
+        heartbeat_timeout_seconds=HEARTBEAT_S, shutdown_timeout_seconds=SHUTDOWN_S,
+    )  # fmt: skip
+    return True
+
+
+def one_line(error: BaseException, in_job: bool) -> str:
+    """What ends a process, in one line; in a job of several processes, which process it is,
+    and for a failed collective, that another process has likely ended."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if not in_job:
+        return message
+    if isinstance(error, jax.errors.JaxRuntimeError):
+        message = f"the processes lost each other (has another one ended?): {message[:300]}"
+    return f"process {jax.process_index()} of {jax.process_count()}: {message}"
 
 
 def data_parallel(devices=None) -> tuple[NamedSharding, NamedSharding]:

@@ -36,6 +36,7 @@ from flaxlstm.models import AddingModel, CumsumModel, ParityModel
 from flaxlstm.training import lm
 from flaxlstm.training.fit import EVAL_BATCH_FACTOR, evaluate, fit, predict
 from flaxlstm.training.loop import History
+from flaxlstm.training.processes import primary
 from flaxlstm.training.runs import (
     LM_CLASSIFIER,
     LmRun,
@@ -59,8 +60,10 @@ def output_directory(out: str) -> str:
 @contextlib.contextmanager
 def run_directory(out: str) -> Iterator[str]:
     """``output_directory(out)``, locked for the run's whole life: a second run into it is
-    refused at once (``files.DirectoryLock``)."""
-    with DirectoryLock(output_directory(out)):
+    refused at once (``files.DirectoryLock``). In a job of several processes, process 0 holds
+    the lock and writes the run's files; the others write only their part of the checkpoints
+    (across machines ``out`` is on a filesystem they share)."""
+    with DirectoryLock(output_directory(out)) if primary() else contextlib.nullcontext():
         yield out
 
 
@@ -145,7 +148,8 @@ def write_metrics(
         "seconds_per_epoch": round(seconds / config.epochs, 2),
         "options": dataclasses.asdict(config),
     }
-    save_json(os.path.join(out, "metrics.json"), metrics)
+    if primary():
+        save_json(os.path.join(out, "metrics.json"), metrics)
     if not config.quiet:
         scores = {f"test_{name}": value for name, value in test.items()} | (validation or {})
         print(" - ".join(f"{name} {value:.4f}" for name, value in scores.items()))
@@ -215,7 +219,8 @@ def _train_imdb(config: ImdbConfig) -> None:
         limit=config.limit,
         vocabulary=source and source.vocabulary,
     )
-    data.vocabulary.save(os.path.join(out, "vocabulary.json"))
+    if primary():
+        data.vocabulary.save(os.path.join(out, "vocabulary.json"))
     names = ("model", "vocab_size", "maxlen", "seed", "dtype", "loop")
     run_config = {name: getattr(config, name) for name in names}
     if source is None:
@@ -228,7 +233,8 @@ def _train_imdb(config: ImdbConfig) -> None:
         if config.nbsvm:
             sizes["nbsvm"] = config.nbsvm
         run_config |= {"model": LM_CLASSIFIER, "init_from": config.init_from, **sizes}
-    save_json(os.path.join(out, "config.json"), run_config)
+    if primary():
+        save_json(os.path.join(out, "config.json"), run_config)
     model = imdb_model(run_config)
     if source is not None:  # (a resumed run's checkpoint then replaces them)
         model.load_pretrained(source.model)
@@ -279,7 +285,8 @@ def lm_vocabulary(config: LmConfig, texts, source: LmRun | None = None) -> tuple
         saved = Vocabulary.load(path)
         if (saved.words, saved.level) != (vocabulary.words, vocabulary.level):
             raise ValueError(f"{config.out} holds a run on another text (its vocabulary differs)")
-    vocabulary.save(path)
+    if primary():
+        vocabulary.save(path)
     return vocabulary, samples
 
 
@@ -352,7 +359,8 @@ def _train_language_model(config: LmConfig) -> None:
         name: getattr(config, name) for name in names
     }
     run_config["data"] = {name: getattr(config, name) for name in LM_DATA_OPTIONS}
-    save_json(os.path.join(out, "config.json"), run_config)
+    if primary():
+        save_json(os.path.join(out, "config.json"), run_config)
     model = language_model(run_config)
     set_loop(model, config.loop)
     if source is not None:  # (a resumed run's checkpoint then replaces them)
@@ -384,7 +392,8 @@ def _train_language_model(config: LmConfig) -> None:
         "seconds": round(time.perf_counter() - start, 1),
         "options": dataclasses.asdict(config),
     }
-    save_json(os.path.join(out, "metrics.json"), metrics)
+    if primary():
+        save_json(os.path.join(out, "metrics.json"), metrics)
     if not config.quiet:
         unit = "bits per character" if config.level == "char" else "perplexity"
         value = last["val_bits"] if config.level == "char" else last["val_perplexity"]
