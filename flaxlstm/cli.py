@@ -30,6 +30,7 @@ from flaxlstm.config import (
     CumsumConfig,
     ImdbConfig,
     InspectCumsumConfig,
+    JobOptions,
     LmConfig,
     ParityConfig,
 )
@@ -39,7 +40,7 @@ from flaxlstm.data.vocabulary import tokenize
 from flaxlstm.models import MODELS
 from flaxlstm.options import OptionError, non_negative_float, positive_int
 from flaxlstm.recurrent import describe_loop
-from flaxlstm.training import lm
+from flaxlstm.training import lm, processes
 from flaxlstm.training.fit import evaluate, predict
 from flaxlstm.training.interrupts import TrainingInterrupted
 from flaxlstm.training.runs import (
@@ -246,19 +247,37 @@ def review_view(views, name: str, help_text: str, run) -> argparse.ArgumentParse
 
 
 def add_explorer_view(views) -> argparse.ArgumentParser:
-    """``inspect html``: one self-contained HTML page to explore a run's units over a text."""
-    from flaxlstm.lab import explorer
+    """``inspect html``: one self-contained HTML page to explore a run's units over texts."""
+    from flaxlstm.lab import corpus, explorer
 
     parser = views.add_parser(
         "html",
-        help="one self-contained HTML page: a text coloured by any unit's gates and states,"
-        " the prediction after each token, saturation and interpretable cells",
+        help="one self-contained HTML page: texts coloured by any unit's gates and states, the"
+        " prediction after each token, saturation, interpretable cells, and the lab: cells"
+        " selected over a span and matched over the texts, signals, attributions, ablations",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model-dir", required=True, help="a 'train imdb' or 'train lm' run")
     text = parser.add_mutually_exclusive_group(required=True)
     text.add_argument("--text", help="the text to read")
-    text.add_argument("--file", help="read the text from this file (UTF-8)")
+    text.add_argument("--file", help="read the texts from this file (UTF-8, one text a line)")
+    text.add_argument(
+        "--imdb-test",
+        type=POSITIVE_INT,
+        metavar="N",
+        help=f"read the first N (≤ {corpus.MAX_TEXTS}) IMDB test reviews (held out: ablations)",
+    )
+    text.add_argument(
+        "--lm-valid",
+        type=POSITIVE_INT,
+        metavar="N",
+        help=f"read N (≤ {corpus.MAX_TEXTS}) of a 'train lm' run's validation texts (held out)",
+    )
+    parser.add_argument("--data-dir", help="TFDS data directory (default: $TFDS_DATA_DIR)")
+    parser.add_argument(
+        "--annotations",
+        help="your own signals: JSON lines, one a text, {name: [one number a token]}",
+    )
     parser.add_argument(
         "--max-tokens",
         type=POSITIVE_INT,
@@ -267,10 +286,16 @@ def add_explorer_view(views) -> argparse.ArgumentParser:
     )
     parser.add_argument("--layer", help="the layer shown first (e.g. lstm); none: the first")
     parser.add_argument(
+        "--hypothesis-layer", help="the layer whose h and c the lab selects on; none: the last"
+    )
+    parser.add_argument(
         "--quantity", choices=explorer.QUANTITIES, default="c", help="the quantity shown first"
     )
     parser.add_argument(
         "--unit", type=int, help="the unit shown first; none: the one that best follows a signal"
+    )
+    parser.add_argument(
+        "--ig-steps", type=POSITIVE_INT, default=corpus.IG_STEPS, help="integrated gradients' steps"
     )
     parser.add_argument("--out", default="explorer.html", help="the HTML page to write")
     parser.set_defaults(run=inspect_html)
@@ -326,25 +351,80 @@ def inspect_gates(args: argparse.Namespace) -> None:
     print(f"wrote {plots.save_figure(figure, args.out)}")
 
 
+def _page_texts(args: argparse.Namespace) -> tuple[list[str], np.ndarray | None, bool]:
+    """``inspect html``'s texts, a classifier's labels of them, and whether they are held out."""
+    from flaxlstm.lab import corpus
+
+    count = args.imdb_test or args.lm_valid
+    if count is not None and count > corpus.MAX_TEXTS:
+        option = "--imdb-test" if args.imdb_test else "--lm-valid"
+        raise ValueError(f"{option} must lie in [1, {corpus.MAX_TEXTS}], got {count}")
+    if args.text is not None:
+        return [args.text], None, False
+    if args.file is not None:
+        with open(args.file, encoding="utf-8") as f:
+            texts = [line for line in f.read().splitlines() if line.strip()]
+        if not texts:
+            raise ValueError(f"{args.file} holds no text")
+        return texts, None, False
+    if args.imdb_test:
+        from flaxlstm.data import imdb
+
+        texts, labels = imdb.read_split("test", args.data_dir, limit=args.imdb_test)
+        return [t.decode("utf-8") for t in texts], labels, True
+    return _lm_valid_texts(args.model_dir, args.lm_valid, args.data_dir), None, True
+
+
+def _lm_valid_texts(run_dir: str, count: int, data_dir: str | None) -> list[str]:
+    """The first ``count`` validation texts of a ``train lm`` run: lines of its text file's
+    held-out end, or its held-out reviews (the same draw as training's)."""
+    import json
+
+    from flaxlstm.data import text as text_data
+
+    path = os.path.join(run_dir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        config = {}
+    if not isinstance(config, dict) or config.get("task") != "lm":
+        raise ValueError(f"--lm-valid needs a 'train lm' run; {run_dir!r} holds none")
+    split = config.get("validation_split") or 0.02
+    if config.get("text"):
+        held = text_data.text_file(config["text"], split)[1]
+        texts = [line for line in held.splitlines() if line.strip()]
+    else:
+        data_dir = data_dir or config.get("data_dir")
+        held = text_data.imdb_texts(split, data_dir, config.get("limit"))[1]
+        texts = [t.decode("utf-8") for t in held]
+    return texts[:count]
+
+
 def inspect_html(args: argparse.Namespace) -> None:
     from flaxlstm.lab import explorer
 
-    if args.file is not None:
-        with open(args.file, encoding="utf-8") as f:
-            text = f.read()
-    else:
-        text = args.text
+    texts, labels, held_out = _page_texts(args)
     data = explorer.explore_run(
         args.model_dir,
-        text,
+        texts,
         args.out,
         max_tokens=args.max_tokens,
         layer=args.layer,
         quantity=args.quantity,
         unit=args.unit,
+        annotations=args.annotations,
+        labels=labels,
+        held_out=held_out,
+        hypothesis_layer=args.hypothesis_layer,
+        ig_steps=args.ig_steps,
     )
     size = os.path.getsize(args.out)
-    print(f"wrote {args.out} ({len(data['tokens']) - 1} tokens, {size / 1e3:.0f} kB)")
+    shown = len(data["corpus"]["texts"])
+    print(
+        f"wrote {args.out} ({shown} text{'s' if shown > 1 else ''},"
+        f" {len(data['tokens']) - 1} tokens in the first, {size / 1e3:.0f} kB)"
+    )
 
 
 def use_compilation_cache() -> str | None:
@@ -373,18 +453,29 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     else:
         use_compilation_cache()
+    in_job = False
     try:
         config_type = getattr(args, "config_type", None)
         config = from_options(config_type, args) if config_type else None
+        if isinstance(config, JobOptions):  # before JAX runs anything
+            in_job = processes.join_job(config.coordinator, config.num_processes, config.process_id)
+            config = dataclasses.replace(config, quiet=config.quiet or not processes.primary())
         if hasattr(config, "loop") and not config.quiet:  # a train command's first line
             bf16 = jax.numpy.bfloat16 if getattr(config, "dtype", None) == "bfloat16" else None
             print(f"LSTM time steps: {describe_loop(config.loop, bf16)}", flush=True)
         args.run(config or args)
     except TrainingInterrupted as stop:
         parser.exit(stop.exit_status, f"flaxlstm: {stop}\n")
-    except (ValueError, OSError) as error:
-        message = " ".join(str(error).split())
-        parser.exit(1, f"flaxlstm: error: {message}\n")
+    except Exception as error:
+        if not (in_job or isinstance(error, ValueError | OSError)):
+            raise
+        message = f"flaxlstm: error: {processes.one_line(error, in_job)}\n"
+        if not in_job:
+            parser.exit(1, message)
+        sys.stderr.write(message)  # and out at once: the others see this process end
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(1)
 
 
 if __name__ == "__main__":

@@ -195,7 +195,9 @@ def test_the_page_works_in_a_headless_browser(kind, imdb_run, lm_run, tmp_path, 
     layer, quantity, unit = ("lstm", "c", 7) if kind == "imdb" else ("lstm/layers/1", "h", 2)
     (tmp_path / "text.txt").write_text(text, encoding="utf-8")
     page = tmp_path / "page.html"
-    argv = ["inspect", "html", "--model-dir", str(run), "--file", str(tmp_path / "text.txt")]
+    # --file holds one text a line (the review: one line); --text keeps the LM's newline.
+    given = ["--file", str(tmp_path / "text.txt")] if kind == "imdb" else ["--text", text]
+    argv = ["inspect", "html", "--model-dir", str(run), *given]
     argv += ["--layer", layer, "--quantity", quantity, "--unit", str(unit), "--out", str(page)]
     code, out, err = run_main(argv, capsys)
     assert code == 0, err
@@ -235,7 +237,7 @@ def test_a_script_error_shows_in_the_page(tmp_path):
         (["--model-dir", "{missing}", "--text", "good"], 1, "holds no 'train imdb' or 'train lm'"),
         (["--model-dir", "{run}", "--text", " \n "], 1, "the text has no tokens"),
         (["--model-dir", "{run}", "--text", "good", "--file", "{run}/x"], 2, "not allowed with"),
-        (["--model-dir", "{run}"], 2, "one of the arguments --text --file is required"),
+        (["--model-dir", "{run}"], 2, "one of the arguments --text --file --imdb-test"),
         (["--model-dir", "{run}", "--file", "{missing}"], 1, "No such file"),
         (["--model-dir", "{run}", "--text", "good", "--unit", "100"], 1, "unit must lie in [0,"),
         (["--model-dir", "{run}", "--text", "good", "--layer", "x"], 1, "no LSTM layer 'x'"),

@@ -378,3 +378,352 @@
   render();
   if (options.check !== undefined) selfCheck();
 })();
+
+// ----------------------------------------------------------------------------- the lab
+// LSTMVis's hypotheses over the corpus (flaxlstm.lab.corpus, flaxlstm.lab.hypotheses): a span
+// selected with the mouse and a threshold give the cells on over exactly that span, off just
+// before and after it (select_cells); the spans of every text where all of them are on are the
+// matches (match_spans). The values are the page's 8-bit ones, v' = low + q · ((high − low)/255),
+// the same numbers as corpus.state_values in Python; a unit is on where v' ≥ threshold.
+(function () {
+  "use strict";
+  var DATA = JSON.parse(document.getElementById("data").textContent);
+  var C = DATA.corpus;
+  if (!C || !C.texts) return;
+  var TOP = 50, CONTEXT = 3, MAX_LINES = 60;
+  var lab = {text: 0, state: C.layer ? "h" : null, threshold: 0, sel: null, drag: null,
+    cells: [], matches: [], match: null};
+  var decoded = {};  // state: {bytes: Uint8Array, table: Float64Array(256)}
+
+  function $(id) { return document.getElementById(id); }
+  function el(tag, text, className) {
+    var e = document.createElement(tag);
+    if (text !== undefined) e.textContent = text;
+    if (className) e.className = className;
+    return e;
+  }
+  function decode(name) {
+    if (decoded[name]) return decoded[name];
+    var entry = C.states[name], raw = atob(entry.bytes), bytes = new Uint8Array(raw.length);
+    for (var k = 0; k < raw.length; k++) bytes[k] = raw.charCodeAt(k);
+    var step = (entry.high - entry.low) / 255, table = new Float64Array(256);
+    for (var q = 0; q < 256; q++) table[q] = entry.low + q * step;
+    decoded[name] = {bytes: bytes, table: table};
+    return decoded[name];
+  }
+  function textLength(i) { return C.offsets[i + 1] - C.offsets[i]; }
+
+  // select_cells: ≥ threshold at every step of [start, end), < threshold just before and after.
+  function selectCells(i, start, end, threshold) {
+    var d = decode(lab.state), H = C.units, T = textLength(i), base = C.offsets[i] * H;
+    var b = d.bytes, v = d.table, found = [];
+    for (var u = 0; u < H; u++) {
+      var on = true;
+      for (var t = start; t < end && on; t++) on = v[b[base + t * H + u]] >= threshold;
+      if (on && start > 0) on = v[b[base + (start - 1) * H + u]] < threshold;
+      if (on && end < T) on = v[b[base + end * H + u]] < threshold;
+      if (on) found.push(u);
+    }
+    return found;
+  }
+  // match_spans: the maximal runs of steps where every cell is on, longest first, then by
+  // text and start; at most TOP.
+  function matchSpans(cells, threshold) {
+    var d = decode(lab.state), H = C.units, b = d.bytes, v = d.table, found = [];
+    if (!cells.length) return found;
+    for (var i = 0; i + 1 < C.offsets.length; i++) {
+      var T = textLength(i), base = C.offsets[i] * H, start = -1;
+      for (var t = 0; t <= T; t++) {
+        var on = t < T;
+        for (var k = 0; k < cells.length && on; k++) on = v[b[base + t * H + cells[k]]] >= threshold;
+        if (on && start < 0) start = t;
+        if (!on && start >= 0) { found.push([i, start, t]); start = -1; }
+      }
+    }
+    found.sort(function (a, z) {
+      return (z[2] - z[1]) - (a[2] - a[1]) || a[0] - z[0] || a[1] - z[1];
+    });
+    return found.slice(0, TOP);
+  }
+  function update() {
+    if (!lab.sel || !lab.state) return;
+    var t0 = performance.now();
+    lab.cells = selectCells(lab.sel[0], lab.sel[1], lab.sel[2], lab.threshold);
+    lab.matches = matchSpans(lab.cells, lab.threshold);
+    var t1 = performance.now();
+    drawCells();
+    drawChart();
+    drawMatches();
+    var t2 = performance.now();
+    window.labTiming = {compute_ms: t1 - t0, total_ms: t2 - t0};
+    writeStatus();
+  }
+
+  // --------------------------------------------------------------------------- what is shown
+  function colour(x) {  // x in [-1, 1]: blue, white, red (as the explorer's)
+    var t = Math.max(-1, Math.min(1, x)), a = Math.abs(t), end = t > 0 ? [178, 24, 43] : [33, 102, 172];
+    return "rgb(" + end.map(function (e) { return Math.round(255 + (e - 255) * a); }).join(",") + ")";
+  }
+  function width() { return DATA.level === "char" ? 16 : 56; }
+  function shownToken(token, t) {
+    if (t === 0 || DATA.level !== "char") return token;
+    return token === "\n" ? "\u21b5" : token === "\t" ? "\u21e5" : token;
+  }
+  function buildControls() {
+    var layer = C.layer ? C.layer + " (" + C.units + " units)" : "no layer on the tokens' steps";
+    var dropped = (C.left_out_states || []).join(" and ");
+    $("lab-note").textContent = C.texts.length + " text(s)" + (C.left_out ? " (" + C.left_out +
+      " more left out: the page keeps at most 6 M 8-bit values)" : "") +
+      (dropped ? " (" + dropped + " left out to keep the page small)" : "") + " · layer " + layer +
+      " · values in 8 bits over the texts (low to high in 255 steps) · select a span of tokens " +
+      "with the mouse; the cells on (≥ the threshold) over exactly that span and off just " +
+      "before and after it are listed, drawn over the text and matched in every text.";
+    C.texts.forEach(function (text, i) {
+      var words = text.tokens.slice(1, 9).join(DATA.level === "char" ? "" : " ");
+      var o = el("option", "text " + i + ": " + words + "…");
+      o.value = i;
+      $("lab-text").appendChild(o);
+    });
+    Object.keys(C.states).forEach(function (s) {
+      var o = el("option", s === "h" ? "hidden state h" : "cell state c");
+      o.value = s;
+      $("lab-state").appendChild(o);
+    });
+    $("lab-text").addEventListener("change", function () { showText(+this.value, null); });
+    $("lab-state").addEventListener("change", function () {
+      lab.state = this.value;
+      setRange();
+      update();
+    });
+    $("lab-threshold").addEventListener("input", function () {
+      lab.threshold = parseFloat(this.value);
+      $("lab-threshold-value").textContent = this.value;
+      update();
+    });
+    if (lab.state) setRange();
+    else $("lab-threshold").disabled = true;
+  }
+  function setRange() {  // the slider spans the state's values, in steps of 0.01
+    var entry = C.states[lab.state], box = $("lab-threshold");
+    box.min = Math.floor(entry.low * 100) / 100;
+    box.max = Math.ceil(entry.high * 100) / 100;
+    box.step = "0.01";
+    // First 0.3 (LSTMVis's usual threshold for h), or half the largest value where that is less.
+    box.value = Math.max(Math.min(0.3, Math.round(entry.high * 50) / 100), +box.min);
+    lab.threshold = parseFloat(box.value);
+    $("lab-threshold-value").textContent = box.value;
+  }
+
+  // The text as a table: its tokens, the chosen cells' values (parallel coordinates), then a
+  // row per signal, annotation and attribution, one column per token.
+  function showText(i, match) {
+    lab.text = i;
+    lab.match = match;
+    $("lab-text").value = i;
+    var tokens = C.texts[i].tokens, w = width(), table = $("lab-table");
+    table.textContent = "";
+    table.style.width = (230 + w * tokens.length) + "px";
+    var head = el("tr");
+    head.appendChild(el("th", "token"));
+    tokens.forEach(function (token, t) {
+      var td = el("td", shownToken(token, t), "ltok");
+      td.dataset.t = t;
+      td.style.width = w + "px";
+      td.title = "token " + t + ": " + JSON.stringify(token);
+      head.appendChild(td);
+    });
+    table.appendChild(head);
+    var chart = el("tr"), label = el("th", "cells"), cell = el("td", undefined, "chart");
+    chart.id = "lab-chart-row";
+    cell.colSpan = tokens.length;
+    cell.id = "lab-chart";
+    chart.appendChild(label);
+    chart.appendChild(cell);
+    table.appendChild(chart);
+    C.rows.forEach(function (row) { table.appendChild(rowOf(row, i)); });
+    markTokens();
+    drawChart();
+    if (match) {
+      var first = table.querySelector('td.ltok[data-t="' + match[1] + '"]');
+      if (first && first.scrollIntoView) first.scrollIntoView({block: "nearest", inline: "center"});
+    }
+  }
+  function rowOf(row, i) {
+    var tr = el("tr"), values = row.values[i], m = 1e-9, th = el("th");
+    th.appendChild(el("span", row.name + " "));
+    var units = row.units.map(function (u) { return u.unit + " (r " + u.r.toFixed(2) + ")"; });
+    if (units.length) th.appendChild(el("span", "units " + units.join(", "), "units"));
+    th.title = row.name + ": " + row.about + (units.length ? "; the units of " + C.layer +
+      " whose c follows it most closely over all the texts: " + units.join(", ") : "");
+    tr.dataset.kind = row.kind;
+    values.forEach(function (v) { if (v !== null && Math.abs(v) > m) m = Math.abs(v); });
+    tr.appendChild(th);
+    values.forEach(function (v, t) {
+      var td = el("td");
+      if (v !== null) td.style.background = colour(v / m);
+      var shown = v === null ? "–" : row.scales ? (v * row.scales[i]).toPrecision(3) : v;
+      td.title = row.name + " at token " + t + ": " + shown;
+      tr.appendChild(td);
+    });
+    return tr;
+  }
+  function markTokens() {
+    var sel = lab.drag || lab.sel, match = lab.match;
+    var here = sel && sel[0] === lab.text, found = match && match[0] === lab.text;
+    document.querySelectorAll("#lab-table td.ltok").forEach(function (td) {
+      var t = +td.dataset.t;
+      td.classList.toggle("sel", !!here && t >= sel[1] && t < sel[2]);
+      td.classList.toggle("match", !!found && t >= match[1] && t < match[2]);
+    });
+    $("lab-span").textContent = sel ? "span: tokens " + sel[1] + " to " + (sel[2] - 1) +
+      " of text " + sel[0] : "drag over tokens to select a span";
+  }
+
+  // A span by mouse: press on a token, move over others, release (anywhere).
+  function listenForSpans() {
+    var table = $("lab-table");
+    function token(e) {
+      var td = e.target.closest ? e.target.closest("td.ltok") : null;
+      return td ? +td.dataset.t : null;
+    }
+    table.addEventListener("mousedown", function (e) {
+      var t = token(e);
+      if (t === null || !lab.state) return;
+      e.preventDefault();
+      lab.anchor = t;
+      lab.drag = [lab.text, t, t + 1];
+      markTokens();
+    });
+    table.addEventListener("mouseover", function (e) {
+      var t = token(e);
+      if (t === null || !lab.drag) return;
+      lab.drag = [lab.text, Math.min(lab.anchor, t), Math.max(lab.anchor, t) + 1];
+      markTokens();
+    });
+    document.addEventListener("mouseup", function () {
+      if (!lab.drag) return;
+      lab.sel = lab.drag;
+      lab.drag = null;
+      lab.match = null;
+      markTokens();
+      update();
+    });
+  }
+
+  // Parallel coordinates: each chosen cell's value at every token of the text shown, the
+  // threshold dashed, the selected span shaded.
+  function drawChart() {
+    var box = $("lab-chart");
+    if (!box) return;
+    var T = textLength(lab.text), w = width(), h = 110, W = T * w;
+    if (!lab.state || !lab.cells.length) {
+      box.textContent = "";
+      box.appendChild(el("div", lab.sel ? "no cell fits this span at this threshold" :
+        "select a span", "note"));
+      return;
+    }
+    var entry = C.states[lab.state], d = decode(lab.state), H = C.units;
+    var base = C.offsets[lab.text] * H, span = entry.high - entry.low;
+    var y = function (v) { return (4 + (1 - (v - entry.low) / span) * (h - 8)).toFixed(1); };
+    var parts = [];
+    if (lab.sel && lab.sel[0] === lab.text) {
+      parts.push('<rect x="' + lab.sel[1] * w + '" y="0" width="' + (lab.sel[2] - lab.sel[1]) * w +
+        '" height="' + h + '" fill="#ffd27a" fill-opacity="0.35"/>');
+    }
+    var ty = y(lab.threshold);
+    parts.push('<line x1="0" x2="' + W + '" y1="' + ty + '" y2="' + ty +
+      '" stroke="#999" stroke-dasharray="4,3"/>');
+    lab.cells.slice(0, MAX_LINES).forEach(function (u) {
+      var points = [];
+      for (var t = 0; t < T; t++) {
+        points.push((t * w + w / 2).toFixed(1) + "," + y(d.table[d.bytes[base + t * H + u]]));
+      }
+      parts.push('<polyline fill="none" stroke="rgb(33,102,172)" stroke-opacity="0.7" ' +
+        'stroke-width="1.3" points="' + points.join(" ") + '"><title>unit ' + u +
+        '</title></polyline>');
+    });
+    box.innerHTML = '<svg width="' + W + '" height="' + h + '" viewBox="0 0 ' + W + " " + h +
+      '">' + parts.join("") + "</svg>";
+  }
+  function drawCells() {
+    var box = $("lab-cells");
+    box.textContent = "";
+    if (!lab.cells.length) box.appendChild(el("span", "none", "note"));
+    lab.cells.forEach(function (u) {
+      var c = el("span", String(u), "cell");
+      c.dataset.unit = u;
+      box.appendChild(c);
+    });
+  }
+  function drawMatches() {
+    var box = $("lab-matches");
+    box.textContent = "";
+    lab.matches.forEach(function (m) {
+      var tokens = C.texts[m[0]].tokens, li = el("li");
+      li.dataset.text = m[0];
+      li.dataset.start = m[1];
+      li.dataset.end = m[2];
+      var join = DATA.level === "char" ? "" : " ";
+      var words = function (a, z) {
+        return tokens.slice(Math.max(0, a), z).map(function (token) {
+          return token === "<start>" ? token : shownToken(token, 1);
+        }).join(join);
+      };
+      li.appendChild(el("span", "text " + m[0] + " [" + m[1] + ", " + m[2] + "): " +
+        words(m[1] - CONTEXT, m[1]) + join));
+      li.appendChild(el("mark", words(m[1], m[2])));
+      li.appendChild(el("span", join + words(m[2], m[2] + CONTEXT)));
+      li.addEventListener("click", function () { showText(m[0], m); markTokens(); });
+      box.appendChild(li);
+    });
+  }
+  function drawAblation() {
+    var box = $("lab-ablation"), A = C.ablation;
+    if (!A) {
+      box.appendChild(el("p", "Not measured: ablations need held-out texts (flaxlstm inspect " +
+        "html --imdb-test N or --lm-valid N; in Python, held_out=True).", "note"));
+      return;
+    }
+    var keys = Object.keys(A.before), table = el("table"), head = el("tr");
+    box.appendChild(el("p", "The held-out score on these " + A.texts + " texts with the cell " +
+      "state c of " + C.layer + " held at 0 in the units that follow the rows best, each alone " +
+      "and all together (" + (A.higher_is_better ? "higher" : "lower") + " is better).", "note"));
+    ["units held at 0"].concat(keys.map(function (k) { return k; }), keys.map(function (k) {
+      return "change in " + k;
+    })).forEach(function (name) { head.appendChild(el("th", name)); });
+    table.appendChild(head);
+    var before = el("tr");
+    before.appendChild(el("td", "none"));
+    keys.forEach(function (k) { before.appendChild(el("td", A.before[k].toFixed(4))); });
+    keys.forEach(function () { before.appendChild(el("td", "")); });
+    table.appendChild(before);
+    A.ablations.forEach(function (a) {
+      var tr = el("tr");
+      tr.appendChild(el("td", a.units.join(", ")));
+      keys.forEach(function (k) { tr.appendChild(el("td", a.after[k].toFixed(4))); });
+      keys.forEach(function (k) {
+        tr.appendChild(el("td", (a.change[k] >= 0 ? "+" : "") + a.change[k].toFixed(4)));
+      });
+      table.appendChild(tr);
+    });
+    box.appendChild(table);
+  }
+  // For a test (or a person) to read: "lab ok texts=N cells=k matches=m ms=…".
+  function writeStatus() {
+    var status = $("lab-status"), timing = window.labTiming;
+    status.dataset.state = "ok";
+    status.textContent = "lab ok texts=" + C.texts.length + " state=" + lab.state +
+      " threshold=" + $("lab-threshold").value + " cells=" + lab.cells.length + " matches=" +
+      lab.matches.length + (timing ? " ms=" + timing.compute_ms.toFixed(1) : "");
+  }
+
+  $("lab").hidden = false;
+  var loading = performance.now();
+  Object.keys(C.states).forEach(decode);  // once, up front: base64 to bytes
+  window.labLoadMs = performance.now() - loading;
+  buildControls();
+  listenForSpans();
+  showText(0, null);
+  drawAblation();
+  writeStatus();
+})();

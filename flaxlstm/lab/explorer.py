@@ -2,10 +2,18 @@
 coloured by a chosen unit's gate or state, what the model predicts after each token, the
 saturation of every unit's gates and the units that follow a property of the text::
 
-    page_data(model, vocabulary, text)   the page's numbers: a dict that JSON holds
+    page_data(model, vocabulary, text)   the page's numbers for one text: a dict JSON holds
+    lab_data(model, vocabulary, texts)   those of the first text, and as ``corpus`` the lab's
+                                         over all of them (``flaxlstm.lab.corpus``)
     render_page(data)                    the page: HTML with inline CSS, JS and the data
     write_page(path, data)               written atomically
-    explore_run(run_dir, text, out)      all three for a run directory (``flaxlstm inspect html``)
+    explore_run(run_dir, texts, out)     all of it for a run directory (``flaxlstm inspect html``)
+
+The lab's part of the page (below the explorer's) selects cells over a span dragged with the
+mouse at a threshold set with a slider, matches them over every text (as
+``flaxlstm.lab.hypotheses``' ``select_cells`` and ``match_spans``, on the corpus's 8-bit
+values), and shows rows of signals, annotations and attributions under the text, and the
+measured ablations (docs/tutorial-lab.md).
 
 The page needs no server and loads nothing (its Content-Security-Policy forbids it): open the
 file in a browser. A classifier (``flaxlstm train imdb``) shows P(positive) after each prefix
@@ -51,9 +59,9 @@ from flax import nnx
 
 from flaxlstm.data.vocabulary import FIRST_WORD, OOV, PAD, START, TOKENIZERS, Vocabulary
 from flaxlstm.files import atomic_write
-from flaxlstm.lab import internals
+from flaxlstm.lab import corpus, internals
 from flaxlstm.lab.traces import trace_model
-from flaxlstm.models import LanguageModel, MaxPool1D
+from flaxlstm.models import LanguageModel
 from flaxlstm.training import runs
 from flaxlstm.training.fit import predict
 from flaxlstm.training.loop import mode_view
@@ -79,17 +87,6 @@ def token_name(vocabulary: Vocabulary, token_id: int) -> str:
     ``<start>``, ``<oov>``."""
     names = {PAD: "<pad>", START: "<start>", OOV: "<oov>"}
     return names.get(int(token_id)) or vocabulary.words[int(token_id) - FIRST_WORD]
-
-
-def _token_steps(model: nnx.Module, tokens: int, steps: int) -> list[int | None]:
-    """For each of ``tokens`` input steps, the step of a layer that runs on ``steps`` steps
-    which reads it: itself, or after a ``MaxPool1D`` its window (None: a dropped ragged
-    last window)."""
-    if steps == tokens:
-        return list(range(tokens))
-    pools = [m.pool_size for _, m in nnx.iter_modules(model) if isinstance(m, MaxPool1D)]
-    size = pools[0] if pools else max(1, tokens // max(steps, 1))
-    return [t // size if t // size < steps else None for t in range(tokens)]
 
 
 def _signals(vocabulary: Vocabulary, ids: np.ndarray) -> list[dict]:
@@ -176,7 +173,7 @@ def _layer_entry(model: nnx.Module, name: str, trace, tokens: int) -> dict:
         for q in QUANTITIES
         if getattr(trace, q) is not None
     }
-    token_steps = _token_steps(model, tokens, steps)
+    token_steps = corpus.token_steps(model, tokens, steps)
     return dict(name=name, units=units, token_steps=token_steps, values=values)
 
 
@@ -297,11 +294,52 @@ def write_page(path: str | os.PathLike, data: dict) -> str:
     return str(path)
 
 
-def explore_run(run_dir: str | os.PathLike, text: str, out: str | os.PathLike, **options) -> dict:
-    """Write the explorer page of a ``train imdb`` or ``train lm`` run directory's model
-    reading ``text`` to ``out``; ``options`` go to ``page_data``. Returns the page's data."""
+def lab_data(
+    model: nnx.Module,
+    vocabulary: Vocabulary,
+    texts: str | list[str],
+    *,
+    annotations: list[dict] | None = None,
+    labels=None,
+    held_out: bool = False,
+    hypothesis_layer: str | None = None,
+    ig_steps: int = corpus.IG_STEPS,
+    max_values: int = corpus.MAX_VALUES,
+    **options,
+) -> dict:
+    """The whole page's data: ``page_data`` of the first text (``options`` go to it) and, as
+    ``corpus``, ``corpus.corpus_data`` of all of them (``hypothesis_layer``: its ``layer``)."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise ValueError("the page needs at least one text")
+    data = page_data(model, vocabulary, texts[0], **options)
+    data["corpus"] = corpus.corpus_data(
+        model,
+        vocabulary,
+        texts,
+        max_tokens=options.get("max_tokens", MAX_TOKENS),
+        layer=hypothesis_layer,
+        annotations=annotations,
+        labels=labels,
+        held_out=held_out,
+        ig_steps=ig_steps,
+        max_values=max_values,
+    )
+    return data
+
+
+def explore_run(
+    run_dir: str | os.PathLike, texts: str | list[str], out: str | os.PathLike, **options
+) -> dict:
+    """Write the lab page of a ``train imdb`` or ``train lm`` run directory's model reading
+    ``texts`` (one, or up to ``corpus.MAX_TEXTS``) to ``out``; ``options`` go to ``lab_data``,
+    and ``annotations`` may be a JSON-lines file's path (``corpus.read_annotations``).
+    Returns the page's data."""
     model, vocabulary = load_any_run(run_dir)
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if isinstance(options.get("annotations"), str | os.PathLike):
+        options["annotations"] = corpus.read_annotations(options["annotations"], vocabulary, texts)
     options.setdefault("title", f"LSTM explorer: {os.path.basename(os.path.normpath(run_dir))}")
-    data = page_data(model, vocabulary, text, **options)
+    data = lab_data(model, vocabulary, texts, **options)
     write_page(out, data)
     return data
