@@ -193,10 +193,8 @@ def lstm_scan(
     check_clamps(clamps, jnp.shape(recurrent_kernel)[0])
     dtype = jnp.result_type(x, kernel, recurrent_kernel, bias)
     cast = lambda a: None if a is None else jnp.asarray(a, dtype)  # noqa: E731
-    W, U, b, x, recurrent_mask = map(
-        cast, (kernel, recurrent_kernel, bias, x, recurrent_dropout_mask)
-    )
-    x = real_steps(x, mask)  # NaN or infinity at a padded step reaches no gradient
+    W, U, b, recurrent_mask = map(cast, (kernel, recurrent_kernel, bias, recurrent_dropout_mask))
+    x = real_steps(cast(x), mask)  # NaN or infinity at a padded step reaches no gradient
     (batch, time, features), hidden = x.shape, U.shape[0]
     state = zero_state(batch, hidden, dtype) if initial_state is None else initial_state
     state = LSTMState(*map(cast, state))

@@ -1,6 +1,30 @@
+// What the explorer and the lab below it share: the page's data, parsed once, and helpers.
+var page = (function () {
+  "use strict";
+  var BLUE = [33, 102, 172], RED = [178, 24, 43];
+  var DATA = JSON.parse(document.getElementById("data").textContent);
+  function $(id) { return document.getElementById(id); }
+  function el(tag, text, className) {
+    var e = document.createElement(tag);
+    if (text !== undefined) e.textContent = text;
+    if (className) e.className = className;
+    return e;
+  }
+  function colour(x) {  // x in [-1, 1]: blue, white, red
+    var t = Math.max(-1, Math.min(1, x)), a = Math.abs(t), end = t > 0 ? RED : BLUE;
+    var rgb = end.map(function (e) { return Math.round(255 + (e - 255) * a); });
+    return "rgb(" + rgb.join(",") + ")";
+  }
+  function shown(token, t) {
+    if (t === 0 || DATA.level !== "char") return token;
+    return token === "\n" ? "\u21b5" : token === "\t" ? "\u21e5" : token;
+  }
+  return {DATA: DATA, $: $, el: el, colour: colour, shown: shown};
+})();
+
 (function () {
   "use strict";
-  var DATA = JSON.parse(document.getElementById("data").textContent);
+  var DATA = page.DATA, $ = page.$, el = page.el, colour = page.colour, shown = page.shown;
   var NAMES = {i: "input gate i", f: "forget gate f", g: "candidate g", o: "output gate o",
     c: "cell state c", h: "hidden state h", zi: "pre-activation zi", zf: "pre-activation zf",
     zg: "pre-activation zg", zo: "pre-activation zo"};
@@ -10,13 +34,6 @@
     unit: DATA.selected.unit, colour: "unit", focus: 0, pinned: 0};
   var spans = [];
 
-  function $(id) { return document.getElementById(id); }
-  function el(tag, text, className) {
-    var e = document.createElement(tag);
-    if (text !== undefined) e.textContent = text;
-    if (className) e.className = className;
-    return e;
-  }
   // SVG markup from numbers and fixed names only (text from the data goes in by textContent).
   function tag(name, attrs, inner) {
     var s = "<" + name;
@@ -44,16 +61,7 @@
     return [-m, m];
   }
   function scaled(v, r) { return 2 * (v - r[0]) / (r[1] - r[0]) - 1; }
-  function colour(x) {  // x in [-1, 1]: blue, white, red
-    var t = Math.max(-1, Math.min(1, x)), a = Math.abs(t), end = t > 0 ? RED : BLUE;
-    var rgb = end.map(function (e) { return Math.round(255 + (e - 255) * a); });
-    return "rgb(" + rgb.join(",") + ")";
-  }
   function rgb(c) { return "rgb(" + c.join(",") + ")"; }
-  function shown(token, t) {
-    if (t === 0 || DATA.level !== "char") return token;
-    return token === "\n" ? "\u21b5" : token === "\t" ? "\u21e5" : token;
-  }
 
   // ------------------------------------------------------------------------- the controls
   function buildControls() {
@@ -387,7 +395,8 @@
 // the same numbers as corpus.state_values in Python; a unit is on where v' ≥ threshold.
 (function () {
   "use strict";
-  var DATA = JSON.parse(document.getElementById("data").textContent);
+  var DATA = page.DATA, $ = page.$, el = page.el, colour = page.colour;
+  var shownToken = page.shown;
   var C = DATA.corpus;
   if (!C || !C.texts) return;
   var TOP = 50, CONTEXT = 3, MAX_LINES = 60;
@@ -395,13 +404,6 @@
     cells: [], matches: [], match: null};
   var decoded = {};  // state: {bytes: Uint8Array, table: Float64Array(256)}
 
-  function $(id) { return document.getElementById(id); }
-  function el(tag, text, className) {
-    var e = document.createElement(tag);
-    if (text !== undefined) e.textContent = text;
-    if (className) e.className = className;
-    return e;
-  }
   function decode(name) {
     if (decoded[name]) return decoded[name];
     var entry = C.states[name], raw = atob(entry.bytes), bytes = new Uint8Array(raw.length);
@@ -460,15 +462,7 @@
   }
 
   // --------------------------------------------------------------------------- what is shown
-  function colour(x) {  // x in [-1, 1]: blue, white, red (as the explorer's)
-    var t = Math.max(-1, Math.min(1, x)), a = Math.abs(t), end = t > 0 ? [178, 24, 43] : [33, 102, 172];
-    return "rgb(" + end.map(function (e) { return Math.round(255 + (e - 255) * a); }).join(",") + ")";
-  }
   function width() { return DATA.level === "char" ? 16 : 56; }
-  function shownToken(token, t) {
-    if (t === 0 || DATA.level !== "char") return token;
-    return token === "\n" ? "\u21b5" : token === "\t" ? "\u21e5" : token;
-  }
   function buildControls() {
     var layer = C.layer ? C.layer + " (" + C.units + " units)" : "no layer on the tokens' steps";
     var dropped = (C.left_out_states || []).join(" and ");

@@ -71,7 +71,7 @@ from flaxlstm.recurrent import make_mask
 from flaxlstm.training import loop
 from flaxlstm.training.loop import History, TrainState, create_train_state, split_model
 from flaxlstm.training.losses import FIT_LOSS, LOSSES, Loss, default_loss, get_loss
-from flaxlstm.training.processes import data_parallel, global_arrays
+from flaxlstm.training.processes import check_split, data_parallel, global_arrays
 
 # ----------------------------------------------------------------------------- loss and steps
 
@@ -239,7 +239,6 @@ def fit(
         resume, checkpoint_dir, optimizer, recipe, batch_size, bucket_width, lengths,
         batch_sharding.mesh.size,
     )  # fmt: skip
-    bucket_width = bucket_width or None  # 0: no buckets, as None
     train, evaluations, loss = prepare_data(
         model, Batch(x, y, lengths), validation_split, validation_data, report_data, loss
     )
@@ -251,7 +250,7 @@ def fit(
         train=train, evaluations=evaluations, graphdef=graphdef,
         eval_graphdef=split_model(model, training=False)[0], tx=tx, loss=loss,
         sharding=batch_sharding, batch_size=batch_size, epochs=epochs, seed=seed,
-        shuffle=shuffle, bucket_width=bucket_width,
+        shuffle=shuffle, bucket_width=bucket_width or None,  # 0: no buckets, as None
     )  # fmt: skip
     plan = loop.Plan(
         epochs=epochs, steps=steps, patience=patience,
@@ -347,10 +346,7 @@ def _check_fit_options(
         raise ValueError("give a recipe, or an optimizer and clip_norm, not both")
     if (resume or checkpoint_every) and checkpoint_dir is None:
         raise ValueError("resume and checkpoint_every need a checkpoint_dir")
-    if isinstance(batch_size, int) and batch_size % devices:
-        raise ValueError(
-            f"batch_size {batch_size} must be a multiple of the {devices} devices it is split over"
-        )
+    check_split(batch_size, devices)
 
 
 def check_batching(batch_size: int, bucket_width: int | None, lengths) -> None:

@@ -45,7 +45,7 @@ from flaxlstm.recipes import Recipe
 from flaxlstm.recurrent import make_mask
 from flaxlstm.training import loop
 from flaxlstm.training.loop import TrainState, create_train_state, split_model
-from flaxlstm.training.processes import data_parallel, global_arrays
+from flaxlstm.training.processes import check_split, data_parallel, global_arrays
 
 # ----------------------------------------------------------------------------- losses
 
@@ -185,6 +185,13 @@ def epoch_plan(documents: Sequence[np.ndarray], rows: int, bptt: int, seed: int,
     return ordered, layout(steps_of(ordered), rows, bptt)
 
 
+def run_steps(documents, rows: int, bptt: int, seed: int, epochs: int, max_steps) -> int:
+    """The steps a run takes: its epochs' chunks (``epoch_plan``), at most ``max_steps``."""
+    plans = (epoch_plan(documents, rows, bptt, seed, epoch)[1] for epoch in range(1, epochs + 1))
+    steps = sum(len(plan.documents) for plan in plans)
+    return min(steps, max_steps or steps)
+
+
 def train_lm(
     model: LanguageModel,
     documents: Sequence[np.ndarray],
@@ -229,11 +236,7 @@ def train_lm(
         model, documents, validation, batch_size, bptt, epochs, max_steps, samples,
         eval_every, checkpoint_every, resume, checkpoint_dir, rows.mesh.size,
     )  # fmt: skip
-    steps = sum(
-        len(epoch_plan(documents, batch_size, bptt, seed, epoch)[1].documents)
-        for epoch in range(1, epochs + 1)
-    )
-    total = min(steps, max_steps or steps)
+    total = run_steps(documents, batch_size, bptt, seed, epochs, max_steps)
     tx = (recipe or Recipe()).optimizer(total)
     graphdef, state = create_train_state(model, tx)
     objective = NextTokens(
@@ -268,10 +271,7 @@ def _check_lm_options(
         raise ValueError(f"samples must lie in [0, {vocabulary}) (the vocabulary), got {samples}")
     if (resume or checkpoint_every) and checkpoint_dir is None:
         raise ValueError("resume and checkpoint_every need a checkpoint_dir")
-    if batch_size % devices:
-        raise ValueError(
-            f"batch_size {batch_size} must be a multiple of the {devices} devices it is split over"
-        )
+    check_split(batch_size, devices)
     if not len(documents) or not len(validation):
         raise ValueError("no documents to train on or to validate on")
 

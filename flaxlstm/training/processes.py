@@ -86,6 +86,14 @@ def data_parallel(devices=None) -> tuple[NamedSharding, NamedSharding]:
     return NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
 
 
+def check_split(batch_size, devices: int) -> None:
+    """A one-line ValueError unless ``batch_size`` rows split evenly over ``devices``."""
+    if isinstance(batch_size, int) and batch_size % devices:
+        raise ValueError(
+            f"batch_size {batch_size} must be a multiple of the {devices} devices it is split over"
+        )
+
+
 def global_arrays(tree, sharding: NamedSharding):
     """``tree`` (a batch or a train state, the same on every process) as arrays laid out by
     ``sharding``. In one process ``jax.device_put``; in several, each process places the
